@@ -1,0 +1,5 @@
+import sys
+
+from cxrdistill.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""The ``cxrdistill`` command.
+
+``cxrdistill inspect FILE`` (or ``--example``) reads an X-ray as the models will see it and prints what it found:
+format, modality, view, size, bit depth, spacing, intensity statistics and a small text preview.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from cxrdistill.io import ReadLimits, XRayReadError, load_xray
+
+# Dark to bright: lungs should come out as spaces and dots, bone and mediastinum as dense characters.
+_RAMP = " .:-=+*#%@"
+
+
+def text_preview(pixels: np.ndarray, width: int = 48) -> str:
+    """A ``width``-column character picture of ``pixels`` (terminal cells are about twice as tall as wide)."""
+    height = max(1, round(pixels.shape[0] / pixels.shape[1] * width / 2))
+    low, high = float(pixels.min()), float(pixels.max())
+    pixels = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)  # stretch for the terminal
+    rows = np.array_split(np.arange(pixels.shape[0]), height)
+    columns = np.array_split(np.arange(pixels.shape[1]), width)
+    lines = []
+    for row in rows:
+        band = pixels[row[0] : row[-1] + 1]
+        means = [band[:, col[0] : col[-1] + 1].mean() for col in columns]
+        lines.append("".join(_RAMP[min(len(_RAMP) - 1, int(m * len(_RAMP)))] for m in means))
+    return "\n".join(lines)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    if args.example:
+        from cxrdistill.examples import EXAMPLES, example_path
+
+        path = example_path(args.example)
+        print(f"example {args.example!r}: {EXAMPLES[args.example][2]}")
+    elif args.path:
+        path = args.path
+    else:
+        print("cxrdistill inspect: give a FILE or --example", file=sys.stderr)
+        return 2
+    try:
+        xray = load_xray(path, limits=ReadLimits(max_file_bytes=args.max_mib * 2**20))
+    except XRayReadError as error:
+        print(f"cannot read {path}: {error}", file=sys.stderr)
+        return 1
+    pixels = xray.pixels
+    report = {
+        "file": str(path),
+        **xray.meta.to_dict(),
+        "pixels": {"shape": list(pixels.shape), "min": float(pixels.min()), "mean": float(pixels.mean()),
+                   "max": float(pixels.max())},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for key, value in report.items():
+        if key != "pixels" and value is not None:
+            print(f"{key:>16}: {value}")
+    stats = report["pixels"]
+    print(f"{'pixels':>16}: {stats['shape'][0]} x {stats['shape'][1]} float32 in [0, 1], "
+          f"mean {stats['mean']:.3f} (min {stats['min']:.3f}, max {stats['max']:.3f})")
+    print(text_preview(pixels))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxrdistill", description="Chest X-ray AI at low resolution.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="read an X-ray (PNG/JPG/TIFF/BMP/WebP/DICOM) and describe it")
+    inspect.add_argument("path", nargs="?", help="the X-ray file")
+    inspect.add_argument("--example", nargs="?", const="chest-cr", help="use a bundled example instead of a file")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.add_argument("--max-mib", type=int, default=64, help="largest file accepted, in MiB (default 64)")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""One augmented X-ray -> a teacher view and student views, with boxes that follow every resize.
+
+Geometry is one affine matrix per sample, mapping continuous pixel coordinates of the source image (pixel
+``(row i, column j)`` covers ``[j, j+1) x [i, i+1)``) to those of the *base view*, a square of the largest
+requested size. The image is warped once with that matrix and boxes are moved with the same matrix, so they
+cannot drift apart. The base view is then area-averaged down to every other size (224 -> 112, 56, 28 is an exact
+2x2 / 4x4 / 8x8 mean), which is what a low-resolution sensor or a downsampled archive produces.
+
+Without augmentation the matrix is a *letterbox*: the image is scaled so its long side fits and centred on a black
+square, keeping its aspect ratio. Augmentation adds a small random zoom, aspect change, rotation and shift, and
+gamma / contrast / brightness jitter. There is no horizontal flip by default: the heart is on the left and a
+flipped film is a different (rare, pathological) anatomy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation suited to chest X-rays (all ranges inclusive).
+
+    Attributes:
+        zoom: range of the zoom factor (> 1 zooms in, cropping the border).
+        aspect: range of the horizontal / vertical scale ratio.
+        rotate_degrees: maximum absolute rotation.
+        translate: maximum shift as a fraction of the view side.
+        hflip_p: probability of a horizontal flip (0 by default: anatomy is not left-right symmetric).
+        gamma: range of the gamma exponent (sampled log-uniformly).
+        contrast: range of the contrast factor around mid-grey.
+        brightness: maximum absolute brightness offset.
+        min_box_visibility: a box is dropped when less than this share of it stays inside the view.
+    """
+
+    zoom: tuple[float, float] = (0.9, 1.15)
+    aspect: tuple[float, float] = (0.95, 1.05)
+    rotate_degrees: float = 10.0
+    translate: float = 0.06
+    hflip_p: float = 0.0
+    gamma: tuple[float, float] = (0.8, 1.25)
+    contrast: tuple[float, float] = (0.85, 1.15)
+    brightness: float = 0.05
+    min_box_visibility: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("zoom", "aspect", "gamma", "contrast"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"AugmentConfig.{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
+        for name in ("hflip_p", "min_box_visibility"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"AugmentConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.rotate_degrees < 0 or self.translate < 0 or self.brightness < 0:
+            raise ValueError("AugmentConfig.rotate_degrees, translate and brightness must be >= 0")
+
+
+# ------------------------------------------------------------------------------------------------------ geometry
+
+
+def letterbox_matrix(height: int, width: int, size: int) -> np.ndarray:
+    """3x3 matrix mapping an ``(height, width)`` image onto a ``size`` square, aspect kept, centred."""
+    scale = size / max(height, width)
+    return np.array(
+        [[scale, 0.0, (size - width * scale) / 2], [0.0, scale, (size - height * scale) / 2], [0.0, 0.0, 1.0]]
+    )
+
+
+def random_view_matrix(size: int, config: AugmentConfig, generator: torch.Generator | None = None) -> np.ndarray:
+    """3x3 random similarity-plus-aspect transform of a ``size`` square about its centre."""
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    zoom = uniform(*config.zoom)
+    aspect = uniform(*config.aspect)
+    angle = math.radians(uniform(-config.rotate_degrees, config.rotate_degrees))
+    shift_x = uniform(-config.translate, config.translate) * size
+    shift_y = uniform(-config.translate, config.translate) * size
+    flip = -1.0 if float(torch.rand((), generator=generator)) < config.hflip_p else 1.0
+    scale_x, scale_y = zoom * math.sqrt(aspect) * flip, zoom / math.sqrt(aspect)
+    cos, sin = math.cos(angle), math.sin(angle)
+    centre = size / 2
+    to_centre = np.array([[1, 0, -centre], [0, 1, -centre], [0, 0, 1]], dtype=np.float64)
+    linear = np.array([[cos * scale_x, -sin * scale_y, 0], [sin * scale_x, cos * scale_y, 0], [0, 0, 1]])
+    back = np.array([[1, 0, centre + shift_x], [0, 1, centre + shift_y], [0, 0, 1]], dtype=np.float64)
+    return back @ linear @ to_centre
+
+
+def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, size: int,
+                    min_visibility: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Move xyxy ``boxes`` ``(M, 4)`` with ``matrix`` onto a ``size`` square.
+
+    A rotated box becomes the axis-aligned box around its four corners. Boxes are clipped to the square; those
+    keeping less than ``min_visibility`` of their area (or none at all) are dropped.
+
+    Returns:
+        ``(boxes (M', 4) float32, keep (M,) bool)``.
+    """
+    if len(boxes) == 0:
+        return np.zeros((0, 4), dtype=np.float32), np.zeros((0,), dtype=bool)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    x0, y0, x1, y1 = boxes.T
+    corners = np.stack([np.stack([x, y, np.ones_like(x)], axis=-1) for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
+    moved = corners @ matrix.T  # (M, 4 corners, 3)
+    moved_boxes = np.concatenate([moved[..., :2].min(1), moved[..., :2].max(1)], axis=1)
+    clipped = np.clip(moved_boxes, 0, size)
+    area = np.prod(np.maximum(moved_boxes[:, 2:] - moved_boxes[:, :2], 0), axis=1)
+    clipped_area = np.prod(np.maximum(clipped[:, 2:] - clipped[:, :2], 0), axis=1)
+    keep = (clipped_area > 0) & (clipped_area >= min_visibility * area)
+    return clipped[keep].astype(np.float32), keep
+
+
+# -------------------------------------------------------------------------------------------------------- pixels
+
+
+def area_resize(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Area-average ``image`` ``(..., H, W)`` to ``size``: each output pixel is the mean of the input it covers."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(image.shape[-2:]) == size:
+        return image
+    leading = image.shape[:-2]
+    flat = image.reshape(-1, 1, *image.shape[-2:])
+    return F.interpolate(flat, size=size, mode="area").reshape(*leading, *size)
+
+
+def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
+    """Warp ``image`` ``(H, W)`` with ``matrix`` (source -> output pixels) onto a ``size`` square; outside is 0.
+
+    Large reductions are anti-aliased: the source is first area-averaged by the integer factor that brings the
+    warp's scale to between 1 and 2, then sampled bilinearly.
+    """
+    height, width = image.shape
+    scale = math.sqrt(abs(np.linalg.det(matrix[:2, :2])))
+    factor = max(1, int(1.0 / scale)) if scale < 1 else 1
+    if factor > 1:
+        small = (max(1, round(height / factor)), max(1, round(width / factor)))
+        image = area_resize(image, small)
+        # coordinates of the reduced image -> original -> output
+        matrix = matrix @ np.diag([width / small[1], height / small[0], 1.0])
+        height, width = small
+    inverse = np.linalg.inv(matrix)
+    centres = torch.arange(size, dtype=torch.float64) + 0.5
+    grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
+    points = torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], -1) @ torch.from_numpy(inverse).T
+    # align_corners=False: -1 and +1 are the outer edges of the first and last pixel, i.e. coordinates 0 and W.
+    grid = torch.stack([points[..., 0] / width * 2 - 1, points[..., 1] / height * 2 - 1], -1).to(image.dtype)
+    return F.grid_sample(image[None, None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+
+
+def jitter_intensity(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random gamma, contrast and brightness on an image in ``[0, 1]``; the result stays in ``[0, 1]``."""
+    log_low, log_high = math.log(config.gamma[0]), math.log(config.gamma[1])
+    gamma = math.exp(log_low + (log_high - log_low) * float(torch.rand((), generator=generator)))
+    contrast = config.contrast[0] + (config.contrast[1] - config.contrast[0]) * float(torch.rand((), generator=generator))
+    brightness = (2 * float(torch.rand((), generator=generator)) - 1) * config.brightness
+    return ((image.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------------------- views
+
+
+class MultiResolutionViews:
+    """Turn a dataset sample into paired views for distillation.
+
+    Args:
+        teacher_size: side of the teacher's view (default 224).
+        student_sizes: sides of the student views (default 28, 56, 112).
+        augment: random augmentation, or ``None`` for the deterministic letterbox (evaluation).
+
+    Calling it on a sample (see :mod:`cxrdistill.data.base`) returns::
+
+        {
+            "views": {size: tensor (1, size, size) in [0, 1]},     # teacher_size and every student size
+            "boxes": {size: tensor (M, 4) xyxy in that view's pixels},
+            "box_labels": tensor (M,),
+            "global", "local", "local_mask": tensors,
+            "to_view": tensor (3, 3): source-image pixels -> base-view pixels (to map maps back),
+            "source_size": (H, W) of the image the sample came from,
+            "id", "group", "source": str,
+        }
+    """
+
+    def __init__(self, teacher_size: int = 224, student_sizes: Sequence[int] = (28, 56, 112),
+                 augment: AugmentConfig | None = None) -> None:
+        sizes = [teacher_size, *student_sizes]
+        if any(not isinstance(s, int) or s < 1 for s in sizes):
+            raise ValueError(f"view sizes must be positive integers, got {sizes}")
+        self.teacher_size = teacher_size
+        self.student_sizes = tuple(student_sizes)
+        self.sizes = tuple(sorted(set(sizes), reverse=True))
+        self.base_size = self.sizes[0]
+        self.augment = augment
+
+    def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
+        image = torch.as_tensor(sample["image"], dtype=torch.float32)
+        if image.ndim != 2:
+            raise ValueError(f"expected a 2-D (H, W) image, got shape {tuple(image.shape)}")
+        to_image = np.asarray(sample.get("to_image", np.eye(3)), dtype=np.float64)  # e.g. from the tensor cache
+        matrix = letterbox_matrix(*image.shape, self.base_size)
+        min_visibility = 0.0
+        if self.augment is not None:
+            matrix = random_view_matrix(self.base_size, self.augment, generator) @ matrix
+            image = jitter_intensity(image, self.augment, generator)
+            min_visibility = self.augment.min_box_visibility
+        base = warp(image, matrix, self.base_size)
+        base_boxes, keep = transform_boxes(sample["boxes"], matrix, self.base_size, min_visibility)
+
+        views, boxes = {}, {}
+        for size in self.sizes:
+            views[size] = area_resize(base, size)[None]
+            boxes[size] = torch.from_numpy(base_boxes * (size / self.base_size))
+        return {
+            "views": views,
+            "boxes": boxes,
+            "box_labels": torch.as_tensor(np.asarray(sample["box_labels"])[keep], dtype=torch.int64),
+            "global": torch.as_tensor(sample["global"]),
+            "local": torch.as_tensor(sample["local"]),
+            "local_mask": torch.as_tensor(sample["local_mask"]),
+            "to_view": torch.from_numpy(matrix @ to_image),
+            "source_size": tuple(sample.get("source_size", image.shape)),
+            "id": sample["id"],
+            "group": sample["group"],
+            "source": sample["source"],
+        }
+
+
+def collate_views(batch: list[dict]) -> dict:
+    """DataLoader ``collate_fn`` for :class:`MultiResolutionViews` outputs.
+
+    Views and targets are stacked (``views[size]`` is ``(B, 1, size, size)``); boxes, which vary in number, stay
+    lists of ``(M_i, 4)`` tensors; string fields become lists.
+    """
+    sizes = batch[0]["views"].keys()
+    return {
+        "views": {size: torch.stack([item["views"][size] for item in batch]) for size in sizes},
+        "boxes": {size: [item["boxes"][size] for item in batch] for size in sizes},
+        "box_labels": [item["box_labels"] for item in batch],
+        "global": torch.stack([item["global"] for item in batch]),
+        "local": torch.stack([item["local"] for item in batch]),
+        "local_mask": torch.stack([item["local_mask"] for item in batch]),
+        "to_view": torch.stack([item["to_view"] for item in batch]),
+        "source_size": [item["source_size"] for item in batch],
+        "id": [item["id"] for item in batch],
+        "group": [item["group"] for item in batch],
+        "source": [item["source"] for item in batch],
+    }

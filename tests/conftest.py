@@ -1,0 +1,73 @@
+"""Shared fixtures: where the real data lives, and small synthetic X-rays built in code."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CXRDISTILL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under the shared data folder, or skip the test saying what is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (set CXRDISTILL_SHARED_DATA to the shared/data folder)")
+    return path
+
+
+def synthetic_chest(height: int = 96, width: int = 80) -> np.ndarray:
+    """A crude chest: bright body, two dark lung fields, a bright spine. float64 in [0, 1]."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.full((height, width), 0.75)
+    for centre_x in (0.3 * width, 0.7 * width):
+        lung = ((xx - centre_x) / (0.16 * width)) ** 2 + ((yy - 0.45 * height) / (0.3 * height)) ** 2 < 1
+        image[lung] = 0.15
+    image[:, int(0.47 * width) : int(0.53 * width)] = 0.95
+    return image
+
+
+def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", modality: str = "CR", bits: int = 12,
+               frames: int = 1, **tags) -> bytes:
+    """Write ``pixels`` (unsigned ints, (H, W) or (frames, H, W)) as a DICOM Part 10 file and return its bytes."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset("synthetic.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.Modality = modality
+    dataset.PhotometricInterpretation = photometric
+    dataset.SamplesPerPixel = 1
+    dataset.BitsAllocated = 16
+    dataset.BitsStored = bits
+    dataset.HighBit = bits - 1
+    dataset.PixelRepresentation = 0
+    dataset.Rows, dataset.Columns = pixels.shape[-2:]
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+    for keyword, value in tags.items():
+        setattr(dataset, keyword, value)
+    dataset.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, **save) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format=save.pop("format", "PNG"), **save)
+    return buffer.getvalue()
