@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import BinaryIO, Union
@@ -274,7 +275,43 @@ def _scale_by_used_bits(array: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------- DICOM
 
 
+class _DropWhileReading(logging.Filter):
+    """Drop pydicom's log records emitted by a thread that is inside :func:`_load_dicom`.
+
+    pydicom warns about odd header values by quoting them, and those values can be a patient's name or id. Log
+    records of other threads, and of pydicom used outside cxrdistill, pass untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_reading_dicom, "active", False)
+
+
+_reading_dicom = threading.local()
+_pydicom_filter = _DropWhileReading()
+
+
+def _silence_pydicom_logs_while_reading() -> None:
+    if getattr(_silence_pydicom_logs_while_reading, "done", False):
+        return
+    import pydicom.pixels  # noqa: F401 - imports the modules whose loggers we filter
+
+    for name in ["pydicom", *[n for n in logging.root.manager.loggerDict if n.startswith("pydicom.")]]:
+        logging.getLogger(name).addFilter(_pydicom_filter)
+    _silence_pydicom_logs_while_reading.done = True
+
+
 def _load_dicom(data: bytes, limits: ReadLimits) -> XRay:
+    _silence_pydicom_logs_while_reading()
+    _reading_dicom.active = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warnings quote header values, which may be PHI
+            return _decode_dicom(data, limits)
+    finally:
+        _reading_dicom.active = False
+
+
+def _decode_dicom(data: bytes, limits: ReadLimits) -> XRay:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -318,7 +355,12 @@ def _load_dicom(data: bytes, limits: ReadLimits) -> XRay:
     bits_stored = _int(dataset, "BitsStored", _int(dataset, "BitsAllocated", 8))
     photometric = (_text(dataset, "PhotometricInterpretation") or "MONOCHROME2").upper()
 
-    array = dataset.pixel_array
+    try:
+        array = dataset.pixel_array
+    except NotImplementedError as error:
+        raise XRayReadError(
+            f"the DICOM pixel data uses an unsupported compression ({_transfer_syntax_name(dataset)})"
+        ) from error
     if samples == 1 and array.ndim != 2:
         raise XRayReadError(f"the DICOM image has shape {array.shape}; expected a single 2-D image")
     if samples > 1:

@@ -372,3 +372,21 @@ def test_nan_in_a_float_tiff_is_refused():
 def test_read_limits_validate_themselves():
     with pytest.raises(ValueError, match="max_pixels"):
         ReadLimits(max_pixels=0)
+
+
+
+
+
+def test_pydicom_warnings_quoting_header_values_never_reach_the_logs(caplog):
+    import pydicom
+
+    data = make_dicom(np.round(CHEST * 4095).astype(np.uint16))
+    # An invalid UID makes pydicom warn and log, quoting the value (header values can be patient data).
+    data = data.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.SECRET")
+    with caplog.at_level("DEBUG"), pytest.warns(UserWarning, match="SECRET"):
+        pydicom.dcmread(io.BytesIO(data))  # outside cxrdistill the value is logged...
+    assert "SECRET" in caplog.text
+    caplog.clear()
+    with caplog.at_level("DEBUG"), pytest.raises(XRayReadError, match="unsupported compression"):
+        load_xray(data)  # ...inside load_xray it is not
+    assert "SECRET" not in caplog.text
