@@ -54,8 +54,12 @@ def _inspect(args: argparse.Namespace) -> int:
     report = {
         "file": str(path),
         **xray.meta.to_dict(),
-        "pixels": {"shape": list(pixels.shape), "min": float(pixels.min()), "mean": float(pixels.mean()),
-                   "max": float(pixels.max())},
+        "pixels": {
+            "shape": list(pixels.shape),
+            "min": float(pixels.min()),
+            "mean": float(pixels.mean()),
+            "max": float(pixels.max()),
+        },
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -64,8 +68,10 @@ def _inspect(args: argparse.Namespace) -> int:
         if key != "pixels" and value is not None:
             print(f"{key:>16}: {value}")
     stats = report["pixels"]
-    print(f"{'pixels':>16}: {stats['shape'][0]} x {stats['shape'][1]} float32 in [0, 1], "
-          f"mean {stats['mean']:.3f} (min {stats['min']:.3f}, max {stats['max']:.3f})")
+    print(
+        f"{'pixels':>16}: {stats['shape'][0]} x {stats['shape'][1]} float32 in [0, 1], "
+        f"mean {stats['mean']:.3f} (min {stats['min']:.3f}, max {stats['max']:.3f})"
+    )
     print(text_preview(pixels))
     return 0
 

@@ -17,14 +17,14 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-XRaySource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+XRaySource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 # Pillow formats we accept. Anything else Pillow could open (GIF, ICO, PSD, ...) is refused: they are not how
 # radiographs are exchanged, and every extra decoder is extra attack surface for a public upload form.
@@ -134,7 +134,7 @@ def load_xray(source: XRaySource, *, limits: ReadLimits = DEFAULT_LIMITS) -> XRa
         raise
     except MemoryError as error:
         raise XRayReadError("the image is too large to decode in the memory available") from error
-    except Exception as error:  # noqa: BLE001 - the contract is that only XRayReadError leaves this function
+    except Exception as error:
         # Decoders raise a zoo of types (OSError, SyntaxError, struct.error, RuntimeError, ...) on corrupt data.
         # The type, not the message, is logged: a DICOM decoder's message could quote header values.
         logger.debug("decoder failed with %s", type(error).__name__)
@@ -166,15 +166,13 @@ def _read_bytes(source: XRaySource, limits: ReadLimits) -> bytes:
     elif hasattr(source, "read"):
         try:
             data = source.read(limits.max_file_bytes + 1)
-        except Exception as error:  # noqa: BLE001 - any failure of a caller's stream is a read error
+        except Exception as error:
             raise XRayReadError(f"could not read the uploaded stream ({type(error).__name__})") from error
         if not isinstance(data, (bytes, bytearray)):
             raise XRayReadError("the file object must be opened in binary mode ('rb')")
         data = bytes(data)
     else:
-        raise XRayReadError(
-            f"expected a path, bytes or a binary file object, got {type(source).__name__}"
-        )
+        raise XRayReadError(f"expected a path, bytes or a binary file object, got {type(source).__name__}")
     if len(data) > limits.max_file_bytes:
         raise XRayReadError(too_big)
     if not data:
@@ -212,9 +210,7 @@ def _load_image(data: bytes, limits: ReadLimits) -> XRay:
         width, height = image.size
         _check_size(height, width, limits)
         if getattr(image, "n_frames", 1) > 1:
-            raise XRayReadError(
-                f"the {image.format} file holds {image.n_frames} frames; upload a single 2-D X-ray"
-            )
+            raise XRayReadError(f"the {image.format} file holds {image.n_frames} frames; upload a single 2-D X-ray")
         image_format = image.format
         stored_mode = image.mode
         image.load()
@@ -340,9 +336,7 @@ def _decode_dicom(data: bytes, limits: ReadLimits) -> XRay:
             f"the DICOM file is a {modality} image, not a chest radiograph; upload a CR or DX chest X-ray"
         )
     if limits.chest_only and body_part is not None and body_part.upper() not in CHEST_BODY_PARTS:
-        raise XRayReadError(
-            f"the DICOM file shows the {body_part.lower()}, not the chest; upload a chest X-ray"
-        )
+        raise XRayReadError(f"the DICOM file shows the {body_part.lower()}, not the chest; upload a chest X-ray")
 
     frames = _int(dataset, "NumberOfFrames", 1)
     if frames > 1:
@@ -464,7 +458,7 @@ def _int(dataset, keyword: str, default: int) -> int:
 def _first(value) -> float | None:
     """Window tags may be multi-valued (several presets): the first is the default one."""
     try:
-        if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, str):
+        if isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and not isinstance(value, str)):
             value = value[0]
         return float(value)
     except (TypeError, ValueError, IndexError):

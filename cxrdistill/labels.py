@@ -68,7 +68,8 @@ class LabelSpace:
             raise ValueError(f"expected a vector of shape ({len(self.names)},) for {self.name!r}, got {vector.shape}")
         if self.one_of_k:
             return [self.names[int(np.argmax(vector))]]
-        return [name for name, score, t in zip(self.names, vector, np.broadcast_to(threshold, vector.shape)) if score >= t]
+        thresholds = np.broadcast_to(threshold, vector.shape)
+        return [name for name, score, t in zip(self.names, vector, thresholds, strict=True) if score >= t]
 
 
 # ---------------------------------------------------------------------------------------------------------- TBX11K

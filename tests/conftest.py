@@ -34,8 +34,9 @@ def synthetic_chest(height: int = 96, width: int = 80) -> np.ndarray:
     return image
 
 
-def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", modality: str = "CR", bits: int = 12,
-               frames: int = 1, **tags) -> bytes:
+def make_dicom(
+    pixels: np.ndarray, photometric: str = "MONOCHROME2", modality: str = "CR", bits: int = 12, frames: int = 1, **tags
+) -> bytes:
     """Write ``pixels`` (unsigned ints, (H, W) or (frames, H, W)) as a DICOM Part 10 file and return its bytes."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid

@@ -21,8 +21,12 @@ def lungs_darker_than_mediastinum(pixels: np.ndarray) -> bool:
     """On a frontal chest film the lung fields are dark and the mediastinum / spine between them bright."""
     height, width = pixels.shape
     rows = slice(int(0.3 * height), int(0.6 * height))
-    lungs = np.concatenate([pixels[rows, int(0.2 * width) : int(0.35 * width)].ravel(),
-                            pixels[rows, int(0.65 * width) : int(0.8 * width)].ravel()])
+    lungs = np.concatenate(
+        [
+            pixels[rows, int(0.2 * width) : int(0.35 * width)].ravel(),
+            pixels[rows, int(0.65 * width) : int(0.8 * width)].ravel(),
+        ]
+    )
     mediastinum = pixels[rows, int(0.46 * width) : int(0.54 * width)]
     return lungs.mean() + 0.1 < mediastinum.mean()
 
@@ -59,7 +63,8 @@ def _image_bytes(kind: str) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "kind", ["png-gray8", "png-rgb", "png-rgba", "png-la", "png-palette", "jpeg-gray", "jpeg-rgb", "tiff", "bmp", "webp"]
+    "kind",
+    ["png-gray8", "png-rgb", "png-rgba", "png-la", "png-palette", "jpeg-gray", "jpeg-rgb", "tiff", "bmp", "webp"],
 )
 def test_plain_formats_read_as_the_same_gray_picture(kind):
     xray = load_xray(_image_bytes(kind))
@@ -96,8 +101,10 @@ def test_transparent_pixels_are_composited_on_black():
     np.testing.assert_allclose(pixels[20:, 20:], CHEST_U8[20:, 20:] / 255.0, atol=1 / 255)
 
 
-@pytest.mark.parametrize("orientation, expected", [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
-                                                   (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+@pytest.mark.parametrize(
+    "orientation, expected",
+    [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))],
+)
 def test_exif_orientation_is_applied(orientation, expected):
     image = Image.fromarray(CHEST_U8)
     exif = image.getexif()
@@ -111,8 +118,14 @@ def test_sources_path_bytes_and_file_object_agree(tmp_path):
     data = _image_bytes("png-gray8")
     path = tmp_path / "x.png"
     path.write_bytes(data)
-    results = [load_xray(path), load_xray(str(path)), load_xray(data), load_xray(bytearray(data)),
-               load_xray(memoryview(data)), load_xray(io.BytesIO(data))]
+    results = [
+        load_xray(path),
+        load_xray(str(path)),
+        load_xray(data),
+        load_xray(bytearray(data)),
+        load_xray(memoryview(data)),
+        load_xray(io.BytesIO(data)),
+    ]
     for result in results:
         assert isinstance(result, XRay)
         np.testing.assert_array_equal(result.pixels, results[0].pixels)
@@ -168,8 +181,15 @@ def test_dicom_without_window_uses_its_own_range_and_keeps_geometry_metadata():
 
 def test_patient_data_never_reaches_the_result():
     stored = np.round(CHEST * 4095).astype(np.uint16)
-    data = make_dicom(stored, PatientName="Doe^Jane", PatientID="SECRET-123", PatientBirthDate="19500101",
-                      StudyDate="20240101", InstitutionName="General Hospital", AccessionNumber="ACC999")
+    data = make_dicom(
+        stored,
+        PatientName="Doe^Jane",
+        PatientID="SECRET-123",
+        PatientBirthDate="19500101",
+        StudyDate="20240101",
+        InstitutionName="General Hospital",
+        AccessionNumber="ACC999",
+    )
     xray = load_xray(data)
     text = repr(xray) + repr(xray.meta.to_dict())
     for secret in ("Doe", "Jane", "SECRET-123", "19500101", "20240101", "General Hospital", "ACC999"):
@@ -181,7 +201,6 @@ def test_raw_dicom_dataset_without_preamble_is_read():
     stored = np.round(CHEST * 4095).astype(np.uint16)
     data = make_dicom(stored)
     import pydicom
-
     from pydicom.filebase import DicomBytesIO
 
     dataset = pydicom.dcmread(io.BytesIO(data))
@@ -227,8 +246,7 @@ def test_real_monochrome2_chest_has_dark_lungs():
     assert lungs_darker_than_mediastinum(xray.pixels)
 
 
-@pytest.mark.parametrize("name, reason", [("kcr2019d1_anon_apct_CT.dcm", "CT image"),
-                                          ("RG3_J2KI.dcm", "extremity")])
+@pytest.mark.parametrize("name, reason", [("kcr2019d1_anon_apct_CT.dcm", "CT image"), ("RG3_J2KI.dcm", "extremity")])
 def test_real_non_chest_radiographs_are_refused(name, reason):
     with pytest.raises(XRayReadError, match=reason):
         load_xray(shared_path("dicom_samples", name))
@@ -255,7 +273,9 @@ def _png_with_declared_size(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(
@@ -372,9 +392,6 @@ def test_nan_in_a_float_tiff_is_refused():
 def test_read_limits_validate_themselves():
     with pytest.raises(ValueError, match="max_pixels"):
         ReadLimits(max_pixels=0)
-
-
-
 
 
 def test_pydicom_warnings_quoting_header_values_never_reach_the_logs(caplog):

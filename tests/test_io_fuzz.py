@@ -31,8 +31,9 @@ def _synthetic_seeds() -> dict[str, bytes]:
         "png8": png_bytes(np.round(chest * 255).astype(np.uint8)),
         "png16": png_bytes(np.round(chest * 65535).astype(np.uint16)),
         "jpeg": jpeg.getvalue(),
-        "dicom": make_dicom(np.round(chest * 4095).astype(np.uint16), "MONOCHROME1", WindowCenter=2048,
-                            WindowWidth=4096),
+        "dicom": make_dicom(
+            np.round(chest * 4095).astype(np.uint16), "MONOCHROME1", WindowCenter=2048, WindowWidth=4096
+        ),
     }
 
 
@@ -91,8 +92,12 @@ def mutated(draw) -> bytes:
     return bytes(data)
 
 
-FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @FUZZ_SETTINGS
@@ -102,8 +107,10 @@ def test_random_bytes_never_escape_or_hang(data):
 
 
 @FUZZ_SETTINGS
-@given(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"BM", b"RIFF", b"\0" * 128 + b"DICM"]),
-       st.binary(min_size=0, max_size=2048))
+@given(
+    st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"BM", b"RIFF", b"\0" * 128 + b"DICM"]),
+    st.binary(min_size=0, max_size=2048),
+)
 def test_valid_magic_with_garbage_never_escapes(magic, tail):
     _check(magic + tail)
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -97,8 +97,13 @@ class XRayDataset(Dataset):
     global_space: LabelSpace
     local_space: LabelSpace
 
-    def __init__(self, records: Sequence[Record], global_space: LabelSpace, local_space: LabelSpace,
-                 read_limits: ReadLimits | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[Record],
+        global_space: LabelSpace,
+        local_space: LabelSpace,
+        read_limits: ReadLimits | None = None,
+    ) -> None:
         self.records = list(records)
         self.global_space = global_space
         self.local_space = local_space
@@ -148,11 +153,15 @@ class XRayDataset(Dataset):
 
     def global_targets(self) -> np.ndarray:
         """``(N, K)`` matrix of the global targets, without decoding any image."""
-        return np.stack([r.global_target for r in self.records]) if self.records else np.zeros((0, len(self.global_space)))
+        return (
+            np.stack([r.global_target for r in self.records]) if self.records else np.zeros((0, len(self.global_space)))
+        )
 
     def local_targets(self) -> np.ndarray:
         """``(N, L)`` matrix of the local targets, without decoding any image."""
-        return np.stack([r.local_target for r in self.records]) if self.records else np.zeros((0, len(self.local_space)))
+        return (
+            np.stack([r.local_target for r in self.records]) if self.records else np.zeros((0, len(self.local_space)))
+        )
 
     def __repr__(self) -> str:
         return (

@@ -65,8 +65,9 @@ class CachedDataset(Dataset):
     extra keys: ``source_size`` (original ``(H, W)``) and ``to_image`` (3x3 original -> cache matrix).
     """
 
-    def __init__(self, dataset: XRayDataset, size: int = 256, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, dataset: XRayDataset, size: int = 256, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    ) -> None:
         self.dataset = dataset
         self.size = size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -87,11 +88,16 @@ class CachedDataset(Dataset):
         tmp_pixels = self.pixels_path.with_name(self.pixels_path.name + suffix)
         tmp_meta = self.meta_path.with_name(self.meta_path.name + suffix)
         try:
-            store = np.lib.format.open_memmap(tmp_pixels, mode="w+", dtype=np.uint16,
-                                              shape=(len(self.dataset), self.size, self.size))
+            store = np.lib.format.open_memmap(
+                tmp_pixels, mode="w+", dtype=np.uint16, shape=(len(self.dataset), self.size, self.size)
+            )
             source_sizes = []
-            for index in tqdm(range(len(self.dataset)), desc=f"caching {type(self.dataset).__name__} at {self.size}px",
-                              disable=not progress, unit="img"):
+            for index in tqdm(
+                range(len(self.dataset)),
+                desc=f"caching {type(self.dataset).__name__} at {self.size}px",
+                disable=not progress,
+                unit="img",
+            ):
                 image = self.dataset.read_image(index)
                 source_sizes.append(list(image.shape))
                 square = warp(torch.from_numpy(image), letterbox_matrix(*image.shape, self.size), self.size)

@@ -69,10 +69,19 @@ class CSVDataset(XRayDataset):
         read_limits: passed to :func:`cxrdistill.io.load_xray`.
     """
 
-    def __init__(self, csv_path: str | os.PathLike, root: str | os.PathLike | None = None, path_column: str = "path",
-                 global_column: str | None = None, local_column: str | None = None, group_column: str | None = None,
-                 global_names: tuple[str, ...] | None = None, local_names: tuple[str, ...] | None = None,
-                 separator: str = "|", read_limits: ReadLimits | None = None) -> None:
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        root: str | os.PathLike | None = None,
+        path_column: str = "path",
+        global_column: str | None = None,
+        local_column: str | None = None,
+        group_column: str | None = None,
+        global_names: tuple[str, ...] | None = None,
+        local_names: tuple[str, ...] | None = None,
+        separator: str = "|",
+        read_limits: ReadLimits | None = None,
+    ) -> None:
         csv_path = Path(csv_path)
         root = Path(root) if root is not None else csv_path.parent
         if global_column is None and local_column is None:

@@ -28,7 +28,9 @@ class PneumoniaMNIST(XRayDataset):
         if path.is_dir():
             candidates = sorted(path.glob("pneumoniamnist*.npz"))
             if len(candidates) != 1:
-                raise FileNotFoundError(f"expected one pneumoniamnist*.npz in {path}, found {[c.name for c in candidates]}")
+                raise FileNotFoundError(
+                    f"expected one pneumoniamnist*.npz in {path}, found {[c.name for c in candidates]}"
+                )
             path = candidates[0]
         with np.load(path) as archive:
             splits = sorted(key[: -len("_images")] for key in archive.files if key.endswith("_images"))

@@ -40,9 +40,15 @@ class NIHChestXray14(XRayDataset):
         read_limits: passed to :func:`cxrdistill.io.load_xray`.
     """
 
-    def __init__(self, root: str | os.PathLike, csv_path: str | os.PathLike | None = None, split: str | None = None,
-                 bbox_csv: str | os.PathLike | None = None, missing: str = "error",
-                 read_limits: ReadLimits | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        csv_path: str | os.PathLike | None = None,
+        split: str | None = None,
+        bbox_csv: str | os.PathLike | None = None,
+        missing: str = "error",
+        read_limits: ReadLimits | None = None,
+    ) -> None:
         root = Path(root)
         boxes = _read_boxes(Path(bbox_csv)) if bbox_csv else {}
         if (root / "labels.csv").is_file() and csv_path is None:

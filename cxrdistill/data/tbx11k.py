@@ -64,7 +64,9 @@ def classify_tbx11k_path(relative_path: str) -> tuple[str | None, str]:
         for pattern, source in _EXTRA_PATTERNS:
             match = pattern.match(stem)
             if match:
-                positive = match.group(2) == "1" if source in ("montgomery", "shenzhen") else match.group(1).startswith("p")
+                positive = (
+                    match.group(2) == "1" if source in ("montgomery", "shenzhen") else match.group(1).startswith("p")
+                )
                 return ("tb" if positive else "healthy"), source
     raise ValueError(
         f"cannot tell the label of TBX11K image {relative_path!r}: expected imgs/health|sick|tb|test/... or an "
@@ -82,8 +84,13 @@ class TBX11K(XRayDataset):
         read_limits: passed to :func:`cxrdistill.io.load_xray`.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "all_train", global_space: LabelSpace = TBX11K_GLOBAL,
-                 read_limits: ReadLimits | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "all_train",
+        global_space: LabelSpace = TBX11K_GLOBAL,
+        read_limits: ReadLimits | None = None,
+    ) -> None:
         root = Path(root)
         if split not in TBX11K_SPLITS:
             raise ValueError(f"unknown TBX11K split {split!r}; the official release has {list(TBX11K_SPLITS)}")
@@ -133,18 +140,20 @@ def _read_coco_boxes(json_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray,
     category_to_local = {}
     for category in coco["categories"]:
         if category["name"] not in TBX11K_JSON_CATEGORIES:
-            raise ValueError(f"{json_path}: unknown category {category['name']!r}; expected {list(TBX11K_JSON_CATEGORIES)}")
+            raise ValueError(
+                f"{json_path}: unknown category {category['name']!r}; expected {list(TBX11K_JSON_CATEGORIES)}"
+            )
         category_to_local[category["id"]] = TBX11K_LOCAL.index(TBX11K_JSON_CATEGORIES[category["name"]])
     images = {image["id"]: image for image in coco["images"]}
     per_image: dict[int, list] = {}
     for annotation in coco["annotations"]:
         per_image.setdefault(annotation["image_id"], []).append(annotation)
     result = {}
-    for image_id, annotations in per_image.items():
+    for image_id, image_annotations in per_image.items():
         image = images[image_id]
-        boxes = np.array([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
+        boxes = np.array([a["bbox"] for a in image_annotations], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # COCO [x, y, w, h] -> xyxy
-        labels = np.array([category_to_local[a["category_id"]] for a in annotations], dtype=np.int64)
+        labels = np.array([category_to_local[a["category_id"]] for a in image_annotations], dtype=np.int64)
         result[image["file_name"]] = (boxes, labels, (int(image["height"]), int(image["width"])))
     return result
 

@@ -93,8 +93,9 @@ def random_view_matrix(size: int, config: AugmentConfig, generator: torch.Genera
     return back @ linear @ to_centre
 
 
-def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, size: int,
-                    min_visibility: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def transform_boxes(
+    boxes: np.ndarray, matrix: np.ndarray, size: int, min_visibility: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Move xyxy ``boxes`` ``(M, 4)`` with ``matrix`` onto a ``size`` square.
 
     A rotated box becomes the axis-aligned box around its four corners. Boxes are clipped to the square; those
@@ -107,7 +108,9 @@ def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, size: int,
         return np.zeros((0, 4), dtype=np.float32), np.zeros((0,), dtype=bool)
     boxes = np.asarray(boxes, dtype=np.float64)
     x0, y0, x1, y1 = boxes.T
-    corners = np.stack([np.stack([x, y, np.ones_like(x)], axis=-1) for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
+    corners = np.stack(
+        [np.stack([x, y, np.ones_like(x)], axis=-1) for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1
+    )
     moved = corners @ matrix.T  # (M, 4 corners, 3)
     moved_boxes = np.concatenate([moved[..., :2].min(1), moved[..., :2].max(1)], axis=1)
     clipped = np.clip(moved_boxes, 0, size)
@@ -151,14 +154,22 @@ def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
     points = torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], -1) @ torch.from_numpy(inverse).T
     # align_corners=False: -1 and +1 are the outer edges of the first and last pixel, i.e. coordinates 0 and W.
     grid = torch.stack([points[..., 0] / width * 2 - 1, points[..., 1] / height * 2 - 1], -1).to(image.dtype)
-    return F.grid_sample(image[None, None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+    # Border padding keeps the image's own edge rows at full value; the mask then blacks out every output pixel
+    # whose centre falls outside the source, so the image ends sharply where the letterbox padding starts.
+    sampled = F.grid_sample(image[None, None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)
+    inside = (points[..., 0] >= 0) & (points[..., 0] < width) & (points[..., 1] >= 0) & (points[..., 1] < height)
+    return sampled[0, 0] * inside.to(image.dtype)
 
 
-def jitter_intensity(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def jitter_intensity(
+    image: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Random gamma, contrast and brightness on an image in ``[0, 1]``; the result stays in ``[0, 1]``."""
     log_low, log_high = math.log(config.gamma[0]), math.log(config.gamma[1])
     gamma = math.exp(log_low + (log_high - log_low) * float(torch.rand((), generator=generator)))
-    contrast = config.contrast[0] + (config.contrast[1] - config.contrast[0]) * float(torch.rand((), generator=generator))
+    contrast = config.contrast[0] + (config.contrast[1] - config.contrast[0]) * float(
+        torch.rand((), generator=generator)
+    )
     brightness = (2 * float(torch.rand((), generator=generator)) - 1) * config.brightness
     return ((image.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
 
@@ -187,8 +198,12 @@ class MultiResolutionViews:
         }
     """
 
-    def __init__(self, teacher_size: int = 224, student_sizes: Sequence[int] = (28, 56, 112),
-                 augment: AugmentConfig | None = None) -> None:
+    def __init__(
+        self,
+        teacher_size: int = 224,
+        student_sizes: Sequence[int] = (28, 56, 112),
+        augment: AugmentConfig | None = None,
+    ) -> None:
         sizes = [teacher_size, *student_sizes]
         if any(not isinstance(s, int) or s < 1 for s in sizes):
             raise ValueError(f"view sizes must be positive integers, got {sizes}")

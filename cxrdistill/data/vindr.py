@@ -39,8 +39,14 @@ class VinDrCXR(XRayDataset):
         read_limits: passed to :func:`cxrdistill.io.load_xray`.
     """
 
-    def __init__(self, root: str | os.PathLike, csv_path: str | os.PathLike, min_readers: int = 2,
-                 missing: str = "error", read_limits: ReadLimits | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        csv_path: str | os.PathLike,
+        min_readers: int = 2,
+        missing: str = "error",
+        read_limits: ReadLimits | None = None,
+    ) -> None:
         if min_readers < 1:
             raise ValueError(f"min_readers must be >= 1, got {min_readers}")
         rows_by_image = _read_rows(Path(csv_path))

@@ -1,0 +1,56 @@
+"""The layering rules of ARCHITECTURE.md, and the README / CI contract."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "cxrdistill"
+
+
+def _imports(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_library_never_imports_app_training_or_ui_packages():
+    forbidden = ("gradio", "accelerate", "train", "app")
+    for path in PACKAGE.rglob("*.py"):
+        for name in _imports(path):
+            assert name.split(".")[0] not in forbidden, f"{path.relative_to(REPO_ROOT)} imports {name}"
+
+
+def test_data_never_imports_models():
+    for path in (PACKAGE / "data").rglob("*.py"):
+        for name in _imports(path):
+            assert not name.startswith("cxrdistill.models"), f"{path.relative_to(REPO_ROOT)} imports {name}"
+
+
+def test_importing_the_library_loads_no_ui_or_trainer():
+    code = (
+        "import sys, cxrdistill, cxrdistill.data, cxrdistill.io, cxrdistill.labels, cxrdistill.cli; "
+        "print(sorted(m for m in ('gradio', 'accelerate') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"^(pip install .+)$", readme, flags=re.MULTILINE)
+    assert len(commands) == 2, f"the README must give exactly two set-up commands, found {commands}"
+    install, test = next(c for c in commands if "pytest" in c).split(" && ")
+    ci_lines = [line.strip() for line in ci.splitlines()]
+    assert install in ci_lines and test in ci_lines
+    assert ci_lines.index(install) < ci_lines.index(test)

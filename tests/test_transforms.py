@@ -1,0 +1,187 @@
+"""Multi-resolution views: exact area downsampling, letterboxing, augmentation, and boxes that follow the pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_chest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cxrdistill.data import (
+    AugmentConfig,
+    MultiResolutionViews,
+    area_resize,
+    collate_views,
+    letterbox_matrix,
+    transform_boxes,
+    warp,
+)
+
+
+def _sample(image: np.ndarray, boxes=((0, 0, 1, 1),), box_labels=(0,)) -> dict:
+    return {
+        "id": "x",
+        "group": "g",
+        "source": "s",
+        "image": image.astype(np.float32),
+        "global": np.array([0.0, 1.0], np.float32),
+        "local": np.array([1.0], np.float32),
+        "local_mask": np.array([1.0], np.float32),
+        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+        "box_labels": np.asarray(box_labels, np.int64),
+    }
+
+
+def _mask_bbox(mask: torch.Tensor, level: float = 0.5) -> np.ndarray:
+    """xyxy box of the pixels above ``level``, in continuous pixel coordinates (edges)."""
+    rows = torch.nonzero(mask.max(1).values > level).flatten()
+    columns = torch.nonzero(mask.max(0).values > level).flatten()
+    return np.array([columns.min(), rows.min(), columns.max() + 1, rows.max() + 1], dtype=np.float64)
+
+
+def test_area_resize_is_an_exact_block_mean():
+    image = torch.rand(224, 224)
+    expected = image.reshape(28, 8, 28, 8).mean(dim=(1, 3))
+    torch.testing.assert_close(area_resize(image, 28), expected)
+
+
+def test_letterbox_keeps_aspect_and_centres():
+    matrix = letterbox_matrix(100, 50, 200)
+    np.testing.assert_allclose(matrix @ [0, 0, 1], [50, 0, 1])
+    np.testing.assert_allclose(matrix @ [50, 100, 1], [150, 200, 1])
+    view = warp(torch.ones(100, 50), matrix, 200)
+    assert view[:, :50].max() == 0 and view[:, 150:].max() == 0 and view[:, 50:150].min() == 1
+
+
+def test_warp_identity_reproduces_the_image():
+    image = torch.rand(32, 32)
+    torch.testing.assert_close(warp(image, np.eye(3), 32), image)
+
+
+def test_large_reduction_is_antialiased():
+    # A one-pixel checkerboard averages to grey; plain bilinear sampling at stride 8 would alias to black or white.
+    checker = torch.from_numpy((np.indices((448, 448)).sum(0) % 2).astype(np.float32))
+    view = warp(checker, letterbox_matrix(448, 448, 28), 28)
+    assert (view - 0.5).abs().max() < 0.05
+
+
+def test_views_have_every_size_and_match_the_teacher_view_block_means():
+    views = MultiResolutionViews(224, (28, 56, 112))(_sample(synthetic_chest(512, 512)))
+    assert sorted(views["views"]) == [28, 56, 112, 224]
+    for size, view in views["views"].items():
+        assert view.shape == (1, size, size) and view.dtype == torch.float32
+    teacher = views["views"][224][0]
+    torch.testing.assert_close(views["views"][28][0], teacher.reshape(28, 8, 28, 8).mean(dim=(1, 3)))
+
+
+def test_no_horizontal_flip_by_default():
+    image = np.zeros((128, 128), np.float32)
+    image[40:80, 10:40] = 1.0  # a bright mark on the image's left
+    transform = MultiResolutionViews(64, (28,), augment=AugmentConfig())
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        view = transform(_sample(image), generator)["views"][64][0]
+        assert (view[:, :32] > 0.5).sum() > 50 and (view[:, 32:] > 0.5).sum() == 0
+
+
+def test_augmentation_is_reproducible_with_a_generator_and_stays_in_range():
+    transform = MultiResolutionViews(64, (28,), augment=AugmentConfig())
+    sample = _sample(synthetic_chest(200, 160))
+    first = transform(sample, torch.Generator().manual_seed(5))["views"][64]
+    again = transform(sample, torch.Generator().manual_seed(5))["views"][64]
+    other = transform(sample, torch.Generator().manual_seed(6))["views"][64]
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, other)
+    assert 0 <= first.min() and first.max() <= 1
+
+
+def test_augment_config_validates():
+    with pytest.raises(ValueError, match="zoom"):
+        AugmentConfig(zoom=(1.2, 0.9))
+    with pytest.raises(ValueError, match="hflip_p"):
+        AugmentConfig(hflip_p=2)
+
+
+def test_collate_stacks_views_and_keeps_box_lists():
+    transform = MultiResolutionViews(56, (28,))
+    batch = collate_views(
+        [
+            transform(_sample(synthetic_chest(64, 64), boxes=[(1, 1, 9, 9), (20, 20, 30, 30)], box_labels=[0, 0])),
+            transform(_sample(synthetic_chest(80, 64), boxes=np.zeros((0, 4)), box_labels=[])),
+        ]
+    )
+    assert batch["views"][28].shape == (2, 1, 28, 28) and batch["global"].shape == (2, 2)
+    assert [len(b) for b in batch["boxes"][28]] == [2, 0] and batch["id"] == ["x", "x"]
+
+
+# ----------------------------------------------------------------------------------- boxes follow the pixels
+
+box_and_image = st.integers(24, 160).flatmap(
+    lambda height: st.integers(24, 160).flatmap(
+        lambda width: st.tuples(
+            st.just(height),
+            st.just(width),
+            st.integers(0, width - 8),
+            st.integers(0, height - 8),
+            st.integers(6, width),
+            st.integers(6, height),
+        )
+    )
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(box_and_image, st.sampled_from([28, 56]))
+def test_letterbox_views_move_boxes_with_the_pixels(geometry, student_size):
+    """A box drawn around a bright rectangle still bounds that rectangle in every view, to within a pixel."""
+    height, width, x0, y0, box_width, box_height = geometry
+    x1, y1 = min(width, x0 + box_width), min(height, y0 + box_height)
+    image = np.zeros((height, width), np.float32)
+    image[y0:y1, x0:x1] = 1.0
+    views = MultiResolutionViews(112, (student_size,))(_sample(image, boxes=[(x0, y0, x1, y1)]))
+    for size in (112, student_size):
+        view = views["views"][size][0]
+        (box,) = views["boxes"][size].numpy()
+        # Area-averaged edge pixels are partly covered, so compare at a low level; where the source is enlarged,
+        # bilinear upsampling spreads each edge of the lesion by half a source pixel.
+        enlargement = max(1.0, size / max(height, width))
+        np.testing.assert_allclose(_mask_bbox(view, level=0.02), box, atol=1.01 + 0.5 * enlargement)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(box_and_image, st.integers(0, 2**31 - 1))
+def test_augmented_views_keep_the_lesion_inside_its_box(geometry, seed):
+    """With zoom, shift and rotation the moved box must still contain every bright pixel of the lesion."""
+    height, width, x0, y0, box_width, box_height = geometry
+    x1, y1 = min(width, x0 + box_width), min(height, y0 + box_height)
+    image = np.zeros((height, width), np.float32)
+    image[y0:y1, x0:x1] = 1.0
+    config = AugmentConfig(gamma=(1, 1), contrast=(1, 1), brightness=0, min_box_visibility=0.0, hflip_p=0.5)
+    views = MultiResolutionViews(112, (28,), augment=config)(
+        _sample(image, boxes=[(x0, y0, x1, y1)]), torch.Generator().manual_seed(seed)
+    )
+    view = views["views"][112][0]
+    if view.max() <= 0.5:  # the lesion was shifted or zoomed out of view: its box must be gone too
+        assert len(views["boxes"][112]) == 0 or view.max() > 0.02
+        return
+    (box,) = views["boxes"][112].numpy()
+    inside = _mask_bbox(view, level=0.5)
+    assert inside[0] >= box[0] - 1 and inside[1] >= box[1] - 1 and inside[2] <= box[2] + 1 and inside[3] <= box[3] + 1
+
+
+def test_boxes_pushed_out_of_view_are_dropped_with_their_labels():
+    matrix = np.array([[1.0, 0, -100], [0, 1, 0], [0, 0, 1]])  # shift everything 100 px left
+    boxes, keep = transform_boxes(
+        np.array([[10, 10, 50, 50], [90, 10, 150, 50]], np.float32), matrix, 64, min_visibility=0.25
+    )
+    assert keep.tolist() == [False, True]
+    np.testing.assert_allclose(boxes, [[0, 10, 50, 50]])
+
+
+def test_to_view_matrix_maps_source_boxes_onto_view_boxes():
+    sample = _sample(synthetic_chest(300, 200), boxes=[(50, 60, 120, 200)])
+    views = MultiResolutionViews(224, (28,), augment=AugmentConfig())(sample, torch.Generator().manual_seed(1))
+    moved, _ = transform_boxes(sample["boxes"], views["to_view"].numpy(), 224)
+    np.testing.assert_allclose(moved, views["boxes"][224].numpy(), atol=1e-4)
