@@ -365,3 +365,25 @@ def test_csv_dataset(tmp_path):
     assert findings_only.global_targets().tolist() == [[0, 1], [1, 0], [0, 1]]
     with pytest.raises(ValueError, match="no column"):
         CSVDataset(tmp_path / "labels.csv", global_column="diagnosis")
+
+
+def test_a_corrupt_file_in_a_dataset_names_the_image(tmp_path):
+    from cxrdistill.io import XRayReadError
+
+    image = png_bytes(np.round(synthetic_chest(64, 64) * 255).astype(np.uint8))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "good.png").write_bytes(image)
+    (tmp_path / "b" / "broken.png").write_bytes(image[:100])
+    dataset = FolderDataset(tmp_path)
+    with pytest.raises(XRayReadError, match=r"image 'b/broken\.png'.*corrupt or truncated"):
+        dataset[1]
+
+
+def test_curated_datasets_do_not_check_the_body_part(tmp_path):
+    stored = np.round(synthetic_chest(64, 64) * 4095).astype(np.uint16)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    (tmp_path / "x" / "a.dcm").write_bytes(make_dicom(stored, BodyPartExamined="PECHO"))  # Spanish for chest
+    (tmp_path / "y" / "b.dcm").write_bytes(make_dicom(stored))
+    assert FolderDataset(tmp_path)[0]["image"].shape == (64, 64)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from cxrdistill.io import ReadLimits, load_xray
+from cxrdistill.io import ReadLimits, XRayReadError, load_xray
 from cxrdistill.labels import LabelSpace
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,9 @@ class XRayDataset(Dataset):
         self.records = list(records)
         self.global_space = global_space
         self.local_space = local_space
-        self.read_limits = read_limits or ReadLimits()
+        # Curated datasets are chest films by construction, and their BodyPartExamined tags are often wrong or
+        # local-language: only the public upload path needs the body-part check.
+        self.read_limits = read_limits or ReadLimits(chest_only=False)
         ids = [record.id for record in self.records]
         if len(set(ids)) != len(ids):
             raise ValueError(f"{type(self).__name__}: duplicate ids, e.g. {_first_duplicate(ids)!r}")
@@ -123,8 +125,12 @@ class XRayDataset(Dataset):
         return len(self.records)
 
     def read_image(self, index: int) -> np.ndarray:
-        """Decode image ``index`` to ``(H, W)`` float32 in ``[0, 1]``."""
-        return load_xray(self.records[index].path, limits=self.read_limits).pixels
+        """Decode image ``index`` to ``(H, W)`` float32 in ``[0, 1]``; a bad file's error names the image."""
+        record = self.records[index]
+        try:
+            return load_xray(record.path, limits=self.read_limits).pixels
+        except XRayReadError as error:
+            raise XRayReadError(f"{type(self).__name__} image {record.id!r} ({record.path}): {error}") from error
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
