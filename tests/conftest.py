@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.hub_server import LoopbackHub
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+# The loopback Hub must be running, and HF_ENDPOINT pointing at it, before anything imports huggingface_hub:
+# the client reads the endpoint once, at import. A private HF_HOME keeps the user's cache and token out of tests.
+LOOPBACK_HUB = LoopbackHub().start()
+os.environ["HF_ENDPOINT"] = LOOPBACK_HUB.endpoint
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="cxrdistill-test-hf-home-")
+os.environ["HF_TOKEN"] = "hf_loopback_test_token"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_HUB_OFFLINE", None)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXRDISTILL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def hub():
+    """The loopback Hub (already running; its endpoint is HF_ENDPOINT)."""
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.ENDPOINT == LOOPBACK_HUB.endpoint, "huggingface_hub was imported too early"
+    return LOOPBACK_HUB
 
 
 def shared_path(*parts: str) -> Path:

@@ -1,0 +1,306 @@
+"""Model cards rendered from metrics files, and push / pull helpers for the Hugging Face Hub.
+
+A card is never edited by hand: :func:`render_model_card` fills ``cxrdistill/model_cards/model_card.md`` from the
+model's config and a metrics dict (the ``metrics.json`` a training or evaluation run writes, see
+:func:`validate_metrics`), and its YAML header carries the Hub metadata (``library_name``, ``pipeline_tag``, tags,
+datasets and a ``model-index`` with the metric values).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, snapshot_download
+
+from cxrdistill.models import CONFIG_NAME, MODEL_CLASSES, WEIGHTS_NAME, ModelLoadError
+from cxrdistill.models.base import PICKLE_WEIGHTS, REPO_URL, CXRModel
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.json"
+RELEASE_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", METRICS_NAME)
+
+_SUMMARIES = {
+    "cxrdistill-teacher-vit": (
+        "High-resolution Vision Transformer **teacher** for chest X-rays, with a one-of-K global head and a "
+        "multi-label local-findings head, as in MLCAK (Akhter et al., ISBI 2024, arXiv 2405.13370). It teaches "
+        "low-resolution students through its logits and its attention maps."
+    ),
+    "cxrdistill-student-vit": (
+        "Low-resolution Vision Transformer **student** for chest X-rays. Its token grid matches the teacher's "
+        "(14 x 14), so the teacher's attention maps can be distilled into it layer by layer (MLCAK, Akhter et al., "
+        "ISBI 2024, arXiv 2405.13370)."
+    ),
+    "cxrdistill-cnn-teacher": (
+        "CNN **teacher** for tuberculosis classification whose class activation maps localise TB without box "
+        "labels (Shawkat et al., arXiv 2512.11057)."
+    ),
+    "cxrdistill-cnn-student": (
+        "Low-resolution CNN **student** for tuberculosis classification and weakly supervised localisation, "
+        "distilled from a CNN teacher (Shawkat et al., arXiv 2512.11057)."
+    ),
+}
+_CITATIONS = {
+    "vit": (
+        "Akhter, Y., Ranjan, R., Singh, R., Vatsa, M. *Low-Resolution Chest X-ray Classification via Knowledge "
+        "Distillation and Multi-task Learning.* ISBI 2024. arXiv:2405.13370."
+    ),
+    "cnn": (
+        "Shawkat, Hasan, Hasan. *Weakly Supervised Tuberculosis Localization in Chest X-rays through Knowledge "
+        "Distillation.* arXiv:2512.11057."
+    ),
+}
+
+
+def validate_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Check a metrics dict and return it. Expected shape::
+
+    {
+      "dataset": {"name": "TBX11K", "type": "tbx11k", "split": "validation (20% of all_train)",
+                  "licence": "research use (Liu et al., CVPR 2020)"},
+      "results": [{"type": "roc_auc", "name": "macro AUROC", "value": 0.91, "ci95": [0.88, 0.94]}],
+      "training": {"command": "python train/...", "machine": "2-core CPU", "data": "TBX11K all_train, 80%"}
+    }
+    """
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}")
+    dataset = metrics.get("dataset")
+    if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), str) for k in ("name", "type", "split")):
+        raise ValueError("metrics['dataset'] needs string 'name', 'type' and 'split'")
+    results = metrics.get("results")
+    if not isinstance(results, list) or not results:
+        raise ValueError("metrics['results'] must be a non-empty list")
+    for result in results:
+        if (
+            not isinstance(result, dict)
+            or not isinstance(result.get("type"), str)
+            or not isinstance(result.get("name"), str)
+        ):
+            raise ValueError(f"each result needs string 'type' and 'name', got {result!r}")
+        if not isinstance(result.get("value"), (int, float)) or isinstance(result.get("value"), bool):
+            raise ValueError(f"result {result.get('name')!r} needs a numeric 'value', got {result.get('value')!r}")
+    training = metrics.get("training", {})
+    if not isinstance(training, dict) or not isinstance(training.get("command", ""), str):
+        raise ValueError("metrics['training'] must be a dict whose 'command' is a string")
+    return metrics
+
+
+def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) -> ModelCard:
+    """The model card of ``model``: Hub YAML metadata + documentation, with ``metrics`` if there are any."""
+    config = model.config
+    family = "vit" if "vit" in config.model_type else "cnn"
+    title = f"cxrdistill {type(model).__name__} ({config.image_size} px)"
+    if metrics is not None:
+        validate_metrics(metrics)
+    card_data = ModelCardData(
+        library_name="cxrdistill",
+        pipeline_tag="image-classification",
+        license="apache-2.0",
+        tags=sorted(type(model)._hub_mixin_info.model_card_data.tags or []),
+        datasets=[metrics["dataset"]["type"]] if metrics else None,
+        model_name=title,
+        eval_results=_eval_results(metrics) if metrics else None,
+    )
+    values = {
+        "yaml": card_data.to_yaml(),
+        "title": title,
+        "summary": _SUMMARIES[config.model_type],
+        "class_name": type(model).__name__,
+        "model_type": config.model_type,
+        "architecture": _architecture(config),
+        "input": f"{config.image_size} x {config.image_size} px, {config.in_chans} channel, values in [0, 1]",
+        "mean": f"{config.mean:g}",
+        "std": f"{config.std:g}",
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+        "outputs": _outputs(config),
+        "how_to_load": _how_to_load(type(model).__name__, config.image_size),
+        "training_data": _training_data(metrics),
+        "evaluation": _evaluation(metrics),
+        "citation": _CITATIONS[family],
+    }
+    template = resources.files("cxrdistill").joinpath("model_cards", "model_card.md").read_text()
+    return ModelCard(Template(template).substitute(values))
+
+
+def _eval_results(metrics: dict[str, Any]) -> list[EvalResult]:
+    dataset = metrics["dataset"]
+    return [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=dataset["type"],
+            dataset_name=dataset["name"],
+            dataset_split=dataset["split"],
+            metric_type=result["type"],
+            metric_name=result["name"],
+            metric_value=float(result["value"]),
+        )
+        for result in metrics["results"]
+    ]
+
+
+def _architecture(config) -> str:
+    if hasattr(config, "patch_size"):
+        return (
+            f"timm `{config.timm_name}` body: patch {config.patch_size} ({config.grid_size} x {config.grid_size} "
+            f"tokens + class token), width {config.embed_dim}, depth {config.depth}, {config.num_heads} heads; "
+            "linear global and local heads on the class token"
+        )
+    return (
+        f"timm `{config.timm_name}`, `{config.stem}` stem ({config.reduction}x reduction); global average pooling "
+        "and linear global and local heads (exact class activation maps)"
+    )
+
+
+def _outputs(config) -> str:
+    rows = ["| head | label | operating threshold |", "|---|---|---|"]
+    for head, labels, values in (
+        ("global (softmax, one-of-K)", config.global_labels, config.global_thresholds),
+        ("local (sigmoid, multi-label)", config.local_labels, config.local_thresholds),
+    ):
+        shown = [f"{v:.3f}" for v in values] if values is not None else ["not calibrated"] * len(labels)
+        rows += [f"| {head} | {label} | {value} |" for label, value in zip(labels, shown, strict=True)]
+    return "\n".join(rows)
+
+
+def _how_to_load(class_name: str, size: int) -> str:
+    return "\n".join(
+        [
+            "import torch",
+            f"from cxrdistill.models import {class_name}",
+            "from cxrdistill.io import load_xray",
+            "",
+            f'model = {class_name}.from_pretrained("REPO_ID_OR_FOLDER")  # revision="v1.0" for a tag',
+            'pixels = torch.from_numpy(load_xray("chest.png").pixels)  # (H, W) in [0, 1]',
+            f'image = torch.nn.functional.interpolate(pixels[None, None], size=({size}, {size}), mode="area")',
+            "output = model(image)",
+            "print(dict(zip(model.config.global_labels, output.global_logits.softmax(-1)[0].tolist())))",
+        ]
+    )
+
+
+def _training_data(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "No training record travels with these weights: treat them as **untrained**."
+    dataset, training = metrics["dataset"], metrics.get("training", {})
+    lines = [f"- Dataset: {dataset['name']}" + (f" ({dataset['licence']})" if dataset.get("licence") else "")]
+    for key, label in (
+        ("data", "Training data"),
+        ("command", "Command"),
+        ("machine", "Machine"),
+        ("wall_time_s", "Wall time (s)"),
+    ):
+        if key in training:
+            value = f"`{training[key]}`" if key == "command" else training[key]
+            lines.append(f"- {label}: {value}")
+    return "\n".join(lines)
+
+
+def _evaluation(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "Not evaluated: no metrics file was given when this card was rendered."
+    dataset = metrics["dataset"]
+    rows = [f"On {dataset['name']}, split: {dataset['split']}.", "", "| metric | value | 95% CI |", "|---|---|---|"]
+    for result in metrics["results"]:
+        ci = result.get("ci95")
+        rows.append(f"| {result['name']} | {result['value']:.4f} | {f'{ci[0]:.4f} to {ci[1]:.4f}' if ci else ''} |")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------------ push / pull
+
+
+def load_model(source: str | os.PathLike, revision: str | None = None, **kwargs) -> CXRModel:
+    """Load any cxrdistill model from a folder or Hub repo, picking the class from ``config.json``."""
+    config_path = CXRModel._resolve(
+        str(source),
+        CONFIG_NAME,
+        revision,
+        kwargs.get("cache_dir"),
+        False,
+        kwargs.get("local_files_only", False),
+        kwargs.get("token"),
+    )
+    model_type = json.loads(Path(config_path).read_text()).get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise ModelLoadError(f"{source!r}: unknown model_type {model_type!r}; known: {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[model_type].from_pretrained(source, revision=revision, **kwargs)
+
+
+def check_release_folder(folder: str | os.PathLike) -> list[str]:
+    """Files of ``folder`` to publish; raises if a required one is missing or pickled weights are present."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder} is not a folder")
+    present = {p.name for p in folder.iterdir() if p.is_file()}
+    pickles = sorted(present & set(PICKLE_WEIGHTS))
+    if pickles:
+        raise ModelLoadError(f"{folder} holds pickled weights {pickles}; only safetensors are published")
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, "README.md") if name not in present]
+    if missing:
+        raise ModelLoadError(f"{folder} lacks {missing}; save the model with save_pretrained first")
+    load_model(folder)  # never publish something that does not load
+    return [name for name in RELEASE_FILES if name in present]
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    branch: str | None = None,
+    tag: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Publish a saved model folder to ``repo_id`` in one commit (optionally on ``branch``, then ``tag`` it).
+
+    Returns the commit id.
+    """
+    files = check_release_folder(folder)
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if branch:
+        api.create_branch(repo_id, branch=branch, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        allow_patterns=files,
+        revision=branch,
+        commit_message=commit_message or f"Upload {', '.join(files)} with cxrdistill",
+    )
+    if tag:
+        api.create_tag(repo_id, tag=tag, revision=commit.oid)
+    logger.info("pushed %s to %s at %s", folder, repo_id, commit.oid)
+    return commit.oid
+
+
+def pull(
+    repo_id: str, *, revision: str | None = None, local_dir: str | os.PathLike | None = None, token: str | None = None
+) -> Path:
+    """Download a model repo (only the release files) and check that it loads; returns the folder."""
+    if not os.path.isdir(repo_id):
+        # Resolving config.json first turns a missing repo or revision into a clear ModelLoadError.
+        CXRModel._resolve(repo_id, CONFIG_NAME, revision, None, False, False, token)
+    folder = snapshot_download(
+        repo_id, revision=revision, local_dir=local_dir, allow_patterns=list(RELEASE_FILES), token=token
+    )
+    load_model(folder)
+    return Path(folder)
+
+
+__all__ = [
+    "METRICS_NAME",
+    "REPO_URL",
+    "check_release_folder",
+    "load_model",
+    "pull",
+    "push_folder",
+    "render_model_card",
+    "validate_metrics",
+]

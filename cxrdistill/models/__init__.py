@@ -1,0 +1,34 @@
+"""Teacher and student models: each an ``nn.Module`` with ``PyTorchModelHubMixin`` and one config dataclass."""
+
+from cxrdistill.models.base import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, ModelLoadError, ModelOutput
+from cxrdistill.models.cnn import CNNConfig, CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig
+from cxrdistill.models.vit import (
+    StudentViT,
+    StudentViTConfig,
+    TeacherViT,
+    TeacherViTConfig,
+    ViTConfig,
+    recording_attention,
+)
+
+MODEL_CLASSES = {cls.config_class.model_type_default(): cls for cls in (TeacherViT, StudentViT, CNNTeacher, CNNStudent)}
+
+__all__ = [
+    "CONFIG_NAME",
+    "MODEL_CLASSES",
+    "WEIGHTS_NAME",
+    "CNNConfig",
+    "CNNStudent",
+    "CNNStudentConfig",
+    "CNNTeacher",
+    "CNNTeacherConfig",
+    "ModelConfig",
+    "ModelLoadError",
+    "ModelOutput",
+    "StudentViT",
+    "StudentViTConfig",
+    "TeacherViT",
+    "TeacherViTConfig",
+    "ViTConfig",
+    "recording_attention",
+]

@@ -1,0 +1,353 @@
+"""What every cxrdistill model shares: the output dataclass, config rules, and strict Hub loading.
+
+Loading is deliberately stricter than ``PyTorchModelHubMixin``'s default: ``config.json`` must exist and name the
+right model class, every field must be known, the weights must be ``model.safetensors`` (a pickled
+``pytorch_model.bin`` is refused, never unpickled) and must match the model key for key and shape for shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+REPO_URL = "https://github.com/cxrdistill/cxrdistill"
+HUB_TAGS = ["cxrdistill", "chest-x-ray", "medical-imaging", "knowledge-distillation", "image-classification"]
+
+
+class ModelLoadError(OSError):
+    """A model could not be loaded; the message names the repo, revision, file or key at fault."""
+
+
+@dataclass
+class ModelOutput:
+    """What a model's ``forward`` returns.
+
+    Attributes:
+        global_logits: ``(B, K)`` logits of the one-of-K global head (softmax them).
+        local_logits: ``(B, L)`` logits of the multi-label local head (sigmoid them).
+        attentions: ViTs with ``return_attention=True``: one ``(B, heads, N, N)`` tensor per layer, attention
+            probabilities (rows sum to 1), ``N`` = 1 class token + patch tokens; differentiable.
+        features: with ``return_features=True``: ``(B, C, h, w)`` last feature map (CNN) or patch tokens laid
+            out on their grid (ViT); for CNNs, class activation maps are exact linear maps of it.
+    """
+
+    global_logits: torch.Tensor
+    local_logits: torch.Tensor
+    attentions: list[torch.Tensor] | None = None
+    features: torch.Tensor | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Fields every cxrdistill model config has. Subclasses add the architecture.
+
+    Attributes:
+        model_type: name of the model class; checked on load so a student's weights never load into a teacher.
+        image_size: side of the square input, in pixels.
+        in_chans: input channels (1: X-rays are gray).
+        global_labels: names of the one-of-K global classes, in head order.
+        local_labels: names of the multi-label local findings, in head order (may be empty).
+        global_thresholds: calibrated operating threshold on each global class probability, or ``None`` when the
+            model has not been calibrated (then nothing may be called positive).
+        local_thresholds: likewise for the local findings.
+        mean, std: input normalisation, applied inside ``forward`` to images in ``[0, 1]``.
+    """
+
+    model_type: str = ""
+    image_size: int = 224
+    in_chans: int = 1
+    global_labels: tuple[str, ...] = ("not_tb", "tb")
+    local_labels: tuple[str, ...] = ("active_tb", "latent_tb", "uncertain_tb")
+    global_thresholds: tuple[float, ...] | None = None
+    local_thresholds: tuple[float, ...] | None = None
+    mean: float = 0.449
+    std: float = 0.226
+
+    def __post_init__(self) -> None:
+        for name in ("global_labels", "local_labels", "global_thresholds", "local_thresholds"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))  # JSON gives lists
+        if self.model_type != type(self).model_type_default():
+            raise ValueError(
+                f"{type(self).__name__}.model_type must be {type(self).model_type_default()!r}, got {self.model_type!r}"
+            )
+        _positive_int(self, "image_size")
+        _positive_int(self, "in_chans")
+        if len(self.global_labels) < 2:
+            raise ValueError(f"global_labels needs at least 2 classes, got {self.global_labels}")
+        for name in ("global_labels", "local_labels"):
+            labels = getattr(self, name)
+            if len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
+                raise ValueError(f"{name} must be distinct non-empty strings, got {labels}")
+        for name, labels in (("global_thresholds", self.global_labels), ("local_thresholds", self.local_labels)):
+            thresholds = getattr(self, name)
+            if thresholds is None:
+                continue
+            if len(thresholds) != len(labels):
+                raise ValueError(f"{name} has {len(thresholds)} values for {len(labels)} labels {labels}")
+            if not all(0.0 <= float(t) <= 1.0 for t in thresholds):
+                raise ValueError(f"{name} must be probabilities in [0, 1], got {thresholds}")
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def model_type_default(cls) -> str:
+        """The ``model_type`` this config class describes."""
+        return next(f.default for f in dataclasses.fields(cls) if f.name == "model_type")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a ``config.json`` dict; unknown fields are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+
+def _positive_int(config: Any, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class CXRModel(PyTorchModelHubMixin):
+    """Mixin for cxrdistill models: config handling, input checks and strict Hub loading.
+
+    Subclasses set ``config_class`` and build themselves from ``config`` in ``__init__(config, pretrained=False)``.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    config: ModelConfig
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Check ``images`` ``(B, C, H, W)`` in ``[0, 1]`` and apply the config's normalisation."""
+        if images.ndim != 4 or images.shape[1] != self.config.in_chans:
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape (B, {self.config.in_chans}, H, W), "
+                f"got {tuple(images.shape)}"
+            )
+        return (images - self.config.mean) / self.config.std
+
+    # ----------------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        map_location: str | torch.device = "cpu",
+    ):
+        """Load a model from a local folder, a Hub repo id (at ``revision``: tag, branch or commit) or the cache.
+
+        With ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) only the local cache is used.
+
+        Raises:
+            ModelLoadError: missing repo, revision or file; a pickle-only repo; a config for another model class;
+                an invalid config; weights that do not match the config key for key and shape for shape.
+        """
+        source = str(pretrained_model_name_or_path)
+        config_path = cls._resolve(source, CONFIG_NAME, revision, cache_dir, force_download, local_files_only, token)
+        try:
+            data = json.loads(Path(config_path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ModelLoadError(f"{_where(source, revision)}: {CONFIG_NAME} is not valid JSON ({error})") from error
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{_where(source, revision)}: {CONFIG_NAME} must hold a JSON object")
+        expected = cls.config_class.model_type_default()
+        if data.get("model_type") != expected:
+            raise ModelLoadError(
+                f"{_where(source, revision)} holds a {data.get('model_type')!r} model, not a {expected!r} "
+                f"({cls.__name__}); load it with the matching class"
+            )
+        try:
+            config = cls.config_class.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ModelLoadError(f"{_where(source, revision)}: invalid {CONFIG_NAME}: {error}") from error
+
+        weights_path = cls._resolve(source, WEIGHTS_NAME, revision, cache_dir, force_download, local_files_only, token)
+        model = cls(config)
+        try:
+            state = load_file(weights_path, device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"{_where(source, revision)}: {WEIGHTS_NAME} is corrupt or truncated ({error})"
+            ) from error
+        _load_strict(model, state, _where(source, revision))
+        model.eval()
+        return model
+
+    @classmethod
+    def _resolve(cls, source: str, filename: str, revision, cache_dir, force_download, local_files_only, token) -> str:
+        """Local path of ``filename`` from a folder or a Hub repo, with errors that say what is missing."""
+        if os.path.isdir(source):
+            path = os.path.join(source, filename)
+            if not os.path.isfile(path):
+                raise ModelLoadError(f"{source} has no {filename}{_pickle_hint(os.listdir(source), filename)}")
+            return path
+        if os.path.exists(source):
+            raise ModelLoadError(f"{source} is a file; give the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            return hf_hub_download(
+                repo_id=source,
+                filename=filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
+            )
+        except RepositoryNotFoundError as error:
+            raise ModelLoadError(
+                f"no model repo {source!r} on {_endpoint()} (or it is private and no token was given)"
+            ) from error
+        except RevisionNotFoundError as error:
+            raise ModelLoadError(f"repo {source!r} has no revision {revision!r} (tag, branch or commit)") from error
+        except EntryNotFoundError as error:
+            raise ModelLoadError(
+                f"{_where(source, revision)} has no {filename}{_remote_pickle_hint(filename)}"
+            ) from error
+        except LocalEntryNotFoundError as error:
+            raise ModelLoadError(
+                f"{_where(source, revision)}: {filename} is not in the local cache and the Hub cannot be reached "
+                "(offline mode, or no network)"
+            ) from error
+        except (HfHubHTTPError, ValueError) as error:  # ValueError: a malformed repo id
+            raise ModelLoadError(f"could not fetch {filename} of {_where(source, revision)}: {error}") from error
+
+    # ------------------------------------------------------------------------------------------------ saving
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        metrics: dict | None = None,
+        model_card_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Write ``config.json``, ``model.safetensors``, a freshly rendered ``README.md`` card and, given
+        ``metrics``, ``metrics.json`` (see :func:`cxrdistill.hub.validate_metrics`). Files are replaced atomically.
+        """
+        from cxrdistill.hub import METRICS_NAME, validate_metrics
+
+        save_directory = Path(save_directory)
+        metrics = metrics if metrics is not None else (model_card_kwargs or {}).get("metrics")
+        if metrics is not None:
+            validate_metrics(metrics)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        (save_directory / "README.md").unlink(missing_ok=True)  # the card is always re-rendered, never kept stale
+        if metrics is not None:
+            _atomic_write_text(save_directory / METRICS_NAME, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        return super().save_pretrained(save_directory, model_card_kwargs={"metrics": metrics}, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, metrics: dict | None = None, **kwargs) -> str:
+        """Save (with ``metrics``) and upload to ``repo_id`` in one commit; returns the commit URL."""
+        model_card_kwargs = {**(kwargs.pop("model_card_kwargs", None) or {}), "metrics": metrics}
+        return super().push_to_hub(repo_id, model_card_kwargs=model_card_kwargs, **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from safetensors.torch import save_model
+
+        _atomic_write_text(save_directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+        temporary = save_directory / f".{WEIGHTS_NAME}.tmp-{os.getpid()}"
+        try:
+            save_model(self, str(temporary), metadata={"format": "pt"})
+            os.replace(temporary, save_directory / WEIGHTS_NAME)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------------------------------- model cards
+
+    def generate_model_card(self, *args, **kwargs):
+        """The card written by ``save_pretrained`` / ``push_to_hub``: rendered from the config and ``metrics``."""
+        from cxrdistill.hub import render_model_card
+
+        return render_model_card(self, metrics=kwargs.get("metrics"))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(state) & set(expected))
+        if state[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_first(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches {_first(mismatched)}")
+    if problems:
+        raise ModelLoadError(f"{where}: the weights do not match config.json: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _first(items: list[str], count: int = 5) -> str:
+    shown = ", ".join(items[:count])
+    return f"[{shown}{f', ... {len(items) - count} more' if len(items) > count else ''}]"
+
+
+def _where(source: str, revision: str | None) -> str:
+    return f"{source!r}" + (f" at revision {revision!r}" if revision else "")
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _pickle_hint(files: list[str], filename: str) -> str:
+    if filename == WEIGHTS_NAME and any(name in files for name in PICKLE_WEIGHTS):
+        return " (it has pickled PyTorch weights, which cxrdistill never loads: convert them to safetensors)"
+    return ""
+
+
+def _remote_pickle_hint(filename: str) -> str:
+    if filename == WEIGHTS_NAME:
+        return " (pickled .bin/.pt weights are never loaded: the repo must hold safetensors)"
+    return ""

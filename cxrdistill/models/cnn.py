@@ -1,0 +1,141 @@
+"""CNN teacher and student for weakly supervised TB localisation (Shawkat et al., arXiv 2512.11057).
+
+A timm ResNet body, then global average pooling and linear heads, so the class activation map of a label is
+exactly its head's weights applied to the last feature map (Zhou et al., CVPR 2016): ``CAM_k = sum_c w_kc F_c``.
+The paper uses ResNet50 for both; the CPU defaults are ResNet18, and for low-resolution inputs a ``"lowres"``
+stem (a 3x3 stride-1 convolution, no max-pool) keeps a 4 x 4 map at 28 px instead of the 1 x 1 an ImageNet stem
+leaves, so a CAM still has somewhere to point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+from cxrdistill.models.base import HUB_TAGS, REPO_URL, CXRModel, ModelConfig, ModelOutput
+
+STEMS = ("imagenet", "lowres")
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    """A timm ResNet with global-average-pool + linear global and local heads.
+
+    Attributes:
+        timm_name: a timm ResNet, e.g. ``"resnet18"`` or ``"resnet50"`` (the paper's).
+        stem: ``"imagenet"`` (7x7 stride-2 convolution + max-pool, 32x reduction) or ``"lowres"`` (3x3 stride 1,
+            no max-pool, 8x reduction) for inputs of 28 to 112 px.
+        drop_rate: dropout on the pooled features.
+    """
+
+    timm_name: str = "resnet18"
+    stem: str = "imagenet"
+    drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if not self.timm_name.startswith(("resnet", "resnext", "seresnet", "wide_resnet")):
+            raise ValueError(f"timm_name must be a timm ResNet family model, got {self.timm_name!r}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+
+    @property
+    def reduction(self) -> int:
+        """Input pixels per feature-map cell along a side."""
+        return 32 if self.stem == "imagenet" else 8
+
+
+@dataclass
+class CNNTeacherConfig(CNNConfig):
+    """ResNet18 at 224 px by default (``timm_name="resnet50"`` for the paper's teacher)."""
+
+    model_type: str = "cxrdistill-cnn-teacher"
+
+
+@dataclass
+class CNNStudentConfig(CNNConfig):
+    """ResNet18 with the low-resolution stem at 28 px by default."""
+
+    model_type: str = "cxrdistill-cnn-student"
+    image_size: int = 28
+    stem: str = "lowres"
+
+
+class _CNNClassifier(nn.Module, CXRModel):
+    """Shared body of CNNTeacher and CNNStudent."""
+
+    config_class = CNNConfig
+
+    def __init__(self, config: CNNConfig | None = None, pretrained: bool = False) -> None:
+        super().__init__()
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        c = self.config
+        self.backbone = timm.create_model(
+            c.timm_name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=c.in_chans
+        )
+        if c.stem == "lowres":
+            stem_width = self.backbone.conv1.out_channels
+            self.backbone.conv1 = nn.Conv2d(c.in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.backbone.maxpool = nn.Identity()
+        width = self.backbone.num_features
+        self.dropout = nn.Dropout(c.drop_rate)
+        self.global_head = nn.Linear(width, len(c.global_labels))
+        self.local_head = nn.Linear(width, len(c.local_labels))
+
+    def forward(
+        self, images: torch.Tensor, return_attention: bool = False, return_features: bool = False
+    ) -> ModelOutput:
+        """Classify ``images`` ``(B, in_chans, H, W)`` in ``[0, 1]`` (trained at ``config.image_size``).
+
+        Args:
+            return_attention: not available (a CNN has no attention); raises ``ValueError``.
+            return_features: also return the last feature map ``(B, C, H / reduction, W / reduction)``.
+        """
+        if return_attention:
+            raise ValueError(f"{type(self).__name__} has no attention maps; use return_features for CAMs")
+        features = self.backbone.forward_features(self.normalise(images))  # (B, C, h, w)
+        pooled = self.dropout(features.mean(dim=(2, 3)))
+        return ModelOutput(
+            self.global_head(pooled), self.local_head(pooled), None, features if return_features else None
+        )
+
+    def class_activation_maps(self, features: torch.Tensor, head: str = "global") -> torch.Tensor:
+        """Exact CAMs ``(B, labels, h, w)`` of ``head`` (``"global"`` or ``"local"``) from ``features``.
+
+        Averaging a CAM over its cells gives that label's logit, bias included.
+        """
+        layer = {"global": self.global_head, "local": self.local_head}[head]
+        return torch.einsum("kc,bchw->bkhw", layer.weight, features) + layer.bias[None, :, None, None]
+
+
+class CNNTeacher(
+    _CNNClassifier,
+    library_name="cxrdistill",
+    tags=[*HUB_TAGS, "resnet", "teacher", "class-activation-maps"],
+    repo_url=REPO_URL,
+    pipeline_tag="image-classification",
+    license="apache-2.0",
+):
+    """CNN teacher for TB classification and CAM localisation (ResNet18 at 224 px by default)."""
+
+    config_class = CNNTeacherConfig
+
+
+class CNNStudent(
+    _CNNClassifier,
+    library_name="cxrdistill",
+    tags=[*HUB_TAGS, "resnet", "student", "low-resolution", "class-activation-maps"],
+    repo_url=REPO_URL,
+    pipeline_tag="image-classification",
+    license="apache-2.0",
+):
+    """Low-resolution CNN student (ResNet18, low-res stem, 28 px by default)."""
+
+    config_class = CNNStudentConfig

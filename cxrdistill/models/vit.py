@@ -1,0 +1,207 @@
+"""ViT teacher and student with a global (one-of-K) head and a local (multi-label) head, as in MLCAK.
+
+MLCAK (Akhter et al., ISBI 2024) distils a ViT teacher on 224-px X-rays into a ViT student on 28-px X-rays through
+logits and head-averaged attention maps. To compare attention maps one to one the student's token grid matches the
+teacher's: 224 / 16 = 28 / 2 = 56 / 4 = 112 / 8 = 14 patches a side, so ``StudentViTConfig`` picks
+``patch_size = image_size // 14`` unless told otherwise (the distillation loss resamples when grids differ).
+
+Attention maps come from :class:`RecordingAttention`, timm's ``Attention`` with one addition: inside
+:func:`recording_attention` it computes the attention probabilities explicitly and records them; everywhere else it
+is timm's own code, fused kernel included. The switch is thread-local, so a model shared by a web app's threads
+gives each request its own maps, and it cannot be silently lost to the fused kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.layers import Attention
+from torch import nn
+
+from cxrdistill.models.base import HUB_TAGS, REPO_URL, CXRModel, ModelConfig, ModelOutput
+
+_recording = threading.local()
+
+
+@contextlib.contextmanager
+def recording_attention() -> Iterator[list[torch.Tensor]]:
+    """Within this block (this thread only), every :class:`RecordingAttention` appends its probabilities."""
+    previous = getattr(_recording, "store", None)
+    _recording.store = store = []
+    try:
+        yield store
+    finally:
+        _recording.store = previous
+
+
+class RecordingAttention(Attention):
+    """timm ``Attention`` recording ``(B, heads, N, N)`` probabilities inside :func:`recording_attention`."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        store = getattr(_recording, "store", None)
+        if store is None or attn_mask is not None or is_causal or self.gate is not None:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        query, key = self.q_norm(query), self.k_norm(key)
+        attention = ((query * self.scale) @ key.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
+        store.append(attention)
+        x = (self.attn_drop(attention) @ value).transpose(1, 2).reshape(batch, tokens, self.attn_dim)
+        return self.proj_drop(self.proj(self.norm(x)))
+
+
+@dataclass
+class ViTConfig(ModelConfig):
+    """A timm Vision Transformer with a global and a local head.
+
+    Attributes:
+        timm_name: timm architecture whose weights ``pretrained=True`` downloads (users with a network).
+        patch_size, embed_dim, depth, num_heads, mlp_ratio: the transformer, passed to timm.
+        drop_rate, drop_path_rate: dropout on the pooled features and stochastic depth.
+    """
+
+    timm_name: str = "vit_tiny_patch16_224"
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("patch_size", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        for name in ("drop_rate", "drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side: the attention maps are over ``grid_size**2`` patch tokens plus the class token."""
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class TeacherViTConfig(ViTConfig):
+    """ViT-Tiny/16 at 224 px by default (MLCAK's teacher scale that still trains on a CPU)."""
+
+    model_type: str = "cxrdistill-teacher-vit"
+
+
+@dataclass
+class StudentViTConfig(ViTConfig):
+    """A narrow, shallow ViT for 28-, 56- or 112-px inputs; ``patch_size = image_size // 14`` unless given."""
+
+    model_type: str = "cxrdistill-student-vit"
+    image_size: int = 28
+    patch_size: int = 0  # 0: choose image_size // 14 so the token grid matches the teacher's 14 x 14
+    embed_dim: int = 96
+    depth: int = 6
+    num_heads: int = 3
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.patch_size == 0:
+            if not isinstance(self.image_size, int) or self.image_size < 14 or self.image_size % 14:
+                raise ValueError(f"image_size {self.image_size!r} is not a multiple of 14; give patch_size explicitly")
+            self.patch_size = self.image_size // 14
+        super().__post_init__()
+
+
+class _ViTClassifier(nn.Module, CXRModel):
+    """Shared body of TeacherViT and StudentViT: timm ViT, class-token features, two linear heads."""
+
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig | None = None, pretrained: bool = False) -> None:
+        super().__init__()
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        c = self.config
+        self.backbone = timm.create_model(
+            c.timm_name,
+            pretrained=pretrained,
+            num_classes=0,
+            in_chans=c.in_chans,
+            img_size=c.image_size,
+            patch_size=c.patch_size,
+            embed_dim=c.embed_dim,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio,
+            drop_rate=c.drop_rate,
+            drop_path_rate=c.drop_path_rate,
+            attn_layer=RecordingAttention,
+        )
+        self.global_head = nn.Linear(c.embed_dim, len(c.global_labels))
+        self.local_head = nn.Linear(c.embed_dim, len(c.local_labels))
+
+    def forward(
+        self, images: torch.Tensor, return_attention: bool = False, return_features: bool = False
+    ) -> ModelOutput:
+        """Classify ``images`` ``(B, in_chans, image_size, image_size)`` with values in ``[0, 1]``.
+
+        Args:
+            return_attention: also return each layer's attention probabilities ``(B, heads, N, N)``.
+            return_features: also return the final patch tokens as a ``(B, embed_dim, grid, grid)`` map.
+        """
+        size = self.config.image_size
+        if images.shape[-2:] != (size, size):
+            raise ValueError(f"{type(self).__name__} takes {size} x {size} images, got {tuple(images.shape[-2:])}")
+        x = self.normalise(images)
+        if return_attention:
+            with recording_attention() as attentions:
+                tokens = self.backbone.forward_features(x)  # (B, 1 + grid**2, embed_dim)
+            if len(attentions) != self.config.depth:
+                raise RuntimeError(f"recorded {len(attentions)} attention maps for {self.config.depth} layers")
+        else:
+            attentions = None
+            tokens = self.backbone.forward_features(x)
+        pooled = self.backbone.forward_head(tokens, pre_logits=True)  # (B, embed_dim): class token
+        features = None
+        if return_features:
+            patches = tokens[:, self.backbone.num_prefix_tokens :]  # (B, grid**2, embed_dim)
+            grid = self.config.grid_size
+            features = patches.transpose(1, 2).reshape(len(patches), -1, grid, grid)
+        return ModelOutput(self.global_head(pooled), self.local_head(pooled), attentions, features)
+
+
+class TeacherViT(
+    _ViTClassifier,
+    library_name="cxrdistill",
+    tags=[*HUB_TAGS, "vision-transformer", "teacher"],
+    repo_url=REPO_URL,
+    pipeline_tag="image-classification",
+    license="apache-2.0",
+):
+    """High-resolution ViT teacher (default ViT-Tiny/16 at 224 px, one channel)."""
+
+    config_class = TeacherViTConfig
+
+
+class StudentViT(
+    _ViTClassifier,
+    library_name="cxrdistill",
+    tags=[*HUB_TAGS, "vision-transformer", "student", "low-resolution"],
+    repo_url=REPO_URL,
+    pipeline_tag="image-classification",
+    license="apache-2.0",
+):
+    """Low-resolution ViT student (default 28 px, patch 2, a 14 x 14 token grid like the teacher's)."""
+
+    config_class = StudentViTConfig

@@ -1,0 +1,255 @@
+"""Model classes: outputs, attention maps, CAMs, configs, and save/load that is exact and strict."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cxrdistill.models import (
+    MODEL_CLASSES,
+    CNNStudent,
+    CNNStudentConfig,
+    CNNTeacher,
+    CNNTeacherConfig,
+    ModelLoadError,
+    StudentViT,
+    StudentViTConfig,
+    TeacherViT,
+    TeacherViTConfig,
+)
+
+# Small but real configurations, so each test takes well under a second on a CPU.
+CASES = {
+    "teacher-vit": (TeacherViT, TeacherViTConfig(image_size=64, patch_size=16, depth=3, embed_dim=48, num_heads=3)),
+    "student-vit-28": (StudentViT, StudentViTConfig(image_size=28, depth=2, embed_dim=48)),
+    "student-vit-56": (StudentViT, StudentViTConfig(image_size=56, depth=2, embed_dim=48)),
+    "cnn-teacher": (CNNTeacher, CNNTeacherConfig(image_size=64)),
+    "cnn-student": (CNNStudent, CNNStudentConfig(image_size=28)),
+}
+VIT_CASES = [name for name in CASES if "vit" in name]
+
+
+def build(name: str, seed: int = 0):
+    cls, config = CASES[name]
+    torch.manual_seed(seed)
+    return cls(config).eval()
+
+
+def images_for(model, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    size = model.config.image_size
+    return torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_forward_returns_both_heads(name):
+    model = build(name)
+    output = model(images_for(model))
+    assert output.global_logits.shape == (2, len(model.config.global_labels))
+    assert output.local_logits.shape == (2, len(model.config.local_labels))
+    assert output.attentions is None and output.features is None
+
+
+@pytest.mark.parametrize("name", VIT_CASES)
+def test_attention_maps_have_the_documented_shape_and_are_probabilities(name):
+    model = build(name)
+    output = model(images_for(model), return_attention=True)
+    tokens = 1 + model.config.grid_size**2
+    assert len(output.attentions) == model.config.depth
+    for attention in output.attentions:
+        assert attention.shape == (2, model.config.num_heads, tokens, tokens)
+        torch.testing.assert_close(attention.sum(-1), torch.ones(2, model.config.num_heads, tokens))
+        assert attention.min() >= 0
+
+
+@pytest.mark.parametrize("name", VIT_CASES)
+def test_attention_path_gives_the_same_logits_as_the_fused_path(name):
+    model = build(name)
+    images = images_for(model)
+    with torch.no_grad():
+        fused = model(images)
+        recorded = model(images, return_attention=True)
+    torch.testing.assert_close(recorded.global_logits, fused.global_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded.local_logits, fused.local_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", VIT_CASES)
+def test_gradient_flows_through_the_attention_maps(name):
+    model = build(name).train()
+    output = model(images_for(model), return_attention=True)
+    loss = sum(attention.mean(dim=1).pow(2).sum() for attention in output.attentions)  # a head-averaged map loss
+    loss.backward()
+    qkv = model.backbone.blocks[0].attn.qkv.weight.grad
+    assert qkv is not None and qkv.abs().sum() > 0
+
+
+def test_attention_maps_are_per_thread():
+    model = build("student-vit-28")
+    results, errors = {}, []
+
+    def run(index):
+        try:
+            with torch.no_grad():
+                results[index] = model(images_for(model, batch=1, seed=index), return_attention=True).attentions
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and all(len(maps) == model.config.depth for maps in results.values())
+    with torch.no_grad():
+        alone = model(images_for(model, batch=1, seed=3), return_attention=True).attentions
+    torch.testing.assert_close(results[3][0], alone[0])
+
+
+@pytest.mark.parametrize("name", VIT_CASES)
+def test_vit_features_are_the_patch_grid(name):
+    model = build(name)
+    features = model(images_for(model), return_features=True).features
+    grid = model.config.grid_size
+    assert features.shape == (2, model.config.embed_dim, grid, grid)
+
+
+@pytest.mark.parametrize("name", ["cnn-teacher", "cnn-student"])
+def test_cnn_cams_average_to_the_logits(name):
+    model = build(name)
+    output = model(images_for(model), return_features=True)
+    assert output.features.shape[-1] == -(-model.config.image_size // model.config.reduction)  # ceil
+    for head, logits in (("global", output.global_logits), ("local", output.local_logits)):
+        cams = model.class_activation_maps(output.features, head)
+        torch.testing.assert_close(cams.mean(dim=(2, 3)), logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no attention"):
+        model(images_for(model), return_attention=True)
+
+
+def test_student_token_grid_matches_the_teacher():
+    teacher = TeacherViTConfig()
+    for size in (28, 56, 112):
+        assert StudentViTConfig(image_size=size).grid_size == teacher.grid_size == 14
+
+
+def test_wrong_input_size_or_channels_is_a_clear_error():
+    model = build("student-vit-28")
+    with pytest.raises(ValueError, match="takes 28 x 28 images"):
+        model(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"expects images of shape \(B, 1, H, W\)"):
+        model(torch.rand(1, 3, 28, 28))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: StudentViTConfig(image_size=30), "not a multiple of 14"),
+        (lambda: TeacherViTConfig(image_size=224, patch_size=15), "not a multiple of patch_size"),
+        (lambda: TeacherViTConfig(embed_dim=100, num_heads=3), "not divisible by num_heads"),
+        (lambda: TeacherViTConfig(global_labels=("only",)), "at least 2 classes"),
+        (lambda: TeacherViTConfig(local_thresholds=(0.5,)), "has 1 values for 3 labels"),
+        (lambda: TeacherViTConfig(global_thresholds=(0.5, 1.5)), r"probabilities in \[0, 1\]"),
+        (lambda: TeacherViTConfig(global_labels=("a", "a")), "distinct"),
+        (lambda: TeacherViTConfig(std=0), "std must be > 0"),
+        (lambda: CNNStudentConfig(stem="tiny"), "stem must be one of"),
+        (lambda: CNNTeacherConfig(timm_name="vit_tiny_patch16_224"), "ResNet family"),
+        (lambda: TeacherViTConfig(model_type="cxrdistill-student-vit"), "model_type must be"),
+        (
+            lambda: TeacherViTConfig.from_dict({"depth": 2, "colour": "red"}),
+            r"unknown TeacherViTConfig field\(s\) \['colour'\]",
+        ),
+    ],
+)
+def test_config_validation_names_the_bad_value(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_every_model_class_is_registered_by_model_type():
+    assert set(MODEL_CLASSES.values()) == {TeacherViT, StudentViT, CNNTeacher, CNNStudent}
+
+
+# ------------------------------------------------------------------------------------------- save and load
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_save_and_load_round_trip_is_exact(name, tmp_path):
+    model = build(name, seed=5)
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.config == model.config and not loaded.training
+    for (key, expected), (_, actual) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=key)
+    images = images_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).global_logits, model(images).global_logits, atol=0, rtol=0)
+
+
+def test_calibrated_thresholds_travel_with_the_weights(tmp_path):
+    config = StudentViTConfig(depth=1, embed_dim=24, global_thresholds=(0.3, 0.7), local_thresholds=(0.1, 0.2, 0.3))
+    StudentViT(config).save_pretrained(tmp_path)
+    assert StudentViT.from_pretrained(tmp_path).config.local_thresholds == (0.1, 0.2, 0.3)
+
+
+def test_missing_and_unexpected_keys_are_errors(tmp_path):
+    build("student-vit-28").save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file(
+        {k: v for k, v in weights.items() if k != "local_head.bias"} | {"extra.weight": torch.zeros(1)},
+        tmp_path / "model.safetensors",
+    )
+    with pytest.raises(ModelLoadError, match=r"missing keys \[local_head.bias\]; unexpected keys \[extra.weight\]"):
+        StudentViT.from_pretrained(tmp_path)
+
+
+def test_config_and_weights_that_disagree_are_an_error(tmp_path):
+    build("student-vit-28").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["local_labels"] = ["a", "b"]  # weights were saved for three local labels
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"shape mismatches \[local_head.bias: file \(3,\) vs model \(2,\)"):
+        StudentViT.from_pretrained(tmp_path)
+
+
+def test_loading_with_the_wrong_class_is_an_error(tmp_path):
+    build("student-vit-28").save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="holds a 'cxrdistill-student-vit' model, not a 'cxrdistill-teacher-vit'"):
+        TeacherViT.from_pretrained(tmp_path)
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    model = build("student-vit-28")
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="pickled PyTorch weights, which cxrdistill never loads"):
+        StudentViT.from_pretrained(tmp_path)
+
+
+def test_corrupt_or_truncated_weights_are_an_error(tmp_path):
+    build("student-vit-28").save_pretrained(tmp_path)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        StudentViT.from_pretrained(tmp_path)
+
+
+def test_folder_without_config_is_an_error(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
+        StudentViT.from_pretrained(tmp_path)
+
+
+def test_saving_again_rerenders_the_card(tmp_path):
+    model = build("student-vit-28")
+    model.save_pretrained(tmp_path)
+    assert "Not evaluated" in (tmp_path / "README.md").read_text()
+    metrics = {
+        "dataset": {"name": "TBX11K", "type": "tbx11k", "split": "val"},
+        "results": [{"type": "roc_auc", "name": "macro AUROC", "value": 0.8765}],
+    }
+    model.save_pretrained(tmp_path, metrics=metrics)
+    assert "0.8765" in (tmp_path / "README.md").read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
