@@ -2,6 +2,7 @@
 
 ``cxrdistill inspect FILE`` (or ``--example``) reads an X-ray as the models will see it and prints what it found:
 format, modality, view, size, bit depth, spacing, intensity statistics and a small text preview.
+``cxrdistill push MODEL_DIR REPO_ID`` and ``cxrdistill pull REPO_ID`` move models through the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -76,6 +77,38 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from cxrdistill.hub import push_folder
+    from cxrdistill.models import ModelLoadError
+
+    try:
+        commit = push_folder(args.model_dir, args.repo_id, branch=args.revision, tag=args.tag, private=args.private)
+    except ModelLoadError as error:
+        print(f"cannot push: {error}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.model_dir} to {args.repo_id} (commit {commit}" + (f", tag {args.tag})" if args.tag else ")"))
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from cxrdistill.hub import load_model, pull
+    from cxrdistill.models import ModelLoadError
+
+    try:
+        folder = pull(args.repo_id, revision=args.revision, local_dir=args.local_dir)
+    except ModelLoadError as error:
+        print(f"cannot pull: {error}", file=sys.stderr)
+        return 1
+    model = load_model(folder)
+    config = model.config
+    print(
+        f"{args.repo_id}: {type(model).__name__}, {config.image_size} px, global {list(config.global_labels)}, "
+        f"local {list(config.local_labels)}"
+    )
+    print(folder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrdistill", description="Chest X-ray AI at low resolution.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.add_argument("--max-mib", type=int, default=64, help="largest file accepted, in MiB (default 64)")
     inspect.set_defaults(handler=_inspect)
+
+    push = commands.add_parser("push", help="publish a saved model folder to the Hugging Face Hub")
+    push.add_argument("model_dir", help="folder written by save_pretrained (config.json, model.safetensors, README.md)")
+    push.add_argument("repo_id", help="e.g. org/cxr-student-28")
+    push.add_argument("--revision", help="branch to commit to (created if needed; default main)")
+    push.add_argument("--tag", help="tag the new commit, e.g. v1.0")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.set_defaults(handler=_push)
+
+    pull = commands.add_parser("pull", help="download a model from the Hub and check that it loads")
+    pull.add_argument("repo_id")
+    pull.add_argument("--revision", help="tag, branch or commit (default main)")
+    pull.add_argument("--local-dir", help="copy the files here instead of only into the Hub cache")
+    pull.set_defaults(handler=_pull)
     return parser
 
 

@@ -234,14 +234,14 @@ class CXRModel(PyTorchModelHubMixin):
             ) from error
         except RevisionNotFoundError as error:
             raise ModelLoadError(f"repo {source!r} has no revision {revision!r} (tag, branch or commit)") from error
-        except EntryNotFoundError as error:
-            raise ModelLoadError(
-                f"{_where(source, revision)} has no {filename}{_remote_pickle_hint(filename)}"
-            ) from error
-        except LocalEntryNotFoundError as error:
+        except LocalEntryNotFoundError as error:  # before EntryNotFoundError: it is a subclass
             raise ModelLoadError(
                 f"{_where(source, revision)}: {filename} is not in the local cache and the Hub cannot be reached "
                 "(offline mode, or no network)"
+            ) from error
+        except EntryNotFoundError as error:
+            raise ModelLoadError(
+                f"{_where(source, revision)} has no {filename}{_remote_pickle_hint(filename)}"
             ) from error
         except (HfHubHTTPError, ValueError) as error:  # ValueError: a malformed repo id
             raise ModelLoadError(f"could not fetch {filename} of {_where(source, revision)}: {error}") from error
