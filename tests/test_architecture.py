@@ -38,7 +38,8 @@ def test_data_never_imports_models():
 
 def test_importing_the_library_loads_no_ui_or_trainer():
     code = (
-        "import sys, cxrdistill, cxrdistill.data, cxrdistill.io, cxrdistill.labels, cxrdistill.cli; "
+        "import sys, cxrdistill, cxrdistill.data, cxrdistill.io, cxrdistill.labels, cxrdistill.cli, "
+        "cxrdistill.models, cxrdistill.hub; "
         "print(sorted(m for m in ('gradio', 'accelerate') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
