@@ -166,3 +166,22 @@ def test_cli_push_and_pull(hub, tmp_path, capsys):
     assert main(["pull", "cxr-org/nothing-here"]) == 1
     assert "no model repo" in capsys.readouterr().err
     assert main(["push", str(tmp_path / "empty-folder"), repo_id]) == 1
+
+
+@pytest.mark.parametrize("name", ["teacher-vit", "student-vit-28", "cnn-teacher", "cnn-student"])
+def test_every_model_class_round_trips_through_the_hub_by_tag(hub, name):
+    from test_models import build, images_for
+
+    model = build(name, seed=11)
+    repo_id = repo_name()
+    model.push_to_hub(repo_id)
+    from huggingface_hub import HfApi
+
+    HfApi().create_tag(repo_id, tag="v1")
+    loaded = type(model).from_pretrained(repo_id, revision="v1")
+    assert_same_weights(model, loaded)
+    images = images_for(model)
+    with torch.no_grad():
+        expected, actual = model(images), loaded(images)
+    torch.testing.assert_close(actual.global_logits, expected.global_logits, atol=0, rtol=0)
+    torch.testing.assert_close(actual.local_logits, expected.local_logits, atol=0, rtol=0)

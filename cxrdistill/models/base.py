@@ -34,6 +34,10 @@ WEIGHTS_NAME = "model.safetensors"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
 REPO_URL = "https://github.com/cxrdistill/cxrdistill"
 HUB_TAGS = ["cxrdistill", "chest-x-ray", "medical-imaging", "knowledge-distillation", "image-classification"]
+# Keyword arguments of every model class statement, for PyTorchModelHubMixin's model card metadata.
+HUB_CLASS_METADATA = dict(
+    library_name="cxrdistill", repo_url=REPO_URL, pipeline_tag="image-classification", license="apache-2.0"
+)
 
 
 class ModelLoadError(OSError):
@@ -145,6 +149,14 @@ class CXRModel(PyTorchModelHubMixin):
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     config: ModelConfig
+
+    @classmethod
+    def resolve_config(cls, config: ModelConfig | None) -> ModelConfig:
+        """``config``, or the class's default config; a config of another model class is a ``TypeError``."""
+        config = config if config is not None else cls.config_class()
+        if not isinstance(config, cls.config_class):
+            raise TypeError(f"{cls.__name__} needs a {cls.config_class.__name__}, got {type(config).__name__}")
+        return config
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Check ``images`` ``(B, C, H, W)`` in ``[0, 1]`` and apply the config's normalisation."""

@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from cxrdistill.models.base import HUB_TAGS, REPO_URL, CXRModel, ModelConfig, ModelOutput
+from cxrdistill.models.base import HUB_CLASS_METADATA, HUB_TAGS, CXRModel, ModelConfig, ModelOutput
 
 STEMS = ("imagenet", "lowres")
 
@@ -73,10 +73,7 @@ class _CNNClassifier(nn.Module, CXRModel):
 
     def __init__(self, config: CNNConfig | None = None, pretrained: bool = False) -> None:
         super().__init__()
-        self.config = config if config is not None else self.config_class()
-        if not isinstance(self.config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        c = self.config
+        c = self.config = self.resolve_config(config)
         self.backbone = timm.create_model(
             c.timm_name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=c.in_chans
         )
@@ -117,11 +114,8 @@ class _CNNClassifier(nn.Module, CXRModel):
 
 class CNNTeacher(
     _CNNClassifier,
-    library_name="cxrdistill",
     tags=[*HUB_TAGS, "resnet", "teacher", "class-activation-maps"],
-    repo_url=REPO_URL,
-    pipeline_tag="image-classification",
-    license="apache-2.0",
+    **HUB_CLASS_METADATA,
 ):
     """CNN teacher for TB classification and CAM localisation (ResNet18 at 224 px by default)."""
 
@@ -130,11 +124,8 @@ class CNNTeacher(
 
 class CNNStudent(
     _CNNClassifier,
-    library_name="cxrdistill",
     tags=[*HUB_TAGS, "resnet", "student", "low-resolution", "class-activation-maps"],
-    repo_url=REPO_URL,
-    pipeline_tag="image-classification",
-    license="apache-2.0",
+    **HUB_CLASS_METADATA,
 ):
     """Low-resolution CNN student (ResNet18, low-res stem, 28 px by default)."""
 

@@ -23,7 +23,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from cxrdistill.models.base import HUB_TAGS, REPO_URL, CXRModel, ModelConfig, ModelOutput
+from cxrdistill.models.base import HUB_CLASS_METADATA, HUB_TAGS, CXRModel, ModelConfig, ModelOutput
 
 _recording = threading.local()
 
@@ -129,10 +129,7 @@ class _ViTClassifier(nn.Module, CXRModel):
 
     def __init__(self, config: ViTConfig | None = None, pretrained: bool = False) -> None:
         super().__init__()
-        self.config = config if config is not None else self.config_class()
-        if not isinstance(self.config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        c = self.config
+        c = self.config = self.resolve_config(config)
         self.backbone = timm.create_model(
             c.timm_name,
             pretrained=pretrained,
@@ -183,11 +180,8 @@ class _ViTClassifier(nn.Module, CXRModel):
 
 class TeacherViT(
     _ViTClassifier,
-    library_name="cxrdistill",
     tags=[*HUB_TAGS, "vision-transformer", "teacher"],
-    repo_url=REPO_URL,
-    pipeline_tag="image-classification",
-    license="apache-2.0",
+    **HUB_CLASS_METADATA,
 ):
     """High-resolution ViT teacher (default ViT-Tiny/16 at 224 px, one channel)."""
 
@@ -196,11 +190,8 @@ class TeacherViT(
 
 class StudentViT(
     _ViTClassifier,
-    library_name="cxrdistill",
     tags=[*HUB_TAGS, "vision-transformer", "student", "low-resolution"],
-    repo_url=REPO_URL,
-    pipeline_tag="image-classification",
-    license="apache-2.0",
+    **HUB_CLASS_METADATA,
 ):
     """Low-resolution ViT student (default 28 px, patch 2, a 14 x 14 token grid like the teacher's)."""
 
