@@ -92,3 +92,47 @@ def png_bytes(array: np.ndarray, mode: str | None = None, **save) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array, mode=mode).save(buffer, format=save.pop("format", "PNG"), **save)
     return buffer.getvalue()
+
+
+def write_synthetic_tbx11k(root: Path, tb: int = 12, extra: int = 12, size: int = 96) -> Path:
+    """A TBX11K folder in the official layout: ``tb`` TB images with a bright lesion and a box, and ``extra``
+    Shenzhen-named images, half TB (with a lesion, no box) and half normal. Learnable in a few steps."""
+    import json
+
+    rng = np.random.default_rng(0)
+    (root / "imgs" / "tb").mkdir(parents=True)
+    (root / "imgs" / "extra" / "mc+shenzhen" / "train").mkdir(parents=True)
+    paths, images, annotations = [], [], []
+
+    def chest(lesion: bool):
+        image = synthetic_chest(size, size) + rng.normal(0, 0.03, (size, size))
+        box = None
+        if lesion:
+            x, y = int(rng.integers(size // 5, size // 2)), int(rng.integers(size // 4, size // 2))
+            image[y : y + size // 6, x : x + size // 6] = 1.0
+            box = [x, y, size // 6, size // 6]
+        return png_bytes(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)), box
+
+    for i in range(tb):
+        data, box = chest(True)
+        path = f"tb/tb{i:04d}.png"
+        (root / "imgs" / path).write_bytes(data)
+        paths.append(path)
+        images.append({"id": i + 1, "file_name": path, "width": size, "height": size})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + i % 2, "bbox": box})
+    for i in range(extra):
+        data, _ = chest(i % 2 == 1)
+        path = f"extra/mc+shenzhen/train/CHNCXR_{i:04d}_{i % 2}.png"
+        (root / "imgs" / path).write_bytes(data)
+        paths.append(path)
+    (root / "lists").mkdir()
+    (root / "lists" / "all_train.txt").write_text("\n".join(paths) + "\n")
+    (root / "annotations" / "json").mkdir(parents=True)
+    categories = [
+        {"id": 1, "name": "ActiveTuberculosis"},
+        {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
+        {"id": 3, "name": "PulmonaryTuberculosis"},
+    ]
+    coco = {"categories": categories, "images": images, "annotations": annotations}
+    (root / "annotations" / "json" / "all_train.json").write_text(json.dumps(coco))
+    return root

@@ -1,0 +1,88 @@
+"""Classification metrics for X-ray models: per-label AUROC with bootstrap intervals, and operating points.
+
+AUROC comes from scikit-learn. Labels that are unknown for an image (``mask == 0``, e.g. the TB type of a TB image
+without boxes) are left out of that label's AUROC; a label with only one class among the known images has no AUROC
+(``nan``) and is left out of the macro average, which says how many labels it averaged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def auroc(targets: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """AUROC of ``scores`` for binary ``targets`` (1-D), over the entries where ``mask`` is 1; ``nan`` if undefined."""
+    targets, scores = np.asarray(targets, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(targets) if mask is None else (np.asarray(mask) > 0.5) & np.isfinite(targets)
+    targets, scores = targets[keep], scores[keep]
+    if len(np.unique(targets)) < 2:
+        return math.nan
+    return float(roc_auc_score(targets, scores))
+
+
+def per_label_auroc(targets: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """AUROC of each column of ``(N, L)`` ``scores`` against ``targets`` (``nan`` where undefined)."""
+    targets, scores = np.asarray(targets), np.asarray(scores)
+    masks = np.ones_like(targets) if mask is None else np.asarray(mask)
+    return np.array([auroc(targets[:, j], scores[:, j], masks[:, j]) for j in range(targets.shape[1])])
+
+
+def macro_auroc(targets: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean of the defined per-label AUROCs (``nan`` if none is defined)."""
+    values = per_label_auroc(targets, scores, mask)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def bootstrap_ci(
+    metric, *arrays: np.ndarray, samples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric(*arrays)``, resampling rows (images) with replacement."""
+    rng = np.random.default_rng(seed)
+    count = len(arrays[0])
+    values = []
+    for _ in range(samples):
+        rows = rng.integers(0, count, count)
+        value = metric(*(np.asarray(a)[rows] for a in arrays))
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return math.nan, math.nan
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Threshold maximising sensitivity + specificity - 1 (Youden's J) on a validation split."""
+    from sklearn.metrics import roc_curve
+
+    targets, scores = np.asarray(targets), np.asarray(scores)
+    if len(np.unique(targets)) < 2:
+        return 0.5
+    false_positive, true_positive, thresholds = roc_curve(targets, scores)
+    best = int(np.argmax(true_positive - false_positive))
+    return float(np.clip(thresholds[best], 0.0, 1.0))
+
+
+def operating_point(targets: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, F1 and accuracy of ``scores >= threshold``."""
+    targets = np.asarray(targets) > 0.5
+    predicted = np.asarray(scores) >= threshold
+    true_positive = float(np.sum(predicted & targets))
+    false_positive = float(np.sum(predicted & ~targets))
+    false_negative = float(np.sum(~predicted & targets))
+    true_negative = float(np.sum(~predicted & ~targets))
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else math.nan
+
+    return {
+        "threshold": float(threshold),
+        "sensitivity": ratio(true_positive, true_positive + false_negative),
+        "specificity": ratio(true_negative, true_negative + false_positive),
+        "f1": ratio(2 * true_positive, 2 * true_positive + false_positive + false_negative),
+        "accuracy": ratio(true_positive + true_negative, len(targets)),
+    }

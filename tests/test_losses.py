@@ -1,0 +1,147 @@
+"""MLCAK losses and the distiller: zero when student and teacher agree, right shapes, gradients to the student only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrdistill.distill import (
+    MLCAKDistiller,
+    MLCAKWeights,
+    ablation_weights,
+    cache_teacher_outputs,
+    default_layer_pairs,
+)
+from cxrdistill.losses import attention_mse, class_token_map, logit_mse, task_loss
+from cxrdistill.models import StudentViT, StudentViTConfig, TeacherViT, TeacherViTConfig
+
+
+def attention(batch: int, heads: int, grid: int, seed: int = 0) -> torch.Tensor:
+    tokens = 1 + grid * grid
+    logits = torch.randn(batch, heads, tokens, tokens, generator=torch.Generator().manual_seed(seed))
+    return logits.softmax(-1)
+
+
+def test_logit_and_attention_losses_are_zero_when_student_matches_teacher():
+    logits = torch.randn(4, 3)
+    assert logit_mse(logits, logits.clone()) == 0
+    maps = [attention(2, 3, 14, seed=i) for i in range(3)]
+    assert attention_mse(maps, [m.clone() for m in maps], [(0, 0), (1, 1), (2, 2)]) == 0
+
+
+def test_attention_loss_is_positive_when_maps_differ_and_uses_the_pairs():
+    student = [attention(2, 3, 14, seed=i) for i in range(2)]
+    teacher = [attention(2, 3, 14, seed=10 + i) for i in range(4)]
+    value = attention_mse(student, teacher, [(0, 1), (1, 3)])
+    expected = ((student[0].mean(1) - teacher[1].mean(1)) ** 2).mean() / 2 + (
+        (student[1].mean(1) - teacher[3].mean(1)) ** 2
+    ).mean() / 2
+    torch.testing.assert_close(value, expected)
+
+
+def test_head_averaged_teacher_maps_are_accepted():
+    student, teacher = [attention(2, 3, 14)], [attention(2, 6, 14, seed=1)]
+    torch.testing.assert_close(
+        attention_mse(student, teacher, [(0, 0)]), attention_mse(student, [teacher[0].mean(1)], [(0, 0)])
+    )
+
+
+def test_different_grids_compare_class_token_maps_resampled_with_equal_mass():
+    teacher = attention(2, 3, 7)
+    # A student map whose class-token row is the teacher's, upsampled 2x (each cell split over 4 patches).
+    student_row = class_token_map(teacher.mean(1)).repeat_interleave(2, -1).repeat_interleave(2, -2) / 4
+    student = torch.zeros(2, 1, 1 + 14 * 14, 1 + 14 * 14)
+    student[:, 0, 0, 0] = teacher.mean(1)[:, 0, 0]
+    student[:, 0, 0, 1:] = student_row.flatten(1)
+    value = attention_mse([student], [teacher], [(0, 0)])
+    assert value < 1e-12
+    assert attention_mse([attention(2, 3, 14)], [teacher], [(0, 0)]) > 0
+
+
+def test_task_loss_ignores_unknown_local_labels():
+    global_logits, global_targets = torch.randn(4, 2), torch.eye(2)[[0, 1, 1, 0]]
+    local_logits, local_targets = torch.randn(4, 3), torch.ones(4, 3)
+    mask = torch.tensor([[1.0, 1, 1], [0, 0, 0], [0, 0, 0], [1, 1, 1]])
+    loss, terms = task_loss(global_logits, local_logits, global_targets, local_targets, mask)
+    changed = local_logits.clone()
+    changed[1:3] = 100.0  # unknown rows: must not matter
+    _, terms_changed = task_loss(global_logits, changed, global_targets, local_targets, mask)
+    torch.testing.assert_close(terms["local_bce"], terms_changed["local_bce"])
+    torch.testing.assert_close(loss, terms["global_ce"] + terms["local_bce"])
+
+
+def test_default_layer_pairs():
+    assert default_layer_pairs(6, 12) == [(1, 3), (3, 7), (5, 11)]
+    assert default_layer_pairs(6, 6) == [(1, 1), (3, 3), (5, 5)]
+    assert default_layer_pairs(2, 12, levels=3) == [(0, 5), (1, 11)]
+
+
+def test_ablations():
+    weights = MLCAKWeights(0.5, 2.0, 30.0)
+    assert ablation_weights("none", weights) == MLCAKWeights(0, 0, 0)
+    assert ablation_weights("logits", weights) == MLCAKWeights(0.5, 2.0, 0)
+    assert ablation_weights("attention", weights) == MLCAKWeights(0, 0, 30.0)
+    assert ablation_weights("all", weights) == weights
+    with pytest.raises(ValueError, match="unknown ablation"):
+        ablation_weights("half", weights)
+
+
+@pytest.fixture
+def pair():
+    torch.manual_seed(0)
+    teacher = TeacherViT(TeacherViTConfig(image_size=56, patch_size=4, depth=2, embed_dim=48))
+    student = StudentViT(StudentViTConfig(image_size=28, depth=2, embed_dim=24))
+    return teacher, student
+
+
+def batch(teacher_size=56, student_size=28):
+    generator = torch.Generator().manual_seed(3)
+    return {
+        "teacher": torch.rand(4, 1, teacher_size, teacher_size, generator=generator),
+        "student": torch.rand(4, 1, student_size, student_size, generator=generator),
+        "global": torch.eye(2)[[0, 1, 1, 0]],
+        "local": torch.zeros(4, 3),
+        "mask": torch.ones(4, 3),
+    }
+
+
+def test_gradients_reach_the_student_only_and_the_teacher_stays_frozen(pair):
+    teacher, student = pair
+    distiller = MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2)).train()
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    b = batch()
+    loss, terms = distiller(b["student"], b["global"], b["local"], b["mask"], teacher_images=b["teacher"])
+    assert set(terms) == {"global_ce", "local_bce", "local_kd", "global_kd", "attention_kd"}
+    assert all(torch.isfinite(v) and v >= 0 for v in terms.values())
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_cached_teacher_targets_equal_online_ones(pair):
+    teacher, student = pair
+    distiller = MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2)).train()
+    b = batch()
+    cache = cache_teacher_outputs(
+        distiller, [(torch.tensor([2, 3]), b["teacher"][2:]), (torch.tensor([0, 1]), b["teacher"][:2])], size=4
+    )
+    cached = cache.lookup(torch.tensor([0, 1, 2, 3]))
+    online = distiller.teacher_targets(b["teacher"])
+    torch.testing.assert_close(cached.global_logits, online.global_logits)
+    for layer in online.attentions:
+        torch.testing.assert_close(cached.attentions[layer], online.attentions[layer], atol=1e-3, rtol=0)
+    torch.manual_seed(0)
+    from_cache, _ = distiller(b["student"], b["global"], b["local"], b["mask"], teacher_targets=cached)
+    torch.manual_seed(0)
+    from_teacher, _ = distiller(b["student"], b["global"], b["local"], b["mask"], teacher_images=b["teacher"])
+    torch.testing.assert_close(from_cache, from_teacher, atol=1e-4, rtol=1e-4)
+
+
+def test_student_alone_needs_no_teacher(pair):
+    _, student = pair
+    distiller = MLCAKDistiller(student, None, ablation_weights("none", MLCAKWeights()), [(1, 1)])
+    b = batch()
+    _, terms = distiller(b["student"], b["global"], b["local"], b["mask"])
+    assert set(terms) == {"global_ce", "local_bce"}
+    with pytest.raises(ValueError, match="needs teacher_images"):
+        MLCAKDistiller(student, None, MLCAKWeights(), [(1, 1)])(b["student"], b["global"], b["local"], b["mask"])

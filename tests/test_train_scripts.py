@@ -1,0 +1,134 @@
+"""The training scripts end to end on a tiny synthetic TBX11K, in seconds: teacher, MLCAK student, resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, write_synthetic_tbx11k
+
+sys.path.insert(0, str(REPO_ROOT))
+
+from cxrdistill.models import StudentViT, TeacherViT
+from train import distill_student, train_teacher
+from train.common import latest_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_tbx11k(tmp_path_factory):
+    return write_synthetic_tbx11k(tmp_path_factory.mktemp("tbx11k"))
+
+
+def common_args(root, output, cache) -> list[str]:
+    return [
+        "--root",
+        str(root),
+        "--output-dir",
+        str(output),
+        "--cache-dir",
+        str(cache),
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "0",
+        "--bootstrap",
+        "20",
+        "--cache-size",
+        "96",
+        "--val-fraction",
+        "0.3",
+    ]
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tiny_tbx11k, tmp_path_factory):
+    output = tmp_path_factory.mktemp("teacher")
+    result = train_teacher.main(
+        [
+            *common_args(tiny_tbx11k, output, output / "cache"),
+            "--epochs",
+            "2",
+            "--image-size",
+            "64",
+            "--depth",
+            "2",
+            "--embed-dim",
+            "48",
+        ]
+    )
+    assert result["final"]["results"]
+    return output / "best"
+
+
+def test_teacher_script_saves_a_loadable_model_with_a_card(teacher_folder):
+    model = TeacherViT.from_pretrained(teacher_folder)
+    assert model.config.image_size == 64 and model.config.global_labels == ("not_tb", "tb")
+    metrics = json.loads((teacher_folder / "metrics.json").read_text())
+    assert metrics["training"]["command"].startswith("python train/train_teacher.py")
+    assert "AUROC" in (teacher_folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "ablation, mode", [("all", "cache"), ("all", "online"), ("none", "cache"), ("attention", "cache")]
+)
+def test_distill_script_every_ablation(teacher_folder, tiny_tbx11k, tmp_path, ablation, mode):
+    args = [
+        *common_args(tiny_tbx11k, tmp_path / "out", tmp_path / "cache"),
+        "--epochs",
+        "2",
+        "--depth",
+        "2",
+        "--embed-dim",
+        "24",
+        "--ablation",
+        ablation,
+        "--teacher-mode",
+        mode,
+    ]
+    if ablation != "none":
+        args += ["--teacher", str(teacher_folder)]
+    result = distill_student.main(args)
+    student = StudentViT.from_pretrained(tmp_path / "out" / "best")
+    assert student.config.image_size == 28 and student.config.grid_size == 14
+    assert result["final"]["training"]["ablation"] == ablation
+
+
+def test_distillation_without_a_teacher_is_refused(tiny_tbx11k, tmp_path):
+    with pytest.raises(SystemExit, match="needs --teacher"):
+        distill_student.main([*common_args(tiny_tbx11k, tmp_path, tmp_path / "cache"), "--ablation", "all"])
+
+
+def test_resume_continues_where_a_killed_run_stopped_and_matches_an_uninterrupted_run(tiny_tbx11k, tmp_path,
+                                                                                     monkeypatch):
+    from safetensors.torch import load_file
+    from train import common
+
+    def run(output, resume=False):
+        args = [*common_args(tiny_tbx11k, output, tmp_path / "cache"), "--epochs", "3", "--depth", "2",
+                "--embed-dim", "24", "--ablation", "none", "--warmup-epochs", "1"]
+        return distill_student.main([*args, "--resume"] if resume else args)
+
+    run(tmp_path / "straight")
+    # Kill the second run right after its second checkpoint, as a SIGKILL between epochs would.
+    real_save, saves = common.save_checkpoint, []
+
+    def save_then_die(accelerator, output_dir):
+        real_save(accelerator, output_dir)
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "interrupted")
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    assert latest_checkpoint(tmp_path / "interrupted") is not None
+    run(tmp_path / "interrupted", resume=True)
+    history = json.loads((tmp_path / "interrupted" / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2, 3]
+    straight = load_file(tmp_path / "straight" / "checkpoint" / "model.safetensors")
+    interrupted = load_file(tmp_path / "interrupted" / "checkpoint" / "model.safetensors")
+    for key in straight:
+        torch.testing.assert_close(interrupted[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
