@@ -100,14 +100,27 @@ def test_distillation_without_a_teacher_is_refused(tiny_tbx11k, tmp_path):
         distill_student.main([*common_args(tiny_tbx11k, tmp_path, tmp_path / "cache"), "--ablation", "all"])
 
 
-def test_resume_continues_where_a_killed_run_stopped_and_matches_an_uninterrupted_run(tiny_tbx11k, tmp_path,
-                                                                                     monkeypatch):
+def test_resume_continues_where_a_killed_run_stopped_and_matches_an_uninterrupted_run(
+    tiny_tbx11k, tmp_path, monkeypatch
+):
     from safetensors.torch import load_file
+
     from train import common
 
     def run(output, resume=False):
-        args = [*common_args(tiny_tbx11k, output, tmp_path / "cache"), "--epochs", "3", "--depth", "2",
-                "--embed-dim", "24", "--ablation", "none", "--warmup-epochs", "1"]
+        args = [
+            *common_args(tiny_tbx11k, output, tmp_path / "cache"),
+            "--epochs",
+            "3",
+            "--depth",
+            "2",
+            "--embed-dim",
+            "24",
+            "--ablation",
+            "none",
+            "--warmup-epochs",
+            "1",
+        ]
         return distill_student.main([*args, "--resume"] if resume else args)
 
     run(tmp_path / "straight")
