@@ -3,6 +3,7 @@
 ``cxrdistill inspect FILE`` (or ``--example``) reads an X-ray as the models will see it and prints what it found:
 format, modality, view, size, bit depth, spacing, intensity statistics and a small text preview.
 ``cxrdistill push MODEL_DIR REPO_ID`` and ``cxrdistill pull REPO_ID`` move models through the Hugging Face Hub.
+``cxrdistill evaluate --model SRC --dataset NAME --root DIR`` measures a model (and can calibrate its thresholds).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -109,6 +111,61 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cxrdistill.evaluation import (
+        EvalData,
+        calibrate_thresholds,
+        classification_metrics,
+        load_dataset,
+        predict_dataset,
+        to_jsonable,
+    )
+    from cxrdistill.hub import load_model
+    from cxrdistill.models import ModelLoadError
+
+    try:
+        model = load_model(args.model, revision=args.revision)
+    except ModelLoadError as error:
+        print(f"cannot load the model: {error}", file=sys.stderr)
+        return 1
+    data = EvalData(args.dataset, args.root, args.split, args.part, args.val_fraction, args.split_seed)
+    dataset = load_dataset(data)
+    config = model.config
+    if tuple(dataset.global_space.names) != tuple(config.global_labels):
+        print(
+            f"the model's global labels {list(config.global_labels)} are not the dataset's "
+            f"{list(dataset.global_space.names)}",
+            file=sys.stderr,
+        )
+        return 1
+    predictions = predict_dataset(model, dataset, batch_size=args.batch_size, cache_dir=args.cache_dir)
+    global_thresholds, local_thresholds = config.global_thresholds, config.local_thresholds
+    if args.calibrate_to:
+        global_thresholds, local_thresholds = calibrate_thresholds(predictions)
+    metrics = classification_metrics(
+        predictions,
+        config.global_labels,
+        config.local_labels,
+        bootstrap=args.bootstrap,
+        global_thresholds=global_thresholds,
+        local_thresholds=local_thresholds,
+    )
+    report = {"model": str(args.model), "revision": args.revision, "data": dataclasses.asdict(data), **metrics}
+    text = json.dumps(to_jsonable(report), indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    if args.calibrate_to:
+        model.config = dataclasses.replace(
+            config, global_thresholds=global_thresholds, local_thresholds=local_thresholds
+        )
+        model.save_pretrained(args.calibrate_to)
+        print(f"saved the model with calibrated thresholds to {args.calibrate_to}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrdistill", description="Chest X-ray AI at low resolution.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--revision", help="tag, branch or commit (default main)")
     pull.add_argument("--local-dir", help="copy the files here instead of only into the Hub cache")
     pull.set_defaults(handler=_pull)
+
+    evaluate = commands.add_parser("evaluate", help="AUROC (with bootstrap CIs) and operating points on a dataset")
+    evaluate.add_argument("--model", required=True, help="model folder or Hub repo id")
+    evaluate.add_argument("--revision", help="Hub tag, branch or commit")
+    evaluate.add_argument("--dataset", required=True, choices=["tbx11k", "nih", "pneumoniamnist"])
+    evaluate.add_argument("--root", required=True, help="dataset folder (or .npz for PneumoniaMNIST)")
+    evaluate.add_argument("--split", help="official split (TBX11K: all_train, ...; NIH: train/valid)")
+    evaluate.add_argument(
+        "--part",
+        default="val",
+        choices=["all", "train", "val"],
+        help="which side of the training scripts' split (default val; 'all' for the whole split)",
+    )
+    evaluate.add_argument("--val-fraction", type=float, default=0.25)
+    evaluate.add_argument("--split-seed", type=int, default=0)
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--cache-dir", help="tensor cache folder (default ~/.cache/cxrdistill)")
+    evaluate.add_argument("--json", help="also write the report here")
+    evaluate.add_argument(
+        "--calibrate-to",
+        help="choose per-label thresholds (Youden's J) on these images and save the model with them to this folder",
+    )
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 

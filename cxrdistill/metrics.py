@@ -56,12 +56,15 @@ def bootstrap_ci(
 
 
 def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Threshold maximising sensitivity + specificity - 1 (Youden's J) on a validation split."""
+    """Threshold maximising sensitivity + specificity - 1 (Youden's J) on a validation split.
+
+    Without both classes among ``targets`` there is nothing to calibrate on: 1.0 (never positive) is returned.
+    """
     from sklearn.metrics import roc_curve
 
     targets, scores = np.asarray(targets), np.asarray(scores)
     if len(np.unique(targets)) < 2:
-        return 0.5
+        return 1.0
     false_positive, true_positive, thresholds = roc_curve(targets, scores)
     best = int(np.argmax(true_positive - false_positive))
     return float(np.clip(thresholds[best], 0.0, 1.0))

@@ -145,3 +145,36 @@ def test_resume_continues_where_a_killed_run_stopped_and_matches_an_uninterrupte
     interrupted = load_file(tmp_path / "interrupted" / "checkpoint" / "model.safetensors")
     for key in straight:
         torch.testing.assert_close(interrupted[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_path):
+    from train import evaluate
+
+    report_path = tmp_path / "eval.json"
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(teacher_folder),
+                "--dataset",
+                "tbx11k",
+                "--root",
+                str(tiny_tbx11k),
+                "--val-fraction",
+                "0.3",
+                "--bootstrap",
+                "20",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--json",
+                str(report_path),
+                "--calibrate-to",
+                str(tmp_path / "calibrated"),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 8 and set(report["global_operating_points"]) == {"not_tb", "tb"}
+    calibrated = TeacherViT.from_pretrained(tmp_path / "calibrated")
+    assert calibrated.config.global_thresholds is not None and len(calibrated.config.local_thresholds) == 3

@@ -36,14 +36,11 @@ from cxrdistill.data import (
     collate_views,
     train_val_split,
 )
+from cxrdistill.evaluation import classification_metrics
+from cxrdistill.evaluation import to_jsonable as jsonable
 from cxrdistill.labels import TB_BINARY
-from cxrdistill.metrics import bootstrap_ci, macro_auroc, per_label_auroc
 
 logger = logging.getLogger("cxrdistill.train")
-
-# Sub-sources whose TB and normal images come from the same hospital (the TBX11K extra sets): AUROC on them alone
-# cannot be won by recognising where an image came from.
-SAME_HOSPITAL_SOURCES = ("da", "db", "montgomery", "shenzhen")
 
 
 @dataclass
@@ -135,40 +132,6 @@ def predict(forward: Callable[[dict], Any], loader: DataLoader, accelerator: Acc
         "local_mask": torch.cat(local_masks).numpy(),
         "source": np.array(sources),
     }
-
-
-def global_auroc(targets: np.ndarray, probs: np.ndarray) -> float:
-    """AUROC of the last class (the positive one of a binary space) or one-vs-rest macro AUROC for K > 2."""
-    if targets.shape[1] == 2:
-        return macro_auroc(targets[:, 1:], probs[:, 1:])
-    return macro_auroc(targets, probs)
-
-
-def classification_metrics(
-    predictions: dict[str, Any], global_labels, local_labels, bootstrap: int = 0
-) -> dict[str, Any]:
-    """AUROCs (overall, same-hospital subset, per local label) from :func:`predict`'s output."""
-    p = predictions
-    metrics: dict[str, Any] = {"images": len(p["source"])}
-    metrics["global_auroc"] = global_auroc(p["global_targets"], p["global_probs"])
-    same = np.isin(p["source"], SAME_HOSPITAL_SOURCES)
-    metrics["same_hospital_images"] = int(same.sum())
-    metrics["same_hospital_auroc"] = (
-        global_auroc(p["global_targets"][same], p["global_probs"][same]) if same.any() else math.nan
-    )
-    if len(local_labels):
-        per_label = per_label_auroc(p["local_targets"], p["local_probs"], p["local_mask"])
-        metrics["local_auroc"] = dict(zip(local_labels, per_label.tolist(), strict=True))
-        metrics["local_macro_auroc"] = macro_auroc(p["local_targets"], p["local_probs"], p["local_mask"])
-    if bootstrap:
-        metrics["global_auroc_ci95"] = bootstrap_ci(
-            global_auroc, p["global_targets"], p["global_probs"], samples=bootstrap
-        )
-        if same.any():
-            metrics["same_hospital_auroc_ci95"] = bootstrap_ci(
-                global_auroc, p["global_targets"][same], p["global_probs"][same], samples=bootstrap
-            )
-    return metrics
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -371,19 +334,6 @@ def _score(entry: dict, metric: str) -> float:
         if isinstance(value, float) and np.isfinite(value):
             return value
     return -1.0
-
-
-def jsonable(value):
-    """``value`` with numpy numbers made plain and non-finite floats made ``None`` (valid JSON)."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def evaluate_best(

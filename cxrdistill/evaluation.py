@@ -1,0 +1,199 @@
+"""Evaluate a saved model on a dataset: per-label AUROC with bootstrap intervals, operating points, subsets.
+
+Used by ``cxrdistill evaluate`` and ``train/evaluate.py``, and by the training scripts for their validation
+passes, so a number in a model card and a number from the command line are computed by the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxrdistill.data import (
+    TBX11K,
+    CachedDataset,
+    MultiResolutionViews,
+    NIHChestXray14,
+    PneumoniaMNIST,
+    collate_views,
+    train_val_split,
+)
+from cxrdistill.labels import TB_BINARY
+from cxrdistill.metrics import bootstrap_ci, macro_auroc, operating_point, per_label_auroc, youden_threshold
+
+# Sub-sources whose TB and normal images come from one hospital each (the TBX11K extra sets): AUROC on them alone
+# cannot be won by recognising which hospital or archive an image came from.
+SAME_HOSPITAL_SOURCES = ("da", "db", "montgomery", "shenzhen")
+DATASETS = ("tbx11k", "nih", "pneumoniamnist")
+
+
+@dataclass
+class EvalData:
+    """Which images to evaluate on: a dataset, an official split, and optionally one side of our split."""
+
+    dataset: str = "tbx11k"
+    root: str = "../shared/data/tbx11k"
+    split: str | None = None  # official split (TBX11K: all_train, ...; NIH: train/valid; MedMNIST: train/val)
+    part: str = "val"  # "all", or "train" / "val" of train_val_split(val_fraction, split_seed)
+    val_fraction: float = 0.25
+    split_seed: int = 0
+
+
+def load_dataset(data: EvalData):
+    """The dataset ``data`` describes (records only, nothing decoded)."""
+    if data.dataset == "tbx11k":
+        dataset = TBX11K(data.root, data.split or "all_train", global_space=TB_BINARY)
+    elif data.dataset == "nih":
+        dataset = NIHChestXray14(data.root, split=data.split)
+    elif data.dataset == "pneumoniamnist":
+        dataset = PneumoniaMNIST(data.root, data.split or "val")
+    else:
+        raise ValueError(f"unknown dataset {data.dataset!r}; choose from {DATASETS}")
+    if data.part == "all":
+        return dataset
+    if data.part not in ("train", "val"):
+        raise ValueError(f"part must be 'all', 'train' or 'val', got {data.part!r}")
+    train, validation = train_val_split(dataset, data.val_fraction, seed=data.split_seed)
+    return train if data.part == "train" else validation
+
+
+class _Views(Dataset):
+    def __init__(self, dataset, views: MultiResolutionViews) -> None:
+        self.dataset, self.views = dataset, views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.views(self.dataset[index])
+
+
+@torch.inference_mode()
+def predict_dataset(
+    model: torch.nn.Module,
+    dataset,
+    batch_size: int = 64,
+    base_size: int = 224,
+    cache_dir: str | None = None,
+    num_workers: int = 0,
+) -> dict[str, np.ndarray]:
+    """Probabilities of ``model`` on every image of ``dataset``, with targets and sources.
+
+    Images are letterboxed to ``base_size`` and area-averaged to the model's input size, as in training.
+    """
+    size = model.config.image_size
+    base = max(base_size, size)
+    source = CachedDataset(dataset, size=max(256, base), cache_dir=cache_dir) if len(dataset) else dataset
+    loader = DataLoader(
+        _Views(source, MultiResolutionViews(base, (size,))),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_views,
+    )
+    model.eval()
+    outputs: dict[str, list] = {
+        k: [] for k in ("global_probs", "local_probs", "global_targets", "local_targets", "local_mask", "source", "id")
+    }
+    for batch in loader:
+        output = model(batch["views"][size])
+        outputs["global_probs"].append(output.global_logits.float().softmax(-1))
+        outputs["local_probs"].append(output.local_logits.float().sigmoid())
+        outputs["global_targets"].append(batch["global"])
+        outputs["local_targets"].append(batch["local"])
+        outputs["local_mask"].append(batch["local_mask"])
+        outputs["source"] += batch["source"]
+        outputs["id"] += batch["id"]
+    return {k: (np.array(v) if k in ("source", "id") else torch.cat(v).numpy()) for k, v in outputs.items()}
+
+
+def global_auroc(targets: np.ndarray, probs: np.ndarray) -> float:
+    """AUROC of the positive (last) class of a binary space, or one-vs-rest macro AUROC for K > 2."""
+    if targets.shape[1] == 2:
+        return macro_auroc(targets[:, 1:], probs[:, 1:])
+    return macro_auroc(targets, probs)
+
+
+def classification_metrics(
+    predictions: dict[str, Any],
+    global_labels,
+    local_labels,
+    bootstrap: int = 0,
+    global_thresholds=None,
+    local_thresholds=None,
+) -> dict[str, Any]:
+    """AUROCs (overall, same-hospital subset, per local label, macro) and, given thresholds, operating points."""
+    p = predictions
+    metrics: dict[str, Any] = {"images": len(p["source"])}
+    metrics["global_auroc"] = global_auroc(p["global_targets"], p["global_probs"])
+    per_global = per_label_auroc(p["global_targets"], p["global_probs"])
+    metrics["global_auroc_per_class"] = dict(zip(global_labels, per_global.tolist(), strict=True))
+    same = np.isin(p["source"], SAME_HOSPITAL_SOURCES)
+    metrics["same_hospital_images"] = int(same.sum())
+    metrics["same_hospital_auroc"] = (
+        global_auroc(p["global_targets"][same], p["global_probs"][same]) if same.any() else math.nan
+    )
+    if len(local_labels):
+        per_local = per_label_auroc(p["local_targets"], p["local_probs"], p["local_mask"])
+        metrics["local_auroc"] = dict(zip(local_labels, per_local.tolist(), strict=True))
+        metrics["local_macro_auroc"] = macro_auroc(p["local_targets"], p["local_probs"], p["local_mask"])
+    if bootstrap:
+        metrics["global_auroc_ci95"] = bootstrap_ci(
+            global_auroc, p["global_targets"], p["global_probs"], samples=bootstrap
+        )
+        if same.any():
+            metrics["same_hospital_auroc_ci95"] = bootstrap_ci(
+                global_auroc, p["global_targets"][same], p["global_probs"][same], samples=bootstrap
+            )
+        if len(local_labels):
+            metrics["local_macro_auroc_ci95"] = bootstrap_ci(
+                macro_auroc, p["local_targets"], p["local_probs"], p["local_mask"], samples=bootstrap
+            )
+    if global_thresholds is not None:
+        metrics["global_operating_points"] = {
+            label: operating_point(p["global_targets"][:, k], p["global_probs"][:, k], global_thresholds[k])
+            for k, label in enumerate(global_labels)
+        }
+    if local_thresholds is not None and len(local_labels):
+        known = p["local_mask"] > 0.5
+        metrics["local_operating_points"] = {
+            label: operating_point(
+                p["local_targets"][known[:, k], k], p["local_probs"][known[:, k], k], local_thresholds[k]
+            )
+            for k, label in enumerate(local_labels)
+        }
+    return metrics
+
+
+def to_jsonable(value):
+    """``value`` with numpy scalars made plain and non-finite floats made ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def calibrate_thresholds(predictions: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-label operating thresholds (Youden's J) for the global classes and the known local labels.
+
+    A label without both positives and negatives among these images cannot be calibrated: its threshold is set to
+    1.0, so it is never reported positive rather than positive at an arbitrary 0.5.
+    """
+    p = predictions
+    global_thresholds = tuple(
+        youden_threshold(p["global_targets"][:, k], p["global_probs"][:, k]) for k in range(p["global_probs"].shape[1])
+    )
+    local_thresholds = []
+    for k in range(p["local_probs"].shape[1]):
+        known = p["local_mask"][:, k] > 0.5
+        local_thresholds.append(youden_threshold(p["local_targets"][known, k], p["local_probs"][known, k]))
+    return global_thresholds, tuple(local_thresholds)
