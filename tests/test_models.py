@@ -253,3 +253,17 @@ def test_saving_again_rerenders_the_card(tmp_path):
     model.save_pretrained(tmp_path, metrics=metrics)
     assert "0.8765" in (tmp_path / "README.md").read_text()
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+def test_half_precision_release_weights_load_into_float32(tmp_path):
+    model = build("student-vit-28")
+    model.save_pretrained(tmp_path / "fp32")
+    model.save_pretrained(tmp_path / "fp16", weights_dtype=torch.float16)
+    assert load_file(tmp_path / "fp16" / "model.safetensors")["global_head.weight"].dtype == torch.float16
+    size16 = (tmp_path / "fp16" / "model.safetensors").stat().st_size
+    assert size16 < 0.6 * (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    loaded = StudentViT.from_pretrained(tmp_path / "fp16")
+    assert loaded.global_head.weight.dtype == torch.float32
+    images = images_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).global_logits, model(images).global_logits, atol=1e-2, rtol=0)

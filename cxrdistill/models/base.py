@@ -265,11 +265,15 @@ class CXRModel(PyTorchModelHubMixin):
         save_directory: str | os.PathLike,
         *,
         metrics: dict | None = None,
+        weights_dtype: torch.dtype | None = None,
         model_card_kwargs: dict | None = None,
         **kwargs,
     ):
         """Write ``config.json``, ``model.safetensors``, a freshly rendered ``README.md`` card and, given
         ``metrics``, ``metrics.json`` (see :func:`cxrdistill.hub.validate_metrics`). Files are replaced atomically.
+
+        ``weights_dtype=torch.float16`` stores floating-point weights at half size (a release format: loading
+        casts them back to the model's float32 parameters).
         """
         from cxrdistill.hub import METRICS_NAME, validate_metrics
 
@@ -281,7 +285,11 @@ class CXRModel(PyTorchModelHubMixin):
         (save_directory / "README.md").unlink(missing_ok=True)  # the card is always re-rendered, never kept stale
         if metrics is not None:
             _atomic_write_text(save_directory / METRICS_NAME, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        return super().save_pretrained(save_directory, model_card_kwargs={"metrics": metrics}, **kwargs)
+        self._weights_dtype = weights_dtype
+        try:
+            return super().save_pretrained(save_directory, model_card_kwargs={"metrics": metrics}, **kwargs)
+        finally:
+            self._weights_dtype = None
 
     def push_to_hub(self, repo_id: str, *, metrics: dict | None = None, **kwargs) -> str:
         """Save (with ``metrics``) and upload to ``repo_id`` in one commit; returns the commit URL."""
@@ -289,12 +297,17 @@ class CXRModel(PyTorchModelHubMixin):
         return super().push_to_hub(repo_id, model_card_kwargs=model_card_kwargs, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         _atomic_write_text(save_directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+        dtype = getattr(self, "_weights_dtype", None)
+        state = {
+            key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
+            for key, value in self.state_dict().items()
+        }
         temporary = save_directory / f".{WEIGHTS_NAME}.tmp-{os.getpid()}"
         try:
-            save_model(self, str(temporary), metadata={"format": "pt"})
+            save_file(state, str(temporary), metadata={"format": "pt"})
             os.replace(temporary, save_directory / WEIGHTS_NAME)
         finally:
             temporary.unlink(missing_ok=True)

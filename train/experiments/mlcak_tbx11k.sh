@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${ROOT:-../shared/data/tbx11k}
 TEACHER=${1:-runs/teacher-224/best}
-STUDENT_EPOCHS=${STUDENT_EPOCHS:-40}
+STUDENT_EPOCHS=${STUDENT_EPOCHS:-30}
 
 timed() {  # timed NAME SCRIPT ARGS...: run, log, and record the wall time
     local name=$1; shift
