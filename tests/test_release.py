@@ -1,0 +1,47 @@
+"""The released models in models/: each loads with from_pretrained, carries its measured card, fits the budget,
+and survives a push to the (loopback) Hub and a pull by tag."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from cxrdistill.hub import load_model, push_folder
+
+RELEASES = sorted(p for p in (REPO_ROOT / "models").glob("*") if (p / "config.json").is_file())
+BUDGET_MIB = 40
+
+
+def test_release_fits_the_size_budget():
+    total = sum(f.stat().st_size for f in (REPO_ROOT / "models").rglob("*") if f.is_file()) if RELEASES else 0
+    assert total / 2**20 < BUDGET_MIB
+
+
+@pytest.mark.skipif(not RELEASES, reason="no released models in models/ yet")
+@pytest.mark.parametrize("folder", RELEASES, ids=[p.name for p in RELEASES])
+def test_released_model_loads_with_measured_metrics_and_calibrated_thresholds(folder):
+    model = load_model(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["results"] and all(isinstance(r["value"], float) for r in metrics["results"])
+    assert model.config.global_thresholds is not None
+    card = (folder / "README.md").read_text()
+    assert "Not a medical device" in card and metrics["training"]["command"] in card
+    size = model.config.image_size
+    with torch.no_grad():
+        probs = model(torch.rand(2, 1, size, size)).global_logits.softmax(-1)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+
+
+@pytest.mark.skipif(not RELEASES, reason="no released models in models/ yet")
+def test_a_released_model_round_trips_through_the_hub_by_tag(hub):
+    folder = RELEASES[0]
+    repo_id = f"cxr-org/{folder.name}-{uuid.uuid4().hex[:6]}"
+    push_folder(folder, repo_id, tag="v1.0")
+    pulled = load_model(repo_id, revision="v1.0")
+    local = load_model(folder)
+    for (key, a), (_, b) in zip(local.state_dict().items(), pulled.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=key)
