@@ -89,3 +89,41 @@ def operating_point(targets: np.ndarray, scores: np.ndarray, threshold: float) -
         "f1": ratio(2 * true_positive, 2 * true_positive + false_positive + false_negative),
         "accuracy": ratio(true_positive + true_negative, len(targets)),
     }
+
+
+# ------------------------------------------------------------------------------------------------- localisation
+
+
+def boxes_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Union of xyxy ``boxes`` as a boolean ``shape`` mask (a pixel is in when its centre is)."""
+    mask = np.zeros(shape, dtype=bool)
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        rows = slice(max(0, int(np.ceil(y0 - 0.5))), min(shape[0], int(np.ceil(y1 - 0.5))))
+        columns = slice(max(0, int(np.ceil(x0 - 0.5))), min(shape[1], int(np.ceil(x1 - 0.5))))
+        mask[rows, columns] = True
+    return mask
+
+
+def mask_iou(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (0 when both are empty)."""
+    union = np.logical_or(predicted, target).sum()
+    return float(np.logical_and(predicted, target).sum() / union) if union else 0.0
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(M, N)`` IoU between xyxy boxes ``a`` ``(M, 4)`` and ``b`` ``(N, 4)``."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
+    union = area_a[:, None] + area_b[None, :] - intersection
+    return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)
+
+
+def pointing_game(heatmap: np.ndarray, boxes: np.ndarray) -> bool:
+    """Whether the heatmap's maximum falls inside one of the ground-truth boxes (Zhang et al., ECCV 2016)."""
+    values = np.asarray(heatmap)
+    row, column = np.unravel_index(int(np.argmax(values)), values.shape)
+    return bool(boxes_mask(boxes, values.shape)[row, column])

@@ -133,8 +133,9 @@ def area_resize(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tenso
     return F.interpolate(flat, size=size, mode="area").reshape(*leading, *size)
 
 
-def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
-    """Warp ``image`` ``(H, W)`` with ``matrix`` (source -> output pixels) onto a ``size`` square; outside is 0.
+def warp(image: torch.Tensor, matrix: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    """Warp ``image`` ``(H, W)`` with ``matrix`` (source -> output pixels) onto a ``size`` square (or an
+    ``(height, width)`` frame, e.g. to map a heatmap back onto the original image); outside is 0.
 
     Large reductions are anti-aliased: the source is first area-averaged by the integer factor that brings the
     warp's scale to between 1 and 2, then sampled bilinearly.
@@ -148,9 +149,13 @@ def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
         # coordinates of the reduced image -> original -> output
         matrix = matrix @ np.diag([width / small[1], height / small[0], 1.0])
         height, width = small
+    out_height, out_width = (size, size) if isinstance(size, int) else size
     inverse = np.linalg.inv(matrix)
-    centres = torch.arange(size, dtype=torch.float64) + 0.5
-    grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
+    grid_y, grid_x = torch.meshgrid(
+        torch.arange(out_height, dtype=torch.float64) + 0.5,
+        torch.arange(out_width, dtype=torch.float64) + 0.5,
+        indexing="ij",
+    )
     points = torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], -1) @ torch.from_numpy(inverse).T
     # align_corners=False: -1 and +1 are the outer edges of the first and last pixel, i.e. coordinates 0 and W.
     grid = torch.stack([points[..., 0] / width * 2 - 1, points[..., 1] / height * 2 - 1], -1).to(image.dtype)

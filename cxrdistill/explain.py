@@ -1,0 +1,103 @@
+"""Heatmaps that explain a prediction, and boxes drawn from them.
+
+* ViT attention: the class token's attention over the patches at one layer (averaged over heads), and attention
+  rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020) through all layers.
+* CNN class activation maps (Zhou et al., CVPR 2016): exact for a global-average-pool + linear head, see
+  ``CNNTeacher.class_activation_maps``; chosen per label, never by argmax.
+* :func:`to_source_frame` maps a heatmap from the model's view back onto the original image, and
+  :func:`heatmap_to_boxes` thresholds it relative to its maximum and boxes its connected components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from cxrdistill.data.transforms import warp
+
+
+def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, prefix_tokens: int = 1) -> torch.Tensor:
+    """``(B, grid, grid)``: where the class token looks at ``layer``, averaged over heads (rows sum to 1)."""
+    attention = attentions[layer].mean(dim=1)  # (B, N, N)
+    row = attention[:, 0, prefix_tokens:]
+    grid = int(np.sqrt(row.shape[-1]))
+    return row.reshape(-1, grid, grid)
+
+
+def attention_rollout(
+    attentions: Sequence[torch.Tensor], prefix_tokens: int = 1, residual: float = 0.5
+) -> torch.Tensor:
+    """``(B, grid, grid)`` attention rollout: the product over layers of ``residual * I + (1 - residual) * A``
+    (head-averaged, rows renormalised), read from the class token's row."""
+    result = None
+    for attention in attentions:
+        mixed = attention.mean(dim=1)
+        eye = torch.eye(mixed.shape[-1], dtype=mixed.dtype, device=mixed.device)
+        mixed = residual * eye + (1 - residual) * mixed
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        result = mixed if result is None else mixed @ result
+    row = result[:, 0, prefix_tokens:]
+    grid = int(np.sqrt(row.shape[-1]))
+    return row.reshape(-1, grid, grid)
+
+
+def to_source_frame(
+    heatmap: torch.Tensor, to_view: np.ndarray, view_size: int, source_size: tuple[int, int]
+) -> torch.Tensor:
+    """Map a ``(h, w)`` heatmap over a model view back onto the source image's ``(H, W)`` pixels.
+
+    Args:
+        heatmap: a map over the ``view_size`` square (any resolution: it is stretched over the view first).
+        to_view: the 3x3 source -> view matrix of that view (``MultiResolutionViews`` output ``to_view``, which
+            is for the base view; pass ``view_size`` = the base size).
+        source_size: ``(H, W)`` of the source image.
+    """
+    heatmap = heatmap.float()
+    view = torch.nn.functional.interpolate(
+        heatmap[None, None], size=(view_size, view_size), mode="bilinear", align_corners=False
+    )[0, 0]
+    return warp(view, np.linalg.inv(np.asarray(to_view, dtype=np.float64)), source_size)
+
+
+@dataclass(frozen=True)
+class ScoredBox:
+    """A box ``(x0, y0, x1, y1)`` in source pixels and the mean heatmap value inside its component."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+
+def heatmap_mask(heatmap: np.ndarray | torch.Tensor, relative_threshold: float = 0.5) -> np.ndarray:
+    """Binary mask of the pixels at or above ``relative_threshold`` x the heatmap's maximum (min-max scaled)."""
+    values = np.asarray(heatmap, dtype=np.float64)
+    low, high = values.min(), values.max()
+    if high <= low:
+        return np.zeros(values.shape, dtype=bool)
+    return (values - low) / (high - low) >= relative_threshold
+
+
+def heatmap_to_boxes(
+    heatmap: np.ndarray | torch.Tensor, relative_threshold: float = 0.5, min_area_fraction: float = 0.002
+) -> list[ScoredBox]:
+    """Boxes around the connected components of :func:`heatmap_mask`, largest score first.
+
+    Components smaller than ``min_area_fraction`` of the image are dropped (noise, single hot pixels).
+    """
+    values = np.asarray(heatmap, dtype=np.float64)
+    mask = heatmap_mask(values, relative_threshold)
+    labels, count = ndimage.label(mask)
+    boxes = []
+    for index, region in enumerate(ndimage.find_objects(labels), start=1):
+        if region is None:
+            continue
+        component = labels[region] == index
+        if component.sum() < min_area_fraction * values.size:
+            continue
+        rows, columns = region
+        score = float(values[region][component].mean())
+        boxes.append(ScoredBox((float(columns.start), float(rows.start), float(columns.stop), float(rows.stop)), score))
+    return sorted(boxes, key=lambda b: b.score, reverse=True)

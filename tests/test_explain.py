@@ -1,0 +1,65 @@
+"""Heatmaps, boxes and localisation metrics, with hand-computed expected values."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cxrdistill.data import MultiResolutionViews
+from cxrdistill.explain import attention_rollout, cls_attention_map, heatmap_mask, heatmap_to_boxes, to_source_frame
+from cxrdistill.metrics import box_iou, boxes_mask, mask_iou, pointing_game
+
+
+def test_box_iou_and_mask_iou_hand_computed():
+    # 10x10 and a 10x10 shifted by 5: intersection 50, union 150.
+    np.testing.assert_allclose(box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10], [20, 20, 30, 30]]), [[1 / 3, 0.0]])
+    mask = boxes_mask([[0, 0, 10, 10]], (20, 20))
+    assert mask.sum() == 100 and mask[9, 9] and not mask[10, 10]
+    assert mask_iou(mask, boxes_mask([[5, 0, 15, 10]], (20, 20))) == 50 / 150
+    assert mask_iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 0.0
+
+
+def test_pointing_game():
+    heatmap = np.zeros((20, 20))
+    heatmap[3, 14] = 1.0
+    assert pointing_game(heatmap, [[10, 0, 20, 5]]) and not pointing_game(heatmap, [[0, 0, 10, 10]])
+
+
+def test_boxes_land_on_a_planted_lesion():
+    heatmap = np.random.default_rng(0).random((64, 64)) * 0.2
+    heatmap[10:20, 30:50] = 1.0
+    heatmap[50, 5] = 0.9  # a single hot pixel: too small to be a box
+    boxes = heatmap_to_boxes(heatmap, relative_threshold=0.5, min_area_fraction=0.01)
+    assert [b.box for b in boxes] == [(30.0, 10.0, 50.0, 20.0)]
+    assert heatmap_mask(heatmap, 0.5).sum() == 201
+
+
+def test_cls_attention_and_rollout_shapes_and_mass():
+    attentions = [torch.rand(2, 3, 1 + 16, 1 + 16).softmax(-1) for _ in range(4)]
+    cls_map = cls_attention_map(attentions)
+    assert cls_map.shape == (2, 4, 4) and torch.all(cls_map.sum((1, 2)) <= 1)
+    rollout = attention_rollout(attentions)
+    assert rollout.shape == (2, 4, 4) and torch.all(rollout >= 0)
+
+
+def test_heatmap_maps_back_onto_the_source_image():
+    image = np.zeros((300, 200), np.float32)
+    sample = {
+        "id": "x",
+        "group": "x",
+        "source": "s",
+        "image": image,
+        "global": np.zeros(2, np.float32),
+        "local": np.zeros(0, np.float32),
+        "local_mask": np.zeros(0, np.float32),
+        "boxes": np.zeros((0, 4), np.float32),
+        "box_labels": np.zeros(0, np.int64),
+    }
+    views = MultiResolutionViews(112, (28,))(sample)
+    heatmap = torch.zeros(14, 14)
+    heatmap[2:5, 6:9] = 1.0  # view pixels 16..40 x 48..72 of 112
+    back = to_source_frame(heatmap, views["to_view"].numpy(), 112, (300, 200))
+    assert back.shape == (300, 200)
+    (box,) = heatmap_to_boxes(back.numpy(), 0.5)
+    # letterbox: scale 112 / 300, x padding (112 - 200 * 112 / 300) / 2 = 18.67; so x = (u - 18.67) * 300 / 112
+    np.testing.assert_allclose(box.box, [78.6, 42.9, 142.9, 107.1], atol=1.5)
