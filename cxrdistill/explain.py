@@ -89,7 +89,7 @@ def heatmap_to_boxes(
     """
     values = np.asarray(heatmap, dtype=np.float64)
     mask = heatmap_mask(values, relative_threshold)
-    labels, count = ndimage.label(mask)
+    labels, _ = ndimage.label(mask)
     boxes = []
     for index, region in enumerate(ndimage.find_objects(labels), start=1):
         if region is None:
