@@ -119,6 +119,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         calibrate_thresholds,
         classification_metrics,
         load_dataset,
+        localisation_metrics,
         predict_dataset,
         to_jsonable,
     )
@@ -140,7 +141,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    predictions = predict_dataset(model, dataset, batch_size=args.batch_size, cache_dir=args.cache_dir)
+    predictions = predict_dataset(model, dataset, batch_size=args.batch_size, cache_dir=args.cache_dir, localise=True)
     global_thresholds, local_thresholds = config.global_thresholds, config.local_thresholds
     if args.calibrate_to:
         global_thresholds, local_thresholds = calibrate_thresholds(predictions)
@@ -152,7 +153,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         global_thresholds=global_thresholds,
         local_thresholds=local_thresholds,
     )
-    report = {"model": str(args.model), "revision": args.revision, "data": dataclasses.asdict(data), **metrics}
+    report = {
+        "model": str(args.model),
+        "revision": args.revision,
+        "data": dataclasses.asdict(data),
+        **metrics,
+        "attention_localisation": localisation_metrics(predictions["localisation"]),
+    }
     text = json.dumps(to_jsonable(report), indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")

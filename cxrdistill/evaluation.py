@@ -23,8 +23,19 @@ from cxrdistill.data import (
     collate_views,
     train_val_split,
 )
+from cxrdistill.data.transforms import transform_boxes
+from cxrdistill.explain import attention_rollout, cls_attention_map, heatmap_mask, to_source_frame
 from cxrdistill.labels import TB_BINARY
-from cxrdistill.metrics import bootstrap_ci, macro_auroc, operating_point, per_label_auroc, youden_threshold
+from cxrdistill.metrics import (
+    bootstrap_ci,
+    boxes_mask,
+    macro_auroc,
+    mask_iou,
+    operating_point,
+    per_label_auroc,
+    pointing_game,
+    youden_threshold,
+)
 
 # Sub-sources whose TB and normal images come from one hospital each (the TBX11K extra sets): AUROC on them alone
 # cannot be won by recognising which hospital or archive an image came from.
@@ -81,10 +92,12 @@ def predict_dataset(
     base_size: int = 224,
     cache_dir: str | None = None,
     num_workers: int = 0,
-) -> dict[str, np.ndarray]:
+    localise: bool = False,
+) -> dict[str, Any]:
     """Probabilities of ``model`` on every image of ``dataset``, with targets and sources.
 
-    Images are letterboxed to ``base_size`` and area-averaged to the model's input size, as in training.
+    Images are letterboxed to ``base_size`` and area-averaged to the model's input size, as in training. With
+    ``localise`` (ViTs), each image with boxes also gets the IoU and pointing-game hit of its attention maps.
     """
     size = model.config.image_size
     base = max(base_size, size)
@@ -96,11 +109,13 @@ def predict_dataset(
         collate_fn=collate_views,
     )
     model.eval()
-    outputs: dict[str, list] = {
-        k: [] for k in ("global_probs", "local_probs", "global_targets", "local_targets", "local_mask", "source", "id")
-    }
+    keys = ("global_probs", "local_probs", "global_targets", "local_targets", "local_mask", "source", "id")
+    outputs: dict[str, list] = {k: [] for k in (*keys, "localisation")}
+    localise = localise and hasattr(model.config, "grid_size")  # attention maps: ViTs only
     for batch in loader:
-        output = model(batch["views"][size])
+        output = model(batch["views"][size], return_attention=localise)
+        if localise:
+            outputs["localisation"] += _localise(output.attentions, batch, base)
         outputs["global_probs"].append(output.global_logits.float().softmax(-1))
         outputs["local_probs"].append(output.local_logits.float().sigmoid())
         outputs["global_targets"].append(batch["global"])
@@ -108,7 +123,49 @@ def predict_dataset(
         outputs["local_mask"].append(batch["local_mask"])
         outputs["source"] += batch["source"]
         outputs["id"] += batch["id"]
-    return {k: (np.array(v) if k in ("source", "id") else torch.cat(v).numpy()) for k, v in outputs.items()}
+    return {
+        k: (v if k == "localisation" else np.array(v) if k in ("source", "id") else torch.cat(v).numpy())
+        for k, v in outputs.items()
+    }
+
+
+LOCALISATION_MAPS = {"last-layer CLS attention": cls_attention_map, "attention rollout": attention_rollout}
+
+
+def _localise(attentions, batch: dict, base: int, relative_threshold: float = 0.5) -> list[dict]:
+    """Per image with boxes: mask IoU and pointing game of each attention map, in the source image's pixels."""
+    results = []
+    maps = {name: function(attentions) for name, function in LOCALISATION_MAPS.items()}
+    for i, view_boxes in enumerate(batch["boxes"][base]):
+        if len(view_boxes) == 0:
+            continue
+        source_size = tuple(int(v) for v in batch["source_size"][i])
+        to_view = batch["to_view"][i].numpy()
+        boxes, _ = transform_boxes(view_boxes.numpy(), np.linalg.inv(to_view), max(source_size))
+        truth = boxes_mask(boxes, source_size)
+        entry = {"id": batch["id"][i]}
+        for name, heatmaps in maps.items():
+            heatmap = to_source_frame(heatmaps[i], to_view, base, source_size).numpy()
+            entry[name] = {
+                "iou": mask_iou(heatmap_mask(heatmap, relative_threshold), truth),
+                "pointing": pointing_game(heatmap, boxes),
+            }
+        results.append(entry)
+    return results
+
+
+def localisation_metrics(localisation: list[dict]) -> dict[str, Any]:
+    """Mean IoU and pointing-game accuracy of each attention map over the images with boxes."""
+    if not localisation:
+        return {}
+    return {
+        name: {
+            "images": len(localisation),
+            "miou": float(np.mean([entry[name]["iou"] for entry in localisation])),
+            "pointing_game": float(np.mean([entry[name]["pointing"] for entry in localisation])),
+        }
+        for name in LOCALISATION_MAPS
+    }
 
 
 def global_auroc(targets: np.ndarray, probs: np.ndarray) -> float:

@@ -176,5 +176,7 @@ def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_pa
     )
     report = json.loads(report_path.read_text())
     assert report["images"] == 8 and set(report["global_operating_points"]) == {"not_tb", "tb"}
+    localisation = report["attention_localisation"]["last-layer CLS attention"]
+    assert localisation["images"] > 0 and 0 <= localisation["miou"] <= 1
     calibrated = TeacherViT.from_pretrained(tmp_path / "calibrated")
     assert calibrated.config.global_thresholds is not None and len(calibrated.config.local_thresholds) == 3
