@@ -320,7 +320,8 @@ def fit(
                 state.best = score
                 if accelerator.is_main_process:
                     on_best(jsonable(metrics))
-        save_checkpoint(accelerator, output_dir) if accelerator.is_main_process else None
+        if accelerator.is_main_process:
+            save_checkpoint(accelerator, output_dir)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (output_dir / "history.json").write_text(json.dumps(state.history, indent=2))
