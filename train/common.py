@@ -213,15 +213,23 @@ class TrainerState:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path) -> None:
-    """Write the full training state to ``output_dir/checkpoint`` atomically (temporary folder, then renames)."""
+    """Write the full training state to ``output_dir/checkpoint`` atomically (temporary folder, then renames).
+
+    Every process calls it (Accelerate saves per-process RNG states); only the main process renames.
+    """
     final, temporary, old = output_dir / "checkpoint", output_dir / "checkpoint.tmp", output_dir / "checkpoint.old"
-    shutil.rmtree(temporary, ignore_errors=True)
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
-    (temporary / "COMPLETE").write_text("ok")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(temporary, final)
-    shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / "COMPLETE").write_text("ok")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(temporary, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -320,9 +328,7 @@ def fit(
                 state.best = score
                 if accelerator.is_main_process:
                     on_best(jsonable(metrics))
-        if accelerator.is_main_process:
-            save_checkpoint(accelerator, output_dir)
-        accelerator.wait_for_everyone()
+        save_checkpoint(accelerator, output_dir)
     if accelerator.is_main_process:
         (output_dir / "history.json").write_text(json.dumps(state.history, indent=2))
     return max(state.history, key=lambda h: _score(h, loop.select_metric)) if state.history else {}
