@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cxrdistill.data import (
     TBX11K,
@@ -20,6 +20,7 @@ from cxrdistill.data import (
     MultiResolutionViews,
     NIHChestXray14,
     PneumoniaMNIST,
+    ViewDataset,
     collate_views,
     train_val_split,
 )
@@ -55,33 +56,30 @@ class EvalData:
     split_seed: int = 0
 
 
-def load_dataset(data: EvalData):
-    """The dataset ``data`` describes (records only, nothing decoded)."""
+def load_full_dataset(data: EvalData):
+    """The whole official split ``data`` names (records only, nothing decoded)."""
     if data.dataset == "tbx11k":
-        dataset = TBX11K(data.root, data.split or "all_train", global_space=TB_BINARY)
-    elif data.dataset == "nih":
-        dataset = NIHChestXray14(data.root, split=data.split)
-    elif data.dataset == "pneumoniamnist":
-        dataset = PneumoniaMNIST(data.root, data.split or "val")
-    else:
-        raise ValueError(f"unknown dataset {data.dataset!r}; choose from {DATASETS}")
+        return TBX11K(data.root, data.split or "all_train", global_space=TB_BINARY)
+    if data.dataset == "nih":
+        return NIHChestXray14(data.root, split=data.split)
+    if data.dataset == "pneumoniamnist":
+        return PneumoniaMNIST(data.root, data.split or "val")
+    raise ValueError(f"unknown dataset {data.dataset!r}; choose from {DATASETS}")
+
+
+def load_train_val(data: EvalData):
+    """``(train, validation)`` as the training scripts split them."""
+    return train_val_split(load_full_dataset(data), data.val_fraction, seed=data.split_seed)
+
+
+def load_dataset(data: EvalData):
+    """The images ``data`` describes: the whole split (``part="all"``) or one side of the training split."""
     if data.part == "all":
-        return dataset
+        return load_full_dataset(data)
     if data.part not in ("train", "val"):
         raise ValueError(f"part must be 'all', 'train' or 'val', got {data.part!r}")
-    train, validation = train_val_split(dataset, data.val_fraction, seed=data.split_seed)
+    train, validation = load_train_val(data)
     return train if data.part == "train" else validation
-
-
-class _Views(Dataset):
-    def __init__(self, dataset, views: MultiResolutionViews) -> None:
-        self.dataset, self.views = dataset, views
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.views(self.dataset[index])
 
 
 @torch.inference_mode()
@@ -103,7 +101,7 @@ def predict_dataset(
     base = max(base_size, size)
     source = CachedDataset(dataset, size=max(256, base), cache_dir=cache_dir) if len(dataset) else dataset
     loader = DataLoader(
-        _Views(source, MultiResolutionViews(base, (size,))),
+        ViewDataset(source, MultiResolutionViews(base, (size,))),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_views,

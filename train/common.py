@@ -24,21 +24,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cxrdistill.data import (
-    TBX11K,
-    AugmentConfig,
-    CachedDataset,
-    MultiResolutionViews,
-    NIHChestXray14,
-    collate_views,
-    train_val_split,
-)
-from cxrdistill.evaluation import classification_metrics
+from cxrdistill.data import AugmentConfig, CachedDataset, MultiResolutionViews, ViewDataset, collate_views
+from cxrdistill.evaluation import EvalData, classification_metrics, load_train_val
 from cxrdistill.evaluation import to_jsonable as jsonable
-from cxrdistill.labels import TB_BINARY
 
 logger = logging.getLogger("cxrdistill.train")
 
@@ -58,35 +49,16 @@ class DataConfig:
 
 
 def build_datasets(config: DataConfig):
-    """``(train, validation)`` datasets of records (nothing decoded yet)."""
-    if config.dataset == "tbx11k":
-        full = TBX11K(config.root, "all_train", global_space=TB_BINARY)
-    elif config.dataset == "nih":
-        full = NIHChestXray14(config.root)
-    else:
-        raise ValueError(f"unknown dataset {config.dataset!r}; expected 'tbx11k' or 'nih'")
-    train, validation = train_val_split(full, config.val_fraction, seed=config.split_seed)
+    """``(train, validation)`` datasets of records (nothing decoded yet), split as ``cxrdistill evaluate`` does."""
+    train, validation = load_train_val(
+        EvalData(config.dataset, config.root, None, "all", config.val_fraction, config.split_seed)
+    )
     if config.limit:  # evenly spaced, so a small subset still has every source and label
         train, validation = (
             d.subset(np.unique(np.linspace(0, len(d) - 1, config.limit).astype(int)).tolist())
             for d in (train, validation)
         )
     return train, validation
-
-
-class ViewDataset(Dataset):
-    """A cached dataset passed through :class:`MultiResolutionViews`."""
-
-    def __init__(self, dataset, views: MultiResolutionViews) -> None:
-        self.dataset, self.views = dataset, views
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.views(self.dataset[index])
-        item["index"] = index
-        return item
 
 
 def make_loader(dataset, config: DataConfig, views: MultiResolutionViews, batch_size: int, shuffle: bool) -> DataLoader:
@@ -99,14 +71,8 @@ def make_loader(dataset, config: DataConfig, views: MultiResolutionViews, batch_
         shuffle=shuffle,
         drop_last=shuffle and len(dataset) > batch_size,
         num_workers=config.num_workers,
-        collate_fn=_collate,
+        collate_fn=collate_views,
     )
-
-
-def _collate(batch: list[dict]) -> dict:
-    collated = collate_views(batch)
-    collated["index"] = torch.tensor([item["index"] for item in batch])
-    return collated
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

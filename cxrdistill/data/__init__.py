@@ -13,6 +13,7 @@ from cxrdistill.data.tbx11k import TBX11K, TBX11K_SPLITS, classify_tbx11k_path
 from cxrdistill.data.transforms import (
     AugmentConfig,
     MultiResolutionViews,
+    ViewDataset,
     area_resize,
     collate_views,
     letterbox_matrix,
@@ -32,6 +33,7 @@ __all__ = [
     "NIHChestXray14",
     "PneumoniaMNIST",
     "Record",
+    "ViewDataset",
     "VinDrCXR",
     "XRayDataset",
     "area_resize",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,21 @@ class MultiResolutionViews:
         }
 
 
+class ViewDataset(torch.utils.data.Dataset):
+    """``dataset`` (a dataset or its tensor cache) passed through ``views``; items also carry their ``index``."""
+
+    def __init__(self, dataset, views: MultiResolutionViews) -> None:
+        self.dataset, self.views = dataset, views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.views(self.dataset[index])
+        item["index"] = index
+        return item
+
+
 def collate_views(batch: list[dict]) -> dict:
     """DataLoader ``collate_fn`` for :class:`MultiResolutionViews` outputs.
 
@@ -270,4 +286,5 @@ def collate_views(batch: list[dict]) -> dict:
         "id": [item["id"] for item in batch],
         "group": [item["group"] for item in batch],
         "source": [item["source"] for item in batch],
+        **({"index": torch.tensor([item["index"] for item in batch])} if "index" in batch[0] else {}),
     }
