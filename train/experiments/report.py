@@ -88,6 +88,23 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def margins(rows: list[dict], key: str = "same_hospital_auroc") -> str:
+    """The quantities the targets are about, per student size: teacher - alone, MLCAK - alone, teacher - MLCAK."""
+    by_run = {r["run"]: r.get(key) for r in rows if r["found"]}
+    teacher = by_run.get("teacher-224")
+    lines = ["| student px | teacher - student alone | MLCAK - student alone | teacher - MLCAK |", "|---|---|---|---|"]
+    for size in (28, 56, 112):
+        alone, mlcak = by_run.get(f"student-{size}-alone-aug"), by_run.get(f"student-{size}-mlcak")
+
+        def difference(a, b):
+            return f"{a - b:+.3f}" if a is not None and b is not None else "-"
+
+        lines.append(
+            f"| {size} | {difference(teacher, alone)} | {difference(mlcak, alone)} | {difference(teacher, mlcak)} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -134,6 +151,9 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     rows = collect(Path(args.runs))
     print(markdown(rows))
+    print()
+    print("Margins on same-hospital AUROC:")
+    print(margins(rows))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, Path(args.plot))
