@@ -171,15 +171,15 @@ def _outputs(config) -> str:
 def _how_to_load(class_name: str, size: int) -> str:
     return "\n".join(
         [
-            "import torch",
             f"from cxrdistill.models import {class_name}",
             "from cxrdistill.io import load_xray",
+            "from cxrdistill.data import model_input",
             "",
             f'model = {class_name}.from_pretrained("REPO_ID_OR_FOLDER")  # revision="v1.0" for a tag',
-            'pixels = torch.from_numpy(load_xray("chest.png").pixels)  # (H, W) in [0, 1]',
-            f'image = torch.nn.functional.interpolate(pixels[None, None], size=({size}, {size}), mode="area")',
-            "output = model(image)",
-            "print(dict(zip(model.config.global_labels, output.global_logits.softmax(-1)[0].tolist())))",
+            'pixels = load_xray("chest.png").pixels  # PNG, JPEG or DICOM -> (H, W) in [0, 1]',
+            f"image = model_input(pixels, {size})  # letterboxed and area-averaged as in training",
+            "probabilities = model(image).global_logits.softmax(-1)[0]",
+            "print(dict(zip(model.config.global_labels, probabilities.tolist())))",
         ]
     )
 

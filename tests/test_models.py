@@ -267,3 +267,18 @@ def test_half_precision_release_weights_load_into_float32(tmp_path):
     images = images_for(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images).global_logits, model(images).global_logits, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["student-vit-28", "cnn-student"])
+def test_the_cards_how_to_load_code_runs(name, tmp_path, capsys):
+    import numpy as np
+    from conftest import png_bytes, synthetic_chest
+
+    model = build(name)
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "chest.png").write_bytes(png_bytes(np.round(synthetic_chest() * 255).astype(np.uint8)))
+    card = (tmp_path / "model" / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("REPO_ID_OR_FOLDER", str(tmp_path / "model")).replace("chest.png", str(tmp_path / "chest.png"))
+    exec(compile(code, "model card", "exec"), {})
+    assert "'tb':" in capsys.readouterr().out

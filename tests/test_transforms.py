@@ -185,3 +185,11 @@ def test_to_view_matrix_maps_source_boxes_onto_view_boxes():
     views = MultiResolutionViews(224, (28,), augment=AugmentConfig())(sample, torch.Generator().manual_seed(1))
     moved, _ = transform_boxes(sample["boxes"], views["to_view"].numpy(), 224)
     np.testing.assert_allclose(moved, views["boxes"][224].numpy(), atol=1e-4)
+
+
+def test_model_input_matches_the_evaluation_views():
+    from cxrdistill.data import model_input
+
+    image = synthetic_chest(300, 240)
+    expected = MultiResolutionViews(224, (28,))(_sample(image))["views"][28]
+    torch.testing.assert_close(model_input(image, 28), expected[None])

@@ -17,6 +17,7 @@ from cxrdistill.data.transforms import (
     area_resize,
     collate_views,
     letterbox_matrix,
+    model_input,
     transform_boxes,
     warp,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "collate_views",
     "default_cache_dir",
     "letterbox_matrix",
+    "model_input",
     "scale_boxes",
     "split_indices",
     "train_val_split",

@@ -167,6 +167,15 @@ def warp(image: torch.Tensor, matrix: np.ndarray, size: int | tuple[int, int]) -
     return sampled[0, 0] * inside.to(image.dtype)
 
 
+def model_input(pixels: np.ndarray | torch.Tensor, size: int, base_size: int = 224) -> torch.Tensor:
+    """``(1, 1, size, size)`` model input from an ``(H, W)`` image in ``[0, 1]``, made as in training and evaluation:
+    letterboxed onto a ``base_size`` square, then area-averaged down to ``size``."""
+    image = torch.as_tensor(pixels, dtype=torch.float32)
+    base = max(base_size, size)
+    view = warp(image, letterbox_matrix(*image.shape, base), base)
+    return area_resize(view, size)[None, None]
+
+
 def jitter_intensity(
     image: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
