@@ -4,6 +4,11 @@
   global class (MCCT) plus binary cross-entropy on the multi-label local findings (MLCT), the latter only where the
   label is known (``local_mask``).
 * :func:`logit_mse`: MLCAK's logit matching, ``MSE(student logits, teacher logits)``.
+* :func:`soft_target_kd`: Hinton et al.'s temperature-softened targets ("Distilling the Knowledge in a Neural
+  Network", 2015), softmax / KL for a one-of-K head and per-label sigmoid / BCE for a multi-label head.
+* :func:`cam_alignment`: the CAM term of weakly supervised TB localisation by distillation (Shawkat et al., arXiv
+  2512.11057): the student's class activation map should look where the teacher's does. Both maps are min-max
+  normalised per image and the student's is resampled (bilinearly) to the teacher's grid before the MSE.
 * :func:`attention_mse`: MLCAK's multilevel attention knowledge: the MSE between head-averaged attention maps at
   several (student layer, teacher layer) pairs. When the two token grids differ, each map's class-token row (where
   the class token looks) is resampled to the teacher's grid by area averaging before comparing, because full
@@ -96,3 +101,45 @@ def attention_mse(
         resampled = resampled * (student_map.shape[-1] ** 2 / teacher_map.shape[-1] ** 2)
         losses.append(F.mse_loss(resampled, teacher_map))
     return torch.stack(losses).mean()
+
+
+def soft_target_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0, multi_label: bool = False
+) -> torch.Tensor:
+    """Knowledge distillation on temperature-softened targets, scaled by ``T**2`` (Hinton et al., 2015).
+
+    One-of-K heads use ``KL(softmax(t / T) || softmax(s / T))``; multi-label heads use the binary cross-entropy of
+    ``sigmoid(s / T)`` against ``sigmoid(t / T)`` for each label (a softmax across independent findings would make
+    them compete).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    teacher_logits = teacher_logits.detach()
+    if multi_label:
+        targets = torch.sigmoid(teacher_logits / temperature)
+        loss = F.binary_cross_entropy_with_logits(student_logits / temperature, targets)
+        # subtract the teacher's own entropy so a perfect match scores zero
+        loss = loss - F.binary_cross_entropy_with_logits(teacher_logits / temperature, targets)
+    else:
+        loss = F.kl_div(
+            F.log_softmax(student_logits / temperature, dim=-1),
+            F.log_softmax(teacher_logits / temperature, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    return loss * temperature**2
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    flat = maps.flatten(1)
+    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp_min(1e-6)).view_as(maps)
+
+
+def cam_alignment(student_cam: torch.Tensor, teacher_cam: torch.Tensor) -> torch.Tensor:
+    """MSE between min-max normalised ``(B, h, w)`` CAMs, the student's resampled to the teacher's grid."""
+    teacher = _min_max(teacher_cam.detach())
+    student = student_cam
+    if student.shape[-2:] != teacher.shape[-2:]:
+        student = F.interpolate(student[:, None], size=teacher.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return F.mse_loss(_min_max(student), teacher)

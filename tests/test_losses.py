@@ -145,3 +145,32 @@ def test_student_alone_needs_no_teacher(pair):
     assert set(terms) == {"global_ce", "local_bce"}
     with pytest.raises(ValueError, match="needs teacher_images"):
         MLCAKDistiller(student, None, MLCAKWeights(), [(1, 1)])(b["student"], b["global"], b["local"], b["mask"])
+
+
+def test_soft_target_kd_is_zero_on_agreement_and_positive_otherwise():
+    from cxrdistill.losses import soft_target_kd
+
+    logits = torch.randn(5, 2)
+    assert soft_target_kd(logits, logits.clone()).abs() < 1e-6
+    assert soft_target_kd(logits, -logits) > 0
+    multi = torch.randn(5, 3)
+    assert soft_target_kd(multi, multi.clone(), multi_label=True).abs() < 1e-6
+    assert soft_target_kd(multi, -multi, multi_label=True) > 0
+    student = torch.randn(5, 2, requires_grad=True)
+    teacher = torch.randn(5, 2, requires_grad=True)
+    soft_target_kd(student, teacher).backward()
+    assert student.grad is not None and teacher.grad is None
+
+
+def test_cam_alignment_resamples_and_ignores_scale():
+    from cxrdistill.losses import cam_alignment
+
+    teacher = torch.zeros(2, 8, 8)
+    teacher[:, 2:4, 4:6] = 5.0
+    student = torch.zeros(2, 4, 4)
+    student[:, 1, 2] = 0.3  # the same place on a coarser grid, another scale
+    aligned = cam_alignment(student, teacher)
+    elsewhere = torch.zeros(2, 4, 4)
+    elsewhere[:, 3, 0] = 0.3
+    assert cam_alignment(elsewhere, teacher) > aligned
+    assert cam_alignment(teacher * 3 + 1, teacher) < 1e-10
