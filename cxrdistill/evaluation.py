@@ -95,7 +95,8 @@ def predict_dataset(
     """Probabilities of ``model`` on every image of ``dataset``, with targets and sources.
 
     Images are letterboxed to ``base_size`` and area-averaged to the model's input size, as in training. With
-    ``localise`` (ViTs), each image with boxes also gets the IoU and pointing-game hit of its attention maps.
+    ``localise``, each image with boxes also gets the IoU and pointing-game hit of the model's explanation maps
+    (:func:`explanation_maps`).
     """
     size = model.config.image_size
     base = max(base_size, size)
@@ -109,11 +110,13 @@ def predict_dataset(
     model.eval()
     keys = ("global_probs", "local_probs", "global_targets", "local_targets", "local_mask", "source", "id")
     outputs: dict[str, list] = {k: [] for k in (*keys, "localisation")}
-    localise = localise and hasattr(model.config, "grid_size")  # attention maps: ViTs only
+    is_vit = hasattr(model.config, "grid_size")
     for batch in loader:
-        output = model(batch["views"][size], return_attention=localise)
+        output = model(
+            batch["views"][size], return_attention=localise and is_vit, return_features=localise and not is_vit
+        )
         if localise:
-            outputs["localisation"] += _localise(output.attentions, batch, base)
+            outputs["localisation"] += _localise(explanation_maps(model, output), batch, base)
         outputs["global_probs"].append(output.global_logits.float().softmax(-1))
         outputs["local_probs"].append(output.local_logits.float().sigmoid())
         outputs["global_targets"].append(batch["global"])
@@ -127,13 +130,26 @@ def predict_dataset(
     }
 
 
-LOCALISATION_MAPS = {"last-layer CLS attention": cls_attention_map, "attention rollout": attention_rollout}
+def explanation_maps(model: torch.nn.Module, output) -> dict[str, torch.Tensor]:
+    """``{name: (B, h, w)}`` heatmaps explaining the positive global class.
+
+    ViTs: the class token's last-layer attention and attention rollout (from ``return_attention=True``). CNNs: the
+    exact class activation map of the last global class (TB in a TB-vs-not space; from ``return_features=True``).
+    """
+    if output.attentions is not None:
+        return {
+            "last-layer CLS attention": cls_attention_map(output.attentions),
+            "attention rollout": attention_rollout(output.attentions),
+        }
+    if output.features is not None:
+        label = model.config.global_labels[-1]
+        return {f"CAM ({label})": model.class_activation_maps(output.features, "global")[:, -1]}
+    raise ValueError("explanation maps need return_attention=True (ViT) or return_features=True (CNN)")
 
 
-def _localise(attentions, batch: dict, base: int, relative_threshold: float = 0.5) -> list[dict]:
-    """Per image with boxes: mask IoU and pointing game of each attention map, in the source image's pixels."""
+def _localise(maps: dict[str, torch.Tensor], batch: dict, base: int, relative_threshold: float = 0.5) -> list[dict]:
+    """Per image with boxes: mask IoU and pointing game of each heatmap, in the source image's pixels."""
     results = []
-    maps = {name: function(attentions) for name, function in LOCALISATION_MAPS.items()}
     for i, view_boxes in enumerate(batch["boxes"][base]):
         if len(view_boxes) == 0:
             continue
@@ -153,16 +169,17 @@ def _localise(attentions, batch: dict, base: int, relative_threshold: float = 0.
 
 
 def localisation_metrics(localisation: list[dict]) -> dict[str, Any]:
-    """Mean IoU and pointing-game accuracy of each attention map over the images with boxes."""
+    """Mean IoU and pointing-game accuracy of each heatmap over the images with boxes."""
     if not localisation:
         return {}
+    names = [key for key in localisation[0] if key != "id"]
     return {
         name: {
             "images": len(localisation),
             "miou": float(np.mean([entry[name]["iou"] for entry in localisation])),
             "pointing_game": float(np.mean([entry[name]["pointing"] for entry in localisation])),
         }
-        for name in LOCALISATION_MAPS
+        for name in names
     }
 
 

@@ -282,3 +282,17 @@ def test_the_cards_how_to_load_code_runs(name, tmp_path, capsys):
     code = code.replace("REPO_ID_OR_FOLDER", str(tmp_path / "model")).replace("chest.png", str(tmp_path / "chest.png"))
     exec(compile(code, "model card", "exec"), {})
     assert "'tb':" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "cls, config",
+    [
+        (CNNStudent, CNNStudentConfig(local_labels=())),
+        (StudentViT, StudentViTConfig(local_labels=(), depth=1, embed_dim=24)),
+    ],
+)
+def test_a_model_without_local_labels_round_trips(cls, config, tmp_path):
+    model = cls(config).eval()
+    assert model(images_for(model)).local_logits.shape == (2, 0)
+    model.save_pretrained(tmp_path)
+    assert cls.from_pretrained(tmp_path).config.local_labels == ()

@@ -180,3 +180,34 @@ def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_pa
     assert localisation["images"] > 0 and 0 <= localisation["miou"] <= 1
     calibrated = TeacherViT.from_pretrained(tmp_path / "calibrated")
     assert calibrated.config.global_thresholds is not None and len(calibrated.config.local_thresholds) == 3
+
+
+def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
+    from cxrdistill.models import CNNStudent, CNNTeacher
+    from train import tb_localize
+
+    result = tb_localize.main(
+        [
+            *common_args(tiny_tbx11k, tmp_path / "tb", tmp_path / "cache"),
+            "--epochs",
+            "1",
+            "--teacher-size",
+            "64",
+            "--student-size",
+            "28",
+        ]
+    )
+    assert set(result) == {"teacher", "student"}
+    teacher = CNNTeacher.from_pretrained(tmp_path / "tb" / "teacher" / "best")
+    student = CNNStudent.from_pretrained(tmp_path / "tb" / "student" / "best")
+    assert teacher.config.local_labels == () and student.config.global_labels == ("not_tb", "tb")
+    with pytest.raises(SystemExit, match="needs --teacher"):
+        tb_localize.main([*common_args(tiny_tbx11k, tmp_path / "x", tmp_path / "cache"), "--stage", "student"])
+
+
+def test_class_weights_balance_the_classes():
+    from train.tb_localize import class_weight_tensor
+
+    targets = torch.tensor([[1.0, 0.0]] * 1 + [[0.0, 1.0]] * 3)
+    torch.testing.assert_close(class_weight_tensor(targets, "balanced"), torch.tensor([2.0, 2 / 3]))
+    assert class_weight_tensor(targets, "none") is None

@@ -26,6 +26,7 @@ from huggingface_hub.errors import (
 )
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +320,19 @@ class CXRModel(PyTorchModelHubMixin):
         from cxrdistill.hub import render_model_card
 
         return render_model_card(self, metrics=kwargs.get("metrics"))
+
+
+class NoLabels(nn.Module):
+    """The head of an empty label space: ``(B, features) -> (B, 0)``, without zero-size parameters (which
+    safetensors sees as shared storage and PyTorch warns about initialising)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.new_zeros(features.shape[0], 0)
+
+
+def linear_head(width: int, labels: int) -> nn.Module:
+    """A linear head with ``labels`` outputs, or :class:`NoLabels` for none."""
+    return nn.Linear(width, labels) if labels else NoLabels()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

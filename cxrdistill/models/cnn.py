@@ -15,7 +15,14 @@ import timm
 import torch
 from torch import nn
 
-from cxrdistill.models.base import HUB_CLASS_METADATA, HUB_TAGS, CXRModel, ModelConfig, ModelOutput
+from cxrdistill.models.base import (
+    HUB_CLASS_METADATA,
+    HUB_TAGS,
+    CXRModel,
+    ModelConfig,
+    ModelOutput,
+    linear_head,
+)
 
 STEMS = ("imagenet", "lowres")
 
@@ -83,8 +90,8 @@ class _CNNClassifier(nn.Module, CXRModel):
             self.backbone.maxpool = nn.Identity()
         width = self.backbone.num_features
         self.dropout = nn.Dropout(c.drop_rate)
-        self.global_head = nn.Linear(width, len(c.global_labels))
-        self.local_head = nn.Linear(width, len(c.local_labels))
+        self.global_head = linear_head(width, len(c.global_labels))
+        self.local_head = linear_head(width, len(c.local_labels))
 
     def forward(
         self, images: torch.Tensor, return_attention: bool = False, return_features: bool = False
@@ -109,6 +116,8 @@ class _CNNClassifier(nn.Module, CXRModel):
         Averaging a CAM over its cells gives that label's logit, bias included.
         """
         layer = {"global": self.global_head, "local": self.local_head}[head]
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"the {head} head has no labels, so it has no class activation maps")
         return torch.einsum("kc,bchw->bkhw", layer.weight, features) + layer.bias[None, :, None, None]
 
 

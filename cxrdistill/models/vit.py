@@ -23,7 +23,14 @@ import torch
 from timm.layers import Attention, PatchEmbed
 from torch import nn
 
-from cxrdistill.models.base import HUB_CLASS_METADATA, HUB_TAGS, CXRModel, ModelConfig, ModelOutput
+from cxrdistill.models.base import (
+    HUB_CLASS_METADATA,
+    HUB_TAGS,
+    CXRModel,
+    ModelConfig,
+    ModelOutput,
+    linear_head,
+)
 
 _recording = threading.local()
 
@@ -185,8 +192,8 @@ class _ViTClassifier(nn.Module, CXRModel):
             attn_layer=RecordingAttention,
             embed_layer=_STEMS[c.stem],
         )
-        self.global_head = nn.Linear(c.embed_dim, len(c.global_labels))
-        self.local_head = nn.Linear(c.embed_dim, len(c.local_labels))
+        self.global_head = linear_head(c.embed_dim, len(c.global_labels))
+        self.local_head = linear_head(c.embed_dim, len(c.local_labels))
 
     def forward(
         self, images: torch.Tensor, return_attention: bool = False, return_features: bool = False
