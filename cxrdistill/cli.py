@@ -119,7 +119,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         calibrate_thresholds,
         classification_metrics,
         load_dataset,
+        load_train_val,
         localisation_metrics,
+        location_prior,
         predict_dataset,
         to_jsonable,
     )
@@ -141,7 +143,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    predictions = predict_dataset(model, dataset, batch_size=args.batch_size, cache_dir=args.cache_dir, localise=True)
+    prior = None
+    if args.location_prior:
+        if data.part != "val":
+            print("--location-prior needs --part val: the prior is built from the training side", file=sys.stderr)
+            return 2
+        prior = location_prior(load_train_val(data)[0])
+    predictions = predict_dataset(
+        model, dataset, batch_size=args.batch_size, cache_dir=args.cache_dir, localise=True, prior=prior
+    )
     global_thresholds, local_thresholds = config.global_thresholds, config.local_thresholds
     if args.calibrate_to:
         global_thresholds, local_thresholds = calibrate_thresholds(predictions)
@@ -158,7 +168,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "revision": args.revision,
         "data": dataclasses.asdict(data),
         **metrics,
-        "attention_localisation": localisation_metrics(predictions["localisation"]),
+        "localisation": localisation_metrics(predictions["localisation"]),
     }
     text = json.dumps(to_jsonable(report), indent=2)
     if args.json:
@@ -218,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--calibrate-to",
         help="choose per-label thresholds (Youden's J) on these images and save the model with them to this folder",
+    )
+    evaluate.add_argument(
+        "--location-prior",
+        action="store_true",
+        help="also score the mean training box mask "
+        "(no model) as a heatmap: the baseline every localisation table reports",
     )
     evaluate.set_defaults(handler=_evaluate)
     return parser

@@ -25,10 +25,17 @@ from cxrdistill.data import (
     train_val_split,
 )
 from cxrdistill.data.transforms import transform_boxes
-from cxrdistill.explain import attention_rollout, cls_attention_map, heatmap_mask, to_source_frame
+from cxrdistill.explain import (
+    attention_rollout,
+    cls_attention_map,
+    heatmap_mask,
+    heatmap_to_boxes,
+    to_source_frame,
+)
 from cxrdistill.labels import TB_BINARY
 from cxrdistill.metrics import (
     bootstrap_ci,
+    box_iou,
     boxes_mask,
     macro_auroc,
     mask_iou,
@@ -91,12 +98,13 @@ def predict_dataset(
     cache_dir: str | None = None,
     num_workers: int = 0,
     localise: bool = False,
+    prior: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Probabilities of ``model`` on every image of ``dataset``, with targets and sources.
 
     Images are letterboxed to ``base_size`` and area-averaged to the model's input size, as in training. With
     ``localise``, each image with boxes also gets the IoU and pointing-game hit of the model's explanation maps
-    (:func:`explanation_maps`).
+    (:func:`explanation_maps`) and, given a ``prior`` (:func:`location_prior`), of the prior alone.
     """
     size = model.config.image_size
     base = max(base_size, size)
@@ -116,7 +124,7 @@ def predict_dataset(
             batch["views"][size], return_attention=localise and is_vit, return_features=localise and not is_vit
         )
         if localise:
-            outputs["localisation"] += _localise(explanation_maps(model, output), batch, base)
+            outputs["localisation"] += _localise(explanation_maps(model, output), batch, base, prior)
         outputs["global_probs"].append(output.global_logits.float().softmax(-1))
         outputs["local_probs"].append(output.local_logits.float().sigmoid())
         outputs["global_targets"].append(batch["global"])
@@ -147,8 +155,40 @@ def explanation_maps(model: torch.nn.Module, output) -> dict[str, torch.Tensor]:
     raise ValueError("explanation maps need return_attention=True (ViT) or return_features=True (CNN)")
 
 
-def _localise(maps: dict[str, torch.Tensor], batch: dict, base: int, relative_threshold: float = 0.5) -> list[dict]:
-    """Per image with boxes: mask IoU and pointing game of each heatmap, in the source image's pixels."""
+THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))  # relative heatmap thresholds scored per image
+
+
+def location_prior(dataset, frame: tuple[int, int] = (256, 256)) -> np.ndarray:
+    """The mean box mask of ``dataset``'s images with boxes, on a ``frame`` grid: a heatmap with no model at all.
+
+    Build it from the training side only; evaluation images are then scored with it like any model's map.
+    """
+    total, count = np.zeros(frame, dtype=np.float64), 0
+    for record in dataset.records:
+        if len(record.boxes) == 0:
+            continue
+        height, width = record.box_frame or frame
+        scale = np.array([frame[1] / width, frame[0] / height] * 2)
+        total += boxes_mask(record.boxes * scale, frame)
+        count += 1
+    if count == 0:
+        raise ValueError("no image with boxes to build a location prior from")
+    return total / count
+
+
+def _score_heatmap(heatmap: np.ndarray, boxes: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    predicted = [b.box for b in heatmap_to_boxes(heatmap, 0.5)]
+    best_iou = box_iou(boxes, predicted).max(axis=1) if predicted else np.zeros(len(boxes))
+    return {
+        "iou_at": [mask_iou(heatmap_mask(heatmap, t), truth) for t in THRESHOLDS],
+        "pointing": pointing_game(heatmap, boxes),
+        "box_best_iou": best_iou.tolist(),
+    }
+
+
+def _localise(maps: dict[str, torch.Tensor], batch: dict, base: int, prior: np.ndarray | None = None) -> list[dict]:
+    """Per image with boxes: each heatmap's mask IoU at every threshold, pointing game and best box IoUs, all in
+    the source image's pixels."""
     results = []
     for i, view_boxes in enumerate(batch["boxes"][base]):
         if len(view_boxes) == 0:
@@ -160,27 +200,39 @@ def _localise(maps: dict[str, torch.Tensor], batch: dict, base: int, relative_th
         entry = {"id": batch["id"][i]}
         for name, heatmaps in maps.items():
             heatmap = to_source_frame(heatmaps[i], to_view, base, source_size).numpy()
-            entry[name] = {
-                "iou": mask_iou(heatmap_mask(heatmap, relative_threshold), truth),
-                "pointing": pointing_game(heatmap, boxes),
-            }
+            entry[name] = _score_heatmap(heatmap, boxes, truth)
+        if prior is not None:
+            resized = torch.nn.functional.interpolate(
+                torch.from_numpy(prior)[None, None].float(), size=source_size, mode="bilinear", align_corners=False
+            )[0, 0].numpy()
+            entry["location prior (no model)"] = _score_heatmap(resized, boxes, truth)
         results.append(entry)
     return results
 
 
 def localisation_metrics(localisation: list[dict]) -> dict[str, Any]:
-    """Mean IoU and pointing-game accuracy of each heatmap over the images with boxes."""
+    """Per heatmap over the images with boxes: mIoU at the 0.5 relative threshold and at the best threshold of
+    :data:`THRESHOLDS` *on these images* (choose it on a validation split, report it on another), pointing-game
+    accuracy, and the share of ground-truth boxes hit by a predicted box at IoU 0.3 and 0.5."""
     if not localisation:
         return {}
     names = [key for key in localisation[0] if key != "id"]
-    return {
-        name: {
+    metrics = {}
+    for name in names:
+        iou_at = np.array([entry[name]["iou_at"] for entry in localisation])  # (images, thresholds)
+        per_threshold = iou_at.mean(axis=0)
+        best = int(np.argmax(per_threshold))
+        box_ious = np.concatenate([entry[name]["box_best_iou"] for entry in localisation])
+        metrics[name] = {
             "images": len(localisation),
-            "miou": float(np.mean([entry[name]["iou"] for entry in localisation])),
+            "miou": float(per_threshold[THRESHOLDS.index(0.5)]),
+            "best_threshold": THRESHOLDS[best],
+            "miou_at_best_threshold": float(per_threshold[best]),
             "pointing_game": float(np.mean([entry[name]["pointing"] for entry in localisation])),
+            "box_recall_iou_0.3": float(np.mean(box_ious >= 0.3)) if len(box_ious) else None,
+            "box_recall_iou_0.5": float(np.mean(box_ious >= 0.5)) if len(box_ious) else None,
         }
-        for name in names
-    }
+    return metrics
 
 
 def global_auroc(targets: np.ndarray, probs: np.ndarray) -> float:

@@ -63,3 +63,27 @@ def test_heatmap_maps_back_onto_the_source_image():
     (box,) = heatmap_to_boxes(back.numpy(), 0.5)
     # letterbox: scale 112 / 300, x padding (112 - 200 * 112 / 300) / 2 = 18.67; so x = (u - 18.67) * 300 / 112
     np.testing.assert_allclose(box.box, [78.6, 42.9, 142.9, 107.1], atol=1.5)
+
+
+def test_location_prior_is_the_mean_box_mask():
+    from cxrdistill.data import Record
+    from cxrdistill.evaluation import location_prior
+
+    def record(i, boxes):
+        return Record(
+            id=str(i),
+            path=None,
+            global_target=np.array([0.0, 1.0], np.float32),
+            local_target=np.zeros(0, np.float32),
+            local_mask=np.zeros(0, np.float32),
+            boxes=np.array(boxes, np.float32).reshape(-1, 4),
+            box_labels=np.zeros(len(boxes), np.int64),
+            box_frame=(100, 100),
+        )
+
+    class Fake:
+        def __init__(self):
+            self.records = [record(0, [[0, 0, 50, 100]]), record(1, [[0, 0, 100, 50]]), record(2, [])]
+
+    prior = location_prior(Fake(), frame=(10, 10))
+    assert prior[0, 0] == 1.0 and prior[9, 9] == 0.0 and prior[0, 9] == 0.5 and prior[9, 0] == 0.5

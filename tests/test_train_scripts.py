@@ -170,14 +170,16 @@ def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_pa
                 str(report_path),
                 "--calibrate-to",
                 str(tmp_path / "calibrated"),
+                "--location-prior",
             ]
         )
         == 0
     )
     report = json.loads(report_path.read_text())
     assert report["images"] == 8 and set(report["global_operating_points"]) == {"not_tb", "tb"}
-    localisation = report["attention_localisation"]["last-layer CLS attention"]
-    assert localisation["images"] > 0 and 0 <= localisation["miou"] <= 1
+    localisation = report["localisation"]["last-layer CLS attention"]
+    assert localisation["images"] > 0 and 0 <= localisation["miou"] <= localisation["miou_at_best_threshold"] <= 1
+    assert set(report["localisation"]) == {"last-layer CLS attention", "attention rollout", "location prior (no model)"}
     calibrated = TeacherViT.from_pretrained(tmp_path / "calibrated")
     assert calibrated.config.global_thresholds is not None and len(calibrated.config.local_thresholds) == 3
 
