@@ -19,16 +19,15 @@ mkdir -p runs
 if [ ! -f "$TEACHER/model.safetensors" ]; then
     timed teacher-224 train/train_teacher.py --epochs 60
 fi
+# the resolution sweep first (student alone vs MLCAK at each size), then the 28-px ablations
 for size in 28 56 112; do
     timed "student-$size-alone-aug" train/distill_student.py --image-size "$size" --ablation none --augment \
         --epochs "$STUDENT_EPOCHS"
     timed "student-$size-mlcak" train/distill_student.py --image-size "$size" --ablation all --teacher "$TEACHER" \
         --epochs "$STUDENT_EPOCHS"
-    if [ "$size" = 28 ]; then
-        timed "student-28-alone" train/distill_student.py --image-size 28 --ablation none --epochs "$STUDENT_EPOCHS"
-        timed "student-28-logits" train/distill_student.py --image-size 28 --ablation logits --teacher "$TEACHER" \
-            --epochs "$STUDENT_EPOCHS"
-        timed "student-28-attention" train/distill_student.py --image-size 28 --ablation attention \
-            --teacher "$TEACHER" --epochs "$STUDENT_EPOCHS"
-    fi
 done
+timed "student-28-alone" train/distill_student.py --image-size 28 --ablation none --epochs "$STUDENT_EPOCHS"
+timed "student-28-logits" train/distill_student.py --image-size 28 --ablation logits --teacher "$TEACHER" \
+    --epochs "$STUDENT_EPOCHS"
+timed "student-28-attention" train/distill_student.py --image-size 28 --ablation attention --teacher "$TEACHER" \
+    --epochs "$STUDENT_EPOCHS"
