@@ -321,10 +321,12 @@ def evaluate_best(
 ) -> dict:
     """Re-evaluate the saved best model with bootstrap intervals and rewrite its card with them."""
     model = model_class.from_pretrained(folder)
+    selected = json.loads((folder / "metrics.json").read_text())["raw"]  # written when this epoch was the best
     predictions = predict(lambda batch: model(batch["views"][view_size]), val_loader, accelerator)
     metrics = classification_metrics(
         predictions, model.config.global_labels, model.config.local_labels, bootstrap=loop.bootstrap
     )
+    metrics.update(epoch=selected.get("epoch"), step=selected.get("step"))
     card = card_metrics(metrics, data, command)
     if accelerator.is_main_process:
         model.save_pretrained(folder, metrics=card)

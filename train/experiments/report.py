@@ -52,6 +52,10 @@ def collect(runs_dir: Path) -> list[dict]:
         if metrics_file.is_file():
             metrics = json.loads(metrics_file.read_text())
             raw = metrics.get("raw", {})
+            history_file = runs_dir / name / "history.json"
+            if raw.get("epoch") is None and history_file.is_file():  # runs from before metrics.json kept the epoch
+                history = json.loads(history_file.read_text())
+                raw["epoch"] = max(history, key=lambda h: h.get("same_hospital_auroc") or -1)["epoch"]
             row.update(
                 found=True,
                 epoch=raw.get("epoch"),
