@@ -49,7 +49,9 @@ def collect(runs_dir: Path) -> list[dict]:
     for name, model, size, how in RUNS:
         metrics_file = runs_dir / name / "best" / "metrics.json"
         row = {"run": name, "model": model, "size": size, "how": how, "wall_s": wall.get(name)}
-        if metrics_file.is_file():
+        if metrics_file.is_file() and name not in wall:  # started but stopped before its final evaluation
+            row.update(found=False, unfinished=True)
+        elif metrics_file.is_file():
             metrics = json.loads(metrics_file.read_text())
             raw = metrics.get("raw", {})
             history_file = runs_dir / name / "history.json"
@@ -80,7 +82,8 @@ def markdown(rows: list[dict]) -> str:
     ]
     for row in rows:
         if not row["found"]:
-            lines.append(f"| {row['run']} | {row['model']} | {row['size']} | not run | | | | |")
+            status = "stopped before the end (session time)" if row.get("unfinished") else "not run"
+            lines.append(f"| {row['run']} | {row['model']} | {row['size']} | {status} | | | | |")
             continue
         wall = f"{row['wall_s'] / 60:.0f} min" if row.get("wall_s") else "-"
         lines.append(
@@ -120,17 +123,27 @@ def plot(rows: list[dict], path: Path) -> None:
         (axes[0], "same_hospital_auroc", "same-hospital images (headline)"),
         (axes[1], "global_auroc", "all validation images"),
     ):
-        for label, marker in (("student alone", "o"), ("student + MLCAK", "s")):
-            points = sorted(
-                (r["size"], r[key])
-                for r in rows
-                if r["found"]
-                and r["model"] == label
-                and r["run"].endswith(("alone-aug", "mlcak"))
-                and r.get(key) is not None
+        for offset, (label, marker) in ((-0.03, ("student alone", "o")), (0.03, ("student + MLCAK", "s"))):
+            chosen = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["found"]
+                    and r["model"] == label
+                    and r["run"].endswith(("alone-aug", "mlcak"))
+                    and r.get(key) is not None
+                ),
+                key=lambda r: r["size"],
             )
-            if points:
-                axis.plot(*zip(*points, strict=True), marker=marker, label=label)
+            if chosen:
+                sizes = [r["size"] * 2**offset for r in chosen]  # nudge apart so the intervals do not overlap
+                values = [r[key] for r in chosen]
+                intervals = [r.get(f"{key}_ci95") or [v, v] for r, v in zip(chosen, values, strict=True)]
+                errors = [
+                    [v - low for v, (low, _) in zip(values, intervals, strict=True)],
+                    [high - v for v, (_, high) in zip(values, intervals, strict=True)],
+                ]
+                axis.errorbar(sizes, values, yerr=errors, marker=marker, capsize=3, label=f"{label} (95% CI)")
         teacher = [r for r in rows if r["found"] and r["model"] == "teacher" and r.get(key) is not None]
         if teacher:
             axis.axhline(teacher[0][key], color="black", linestyle="--", label="teacher at 224 px")
