@@ -93,6 +93,8 @@ def test_distill_script_every_ablation(teacher_folder, tiny_tbx11k, tmp_path, ab
     student = StudentViT.from_pretrained(tmp_path / "out" / "best")
     assert student.config.image_size == 28 and student.config.grid_size == 14
     assert result["final"]["training"]["ablation"] == ablation
+    saved = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["training"]
+    assert saved["ablation"] == ablation and saved["train_s"] > 0 and "teacher_cache_s" in saved
 
 
 def test_distillation_without_a_teacher_is_refused(tiny_tbx11k, tmp_path):

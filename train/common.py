@@ -318,8 +318,10 @@ def evaluate_best(
     command: str,
     model_class,
     view_size: int,
+    training_extra: dict | None = None,
 ) -> dict:
-    """Re-evaluate the saved best model with bootstrap intervals and rewrite its card with them."""
+    """Re-evaluate the saved best model with bootstrap intervals and rewrite its card with them (and with
+    ``training_extra`` in its training record)."""
     model = model_class.from_pretrained(folder)
     selected = json.loads((folder / "metrics.json").read_text())["raw"]  # written when this epoch was the best
     predictions = predict(lambda batch: model(batch["views"][view_size]), val_loader, accelerator)
@@ -328,19 +330,68 @@ def evaluate_best(
     )
     metrics.update(epoch=selected.get("epoch"), step=selected.get("step"))
     card = card_metrics(metrics, data, command)
+    card["training"].update(training_extra or {})
     if accelerator.is_main_process:
         model.save_pretrained(folder, metrics=card)
     return card
 
 
+# metric key -> its name in model cards and metrics.json (release.py maps names back with it)
+CARD_RESULTS = {
+    "global_auroc": "AUROC, TB vs not TB (all validation images)",
+    "same_hospital_auroc": "AUROC, TB vs not TB (same-hospital extra-set images)",
+    "local_macro_auroc": "macro AUROC, TB type (local labels)",
+}
+
+
+def fit_and_save_best(
+    trained: torch.nn.Module,
+    saved: torch.nn.Module,
+    loss_fn: Callable[[dict], tuple[torch.Tensor, dict]],
+    view_size: int,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    loop: LoopConfig,
+    accelerator: Accelerator,
+    data: DataConfig,
+    command: str,
+    training_extra: dict | None = None,
+) -> dict:
+    """The end of every training script: :func:`fit` ``trained`` (which contains ``saved``), keep the best
+    ``saved`` model in ``OUTPUT_DIR/best`` with its card, re-evaluate it with bootstrap CIs, push it if asked.
+
+    Returns the final metrics.json dict (its ``training`` record holds ``train_s`` and ``training_extra``).
+    """
+    best_dir = Path(loop.output_dir) / "best"
+
+    def on_best(metrics):
+        saved.save_pretrained(best_dir, metrics=card_metrics(metrics, data, command))
+
+    start = time.perf_counter()
+    fit(
+        trained,
+        loss_fn,
+        lambda batch: saved(batch["views"][view_size]),
+        train_loader,
+        val_loader,
+        loop,
+        accelerator,
+        on_best,
+        saved.config.global_labels,
+        saved.config.local_labels,
+    )
+    extra = {"train_s": round(time.perf_counter() - start, 1), **(training_extra or {})}
+    final = evaluate_best(best_dir, val_loader, accelerator, data, loop, command, type(saved), view_size, extra)
+    if loop.push_to_hub and accelerator.is_main_process:
+        type(saved).from_pretrained(best_dir).push_to_hub(loop.push_to_hub, metrics=final)
+    accelerator.end_training()
+    return final
+
+
 def card_metrics(metrics: dict, data: DataConfig, command: str) -> dict:
     """The metrics.json schema of cxrdistill.hub from a classification_metrics dict."""
     results = []
-    for key, name in (
-        ("global_auroc", "AUROC, TB vs not TB (all validation images)"),
-        ("same_hospital_auroc", "AUROC, TB vs not TB (same-hospital extra-set images)"),
-        ("local_macro_auroc", "macro AUROC, TB type (local labels)"),
-    ):
+    for key, name in CARD_RESULTS.items():
         value = metrics.get(key)
         if isinstance(value, float):
             entry = {"type": "roc_auc", "name": name, "value": round(value, 4)}

@@ -34,10 +34,8 @@ from train.common import (
     LoopConfig,
     add_dataclass_arguments,
     build_datasets,
-    card_metrics,
-    evaluate_best,
     fill_dataclass,
-    fit,
+    fit_and_save_best,
     make_accelerator,
     make_loader,
     views_for,
@@ -139,42 +137,12 @@ def main(argv=None) -> dict:
             teacher_targets=targets,
         )
 
-    def forward_eval(batch):
-        return student(batch["views"][size])
-
-    output_dir = Path(loop.output_dir)
     command = "python train/distill_student.py " + " ".join(argv if argv is not None else sys.argv[1:])
-
-    def on_best(metrics):
-        accelerator.unwrap_model(distiller).student.save_pretrained(
-            output_dir / "best", metrics=card_metrics(metrics, data, command)
-        )
-
-    start = time.perf_counter()
-    best = fit(
-        distiller,
-        loss_fn,
-        forward_eval,
-        train_loader,
-        val_loader,
-        loop,
-        accelerator,
-        on_best,
-        student.config.global_labels,
-        student.config.local_labels,
+    extra = {"teacher_cache_s": round(cache_seconds, 1), "layer_pairs": layer_pairs, "ablation": settings.ablation}
+    final = fit_and_save_best(
+        distiller, student, loss_fn, size, train_loader, val_loader, loop, accelerator, data, command, extra
     )
-    train_seconds = time.perf_counter() - start
-    final = evaluate_best(output_dir / "best", val_loader, accelerator, data, loop, command, StudentViT, view_size=size)
-    final["training"].update(
-        teacher_cache_s=round(cache_seconds, 1),
-        train_s=round(train_seconds, 1),
-        layer_pairs=layer_pairs,
-        ablation=settings.ablation,
-    )
-    if loop.push_to_hub and accelerator.is_main_process:
-        StudentViT.from_pretrained(output_dir / "best").push_to_hub(loop.push_to_hub, metrics=final)
-    accelerator.end_training()
-    return {"best_epoch": best, "final": final}
+    return {"final": final}
 
 
 if __name__ == "__main__":

@@ -32,10 +32,8 @@ from train.common import (
     LoopConfig,
     add_dataclass_arguments,
     build_datasets,
-    card_metrics,
-    evaluate_best,
     fill_dataclass,
-    fit,
+    fit_and_save_best,
     make_accelerator,
     make_loader,
     views_for,
@@ -125,26 +123,9 @@ def train_teacher(data: DataConfig, loop: LoopConfig, settings: TBConfig, output
         loss = F.cross_entropy(output.global_logits, batch["global"], weight=weights)
         return loss, {"global_ce": loss.detach()}
 
-    def on_best(metrics):
-        accelerator.unwrap_model(model).save_pretrained(
-            output_dir / "best", metrics=card_metrics(metrics, data, command)
-        )
-
-    fit(
-        model,
-        loss_fn,
-        lambda batch: model(batch["views"][size]),
-        train_loader,
-        val_loader,
-        stage_loop,
-        accelerator,
-        on_best,
-        model.config.global_labels,
-        (),
+    return fit_and_save_best(
+        model, model, loss_fn, size, train_loader, val_loader, stage_loop, accelerator, data, command
     )
-    final = evaluate_best(output_dir / "best", val_loader, accelerator, data, stage_loop, command, CNNTeacher, size)
-    accelerator.end_training()
-    return final
 
 
 def train_student(
@@ -185,26 +166,9 @@ def train_student(
         loss = terms["global_ce"] + settings.kd_weight * terms["soft_kd"] + settings.cam_weight * terms["cam_alignment"]
         return loss, {k: v.detach() for k, v in terms.items()}
 
-    def on_best(metrics):
-        accelerator.unwrap_model(student).save_pretrained(
-            output_dir / "best", metrics=card_metrics(metrics, data, command)
-        )
-
-    fit(
-        student,
-        loss_fn,
-        lambda batch: student(batch["views"][size]),
-        train_loader,
-        val_loader,
-        stage_loop,
-        accelerator,
-        on_best,
-        student.config.global_labels,
-        (),
+    return fit_and_save_best(
+        student, student, loss_fn, size, train_loader, val_loader, stage_loop, accelerator, data, command
     )
-    final = evaluate_best(output_dir / "best", val_loader, accelerator, data, stage_loop, command, CNNStudent, size)
-    accelerator.end_training()
-    return final
 
 
 if __name__ == "__main__":

@@ -25,10 +25,8 @@ from train.common import (
     LoopConfig,
     add_dataclass_arguments,
     build_datasets,
-    card_metrics,
-    evaluate_best,
     fill_dataclass,
-    fit,
+    fit_and_save_best,
     make_accelerator,
     make_loader,
     views_for,
@@ -89,36 +87,11 @@ def main(argv=None) -> dict:
             arch.local_weight,
         )
 
-    def forward_eval(batch):
-        return model(batch["views"][arch.image_size])
-
-    output_dir = Path(loop.output_dir)
     command = "python train/train_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:])
-
-    def on_best(metrics):
-        accelerator.unwrap_model(model).save_pretrained(
-            output_dir / "best", metrics=card_metrics(metrics, data, command)
-        )
-
-    best = fit(
-        model,
-        loss_fn,
-        forward_eval,
-        train_loader,
-        val_loader,
-        loop,
-        accelerator,
-        on_best,
-        config.global_labels,
-        config.local_labels,
+    final = fit_and_save_best(
+        model, model, loss_fn, arch.image_size, train_loader, val_loader, loop, accelerator, data, command
     )
-    final = evaluate_best(
-        output_dir / "best", val_loader, accelerator, data, loop, command, TeacherViT, view_size=arch.image_size
-    )
-    if loop.push_to_hub and accelerator.is_main_process:
-        TeacherViT.from_pretrained(output_dir / "best").push_to_hub(loop.push_to_hub, metrics=final)
-    accelerator.end_training()
-    return {"best_epoch": best, "final": final}
+    return {"final": final}
 
 
 if __name__ == "__main__":

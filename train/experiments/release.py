@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from cxrdistill.evaluation import (
     to_jsonable,
 )
 from cxrdistill.hub import load_model
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from train.common import CARD_RESULTS
 
 COMPARED = ("global_auroc", "same_hospital_auroc", "local_macro_auroc")
 
@@ -67,11 +72,7 @@ def release(source: Path, target: Path, data: EvalData, max_change: float, boots
         "thresholds": "Youden's J on the validation split",
     }
     for result in card["results"]:  # keep the card's numbers those of the released weights
-        key = {
-            "AUROC, TB vs not TB (all validation images)": "global_auroc",
-            "AUROC, TB vs not TB (same-hospital extra-set images)": "same_hospital_auroc",
-            "macro AUROC, TB type (local labels)": "local_macro_auroc",
-        }.get(result["name"])
+        key = {name: key for key, name in CARD_RESULTS.items()}.get(result["name"])
         if key and metrics.get(key) is not None:
             result["value"] = round(metrics[key], 4)
             if metrics.get(f"{key}_ci95"):
