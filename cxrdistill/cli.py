@@ -4,6 +4,7 @@
 format, modality, view, size, bit depth, spacing, intensity statistics and a small text preview.
 ``cxrdistill push MODEL_DIR REPO_ID`` and ``cxrdistill pull REPO_ID`` move models through the Hugging Face Hub.
 ``cxrdistill evaluate --model SRC --dataset NAME --root DIR`` measures a model (and can calibrate its thresholds).
+``cxrdistill space-push REPO_ID`` deploys the demo app with the released models as a Hugging Face Space.
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ def _push(args: argparse.Namespace) -> int:
         print(f"cannot push: {error}", file=sys.stderr)
         return 1
     print(f"pushed {args.model_dir} to {args.repo_id} (commit {commit}" + (f", tag {args.tag})" if args.tag else ")"))
+    return 0
+
+
+def _space_push(args: argparse.Namespace) -> int:
+    from cxrdistill.hub import push_space
+    from cxrdistill.models import ModelLoadError
+
+    try:
+        commit = push_space(args.repo_id, args.root, model_repos=args.model_repo, private=args.private)
+    except (FileNotFoundError, ValueError, ModelLoadError) as error:
+        print(f"cannot push the Space: {error}", file=sys.stderr)
+        return 1
+    print(f"pushed the Space {args.repo_id} (commit {commit})")
     return 0
 
 
@@ -200,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--tag", help="tag the new commit, e.g. v1.0")
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.set_defaults(handler=_push)
+
+    space = commands.add_parser("space-push", help="deploy the demo app (app.py + models) as a Hugging Face Space")
+    space.add_argument("repo_id", help="e.g. org/cxrdistill-demo")
+    space.add_argument("--root", default=".", help="the cxrdistill checkout to deploy (default: here)")
+    space.add_argument(
+        "--model-repo", action="append", help="Hub repo of a bundled model, listed in the Space's header (repeat)"
+    )
+    space.add_argument("--private", action="store_true", help="create the Space as private")
+    space.set_defaults(handler=_space_push)
 
     pull = commands.add_parser("pull", help="download a model from the Hub and check that it loads")
     pull.add_argument("repo_id")

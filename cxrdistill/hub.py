@@ -294,6 +294,75 @@ def pull(
     return Path(folder)
 
 
+SPACE_FILES = ("README.md", "requirements.txt")  # from the repository's spaces/ folder
+
+
+def stage_space(
+    repo_root: str | os.PathLike, destination: str | os.PathLike, model_repos: list[str] | None = None
+) -> list[str]:
+    """Lay out the Space in ``destination`` from a cxrdistill checkout at ``repo_root``; returns its files.
+
+    The Space is the repository's own ``app.py``, the ``cxrdistill`` package source and the released ``models/``
+    folders, plus ``spaces/README.md`` (its YAML header gets ``models: model_repos``) and
+    ``spaces/requirements.txt``. Nothing is kept in git twice: the Space is assembled at push time.
+    """
+    import shutil
+
+    root, destination = Path(repo_root), Path(destination)
+    required = [root / "app.py", root / "cxrdistill" / "__init__.py", *(root / "spaces" / f for f in SPACE_FILES)]
+    missing = [str(p) for p in required if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root} is not a cxrdistill checkout (missing {', '.join(missing)})")
+    shutil.copy2(root / "app.py", destination / "app.py")
+    shutil.copy2(root / "spaces" / "requirements.txt", destination / "requirements.txt")
+    shutil.copytree(
+        root / "cxrdistill", destination / "cxrdistill", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    for folder in sorted((root / "models").glob("*/")):
+        if (folder / CONFIG_NAME).is_file():
+            files = check_release_folder(folder)
+            (destination / "models" / folder.name).mkdir(parents=True)
+            for name in files:
+                shutil.copy2(folder / name, destination / "models" / folder.name / name)
+    card = (root / "spaces" / "README.md").read_text()
+    header, separator, body = card.removeprefix("---\n").partition("\n---\n")
+    if not separator:
+        raise ValueError("spaces/README.md must start with a YAML header between '---' lines")
+    lines = [line for line in header.splitlines() if not line.startswith("models:")]
+    lines.append("models: " + json.dumps(sorted(model_repos or [])))
+    (destination / "README.md").write_text("---\n" + "\n".join(lines) + "\n---\n" + body)
+    return sorted(str(p.relative_to(destination)) for p in destination.rglob("*") if p.is_file())
+
+
+def push_space(
+    repo_id: str,
+    repo_root: str | os.PathLike = ".",
+    *,
+    model_repos: list[str] | None = None,
+    private: bool = False,
+    token: str | None = None,
+) -> str:
+    """Create (or update) the Gradio Space ``repo_id`` from the checkout at ``repo_root`` in one commit.
+
+    Files the new Space no longer has are deleted in the same commit. Returns the commit id.
+    """
+    import tempfile
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory(prefix="cxrdistill-space-") as staging:
+        files = stage_space(repo_root, staging, model_repos)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="space",
+            folder_path=staging,
+            delete_patterns=["*"],  # a file removed from the app is removed from the Space
+            commit_message=f"Deploy the cxrdistill demo ({len(files)} files)",
+        )
+    logger.info("pushed the Space %s at %s", repo_id, commit.oid)
+    return commit.oid
+
+
 __all__ = [
     "METRICS_NAME",
     "REPO_URL",
@@ -301,6 +370,8 @@ __all__ = [
     "load_model",
     "pull",
     "push_folder",
+    "push_space",
     "render_model_card",
+    "stage_space",
     "validate_metrics",
 ]

@@ -78,6 +78,9 @@ class ModelConfig:
             model has not been calibrated (then nothing may be called positive).
         local_thresholds: likewise for the local findings.
         mean, std: input normalisation, applied inside ``forward`` to images in ``[0, 1]``.
+        heatmap_threshold: relative threshold (share of the map's maximum) that turns this model's explanation map
+            into a mask and boxes, chosen on the validation split for localisation mIoU; ``None`` when it has not
+            been chosen (then 0.5 is used and the app says so).
     """
 
     model_type: str = ""
@@ -89,6 +92,7 @@ class ModelConfig:
     local_thresholds: tuple[float, ...] | None = None
     mean: float = 0.449
     std: float = 0.226
+    heatmap_threshold: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("global_labels", "local_labels", "global_thresholds", "local_thresholds"):
@@ -115,6 +119,8 @@ class ModelConfig:
                 raise ValueError(f"{name} has {len(thresholds)} values for {len(labels)} labels {labels}")
             if not all(0.0 <= float(t) <= 1.0 for t in thresholds):
                 raise ValueError(f"{name} must be probabilities in [0, 1], got {thresholds}")
+        if self.heatmap_threshold is not None and not 0.0 < float(self.heatmap_threshold) < 1.0:
+            raise ValueError(f"heatmap_threshold must be in (0, 1), got {self.heatmap_threshold}")
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
 

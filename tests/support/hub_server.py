@@ -1,4 +1,5 @@
-"""A loopback server that speaks the part of the Hugging Face Hub HTTP API that huggingface_hub uses for model repos.
+"""A loopback server that speaks the part of the Hugging Face Hub HTTP API that huggingface_hub uses for model repos
+(and Space repos: the same routes under ``/api/spaces`` and ``/spaces``; a Space is stored as ``spaces/<id>``).
 
 Tests point ``HF_ENDPOINT`` at it before huggingface_hub is imported and drive the unchanged client against it:
 ``create_repo``, ``upload_folder``, ``push_to_hub``, ``hf_hub_download``, ``snapshot_download``, ``from_pretrained``,
@@ -189,7 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._create_repo(json.loads(body or b"{}"))
         if s[:3] == ["api", "repos", "delete"] and method == "DELETE":
             payload = json.loads(body or b"{}")
-            repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
+            prefix = "spaces/" if payload.get("type") == "space" else ""
+            repo_id = f"{prefix}{payload.get('organization') or USER}/{payload['name']}"
             self._repo(repo_id)
             del self.state.repos[repo_id]
             return {}
@@ -197,14 +199,21 @@ class _Handler(BaseHTTPRequestHandler):
             return {"errors": [], "warnings": []}
         if len(s) >= 4 and s[:2] == ["api", "models"]:
             return self._model_api(method, f"{s[2]}/{s[3]}", s[4:], query, body)
+        if len(s) >= 4 and s[:2] == ["api", "spaces"]:
+            return self._model_api(method, f"spaces/{s[2]}/{s[3]}", s[4:], query, body)
+        if len(s) >= 6 and s[0] == "spaces" and s[3] == "resolve" and method in ("GET", "HEAD"):
+            return self._resolve_file(f"spaces/{s[1]}/{s[2]}", s[4], "/".join(s[5:]))
         if len(s) >= 5 and s[2] == "resolve" and method in ("GET", "HEAD"):
             return self._resolve_file(f"{s[0]}/{s[1]}", s[3], "/".join(s[4:]))
         raise HubError(404, None, f"no route for {method} /{'/'.join(s)}")
 
     def _create_repo(self, payload: dict):
-        if payload.get("type", "model") not in (None, "model"):
-            raise HubError(400, None, "the loopback Hub only serves model repos")
-        repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
+        kind = payload.get("type") or "model"
+        if kind not in ("model", "space"):
+            raise HubError(400, None, f"the loopback Hub serves model and space repos, not {kind!r}")
+        if kind == "space" and payload.get("sdk") not in ("gradio", "docker", "static", "streamlit"):
+            raise HubError(400, None, f"a Space needs an sdk, got {payload.get('sdk')!r}")
+        repo_id = ("spaces/" if kind == "space" else "") + f"{payload.get('organization') or USER}/{payload['name']}"
         url = f"{self.endpoint}/{repo_id}"
         with self.state.lock:
             if repo_id in self.state.repos:
@@ -382,9 +391,9 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         return {
             "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
-            "id": repo.repo_id,
-            "modelId": repo.repo_id,
-            "author": repo.repo_id.split("/")[0],
+            "id": repo.repo_id.removeprefix("spaces/"),
+            "modelId": repo.repo_id.removeprefix("spaces/"),
+            "author": repo.repo_id.removeprefix("spaces/").split("/")[0],
             "sha": commit.oid,
             "private": repo.private,
             "disabled": False,

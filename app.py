@@ -1,0 +1,353 @@
+"""cxrdistill demo: low-resolution chest X-ray classification, attention maps and TB boxes (Gradio).
+
+    python app.py                                  # the released models in ./models, no network needed
+    python app.py --student user/cxr-student-28 --teacher user/cxr-teacher --revision v1   # from the Hub
+
+UI code only: every result comes from ``cxrdistill.inference.Predictor``. Models load once at start and serve
+every request. Uploads are decoded in memory and the uploaded file is deleted as soon as it is read; only a
+display-size copy of the pixels stays in the visitor's session (dropped after 10 minutes). DICOM patient fields
+are never read into the app, shown or logged.
+
+Options can also come from the environment (handy for a Space): CXRDISTILL_STUDENTS (comma-separated),
+CXRDISTILL_TEACHER, CXRDISTILL_TB_MODEL, CXRDISTILL_REVISION, CXRDISTILL_MODELS_DIR; HF_ENDPOINT and HF_TOKEN are
+read by huggingface_hub as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+import numpy as np
+
+from cxrdistill.examples import EXAMPLES, example_path
+from cxrdistill.inference import Prediction, Predictor
+from cxrdistill.io import XRay, XRayMeta, XRayReadError
+from cxrdistill.models import ModelLoadError
+from cxrdistill.render import draw_boxes, enlarge, gray_to_rgb, overlay
+
+logger = logging.getLogger("cxrdistill.app")
+
+HERE = Path(__file__).resolve().parent
+MAX_UPLOAD_MIB = 32
+FILE_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom"]
+
+DISCLAIMER = (
+    "**Research demo, not a medical device.** It must not be used to diagnose, treat or triage anyone. The "
+    "models were trained on a few hundred public images and are often wrong. Uploads are decoded in memory and "
+    "deleted from the server right after; nothing is stored or logged, and DICOM patient fields are never read "
+    "into the app."
+)
+
+CSS = """
+.cxr-table {width: 100%; border-collapse: collapse; font-size: 0.95em}
+.cxr-table th, .cxr-table td {padding: 4px 8px; border-bottom: 1px solid var(--border-color-primary)}
+.cxr-bar {display: inline-block; height: 0.8em; background: #3b528b; vertical-align: middle; margin-right: 6px}
+.cxr-pos {color: #b00020; font-weight: 600}
+.cxr-neg {color: #2e7d32}
+.cxr-disclaimer {border-left: 4px solid #e65100; padding-left: 10px}
+"""
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--student",
+        action="append",
+        default=[s for s in env("CXRDISTILL_STUDENTS", "").split(",") if s] or None,
+        help="a student model (folder or Hub repo id); repeat for several input sizes (default: the release)",
+    )
+    parser.add_argument("--teacher", default=env("CXRDISTILL_TEACHER"), help="the teacher shown for comparison")
+    parser.add_argument("--tb-model", default=env("CXRDISTILL_TB_MODEL"), help="the CNN that draws TB boxes")
+    parser.add_argument("--revision", default=env("CXRDISTILL_REVISION"), help="Hub revision (tag, branch, commit)")
+    parser.add_argument(
+        "--models-dir",
+        default=env("CXRDISTILL_MODELS_DIR", str(HERE / "models")),
+        help="folder of released models, used when no --student is given",
+    )
+    parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default: 2)")
+    parser.add_argument("--queue-size", type=int, default=64, help="requests waiting before 'busy' (default: 64)")
+    return parser.parse_args(argv)
+
+
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    if args.student:
+        return Predictor.from_sources(args.student, args.teacher, args.tb_model, revision=args.revision)
+    predictor = Predictor.from_release(args.models_dir)
+    if args.teacher or args.tb_model:  # replace single roles of the release
+        extra = Predictor.from_sources(
+            [str(Path(args.models_dir) / "mlcak-student-28")], args.teacher, args.tb_model, revision=args.revision
+        )
+        predictor.teacher = extra.teacher or predictor.teacher
+        predictor.tb_model = extra.tb_model or predictor.tb_model
+    return predictor
+
+
+# ------------------------------------------------------------------------------------------ request handling
+
+
+def _consume_upload(path: str | os.PathLike) -> bytes:
+    """The upload's bytes; the file Gradio stored is deleted at once (only files in Gradio's upload folder)."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    finally:
+        upload_root = Path(gr.utils.get_upload_folder()).resolve()
+        resolved = path.resolve()
+        if upload_root in resolved.parents:
+            resolved.unlink(missing_ok=True)
+            try:
+                resolved.parent.rmdir()  # Gradio keeps each upload in a folder of its own
+            except OSError:
+                pass
+
+
+def _read(predictor: Predictor, data: bytes | os.PathLike) -> XRay:
+    """Decode within the predictor's limits (a display-size copy: all any model or map needs)."""
+    try:
+        return predictor.read(data)
+    except XRayReadError as error:
+        raise gr.Error(f"Cannot use this file: {error}", title="Not a readable chest X-ray") from None
+
+
+def _describe(meta: XRayMeta, seconds: float) -> str:
+    height, width = meta.original_size
+    parts = [f"{meta.format}", f"{width} x {height} px", f"{meta.bit_depth}-bit"]
+    parts += [x for x in (meta.modality, meta.view) if x]
+    return f"Read {' · '.join(parts)} in {seconds * 1000:.0f} ms. The uploaded file is already deleted."
+
+
+def _probability_table(prediction: Prediction) -> str:
+    student, teacher = prediction.student, prediction.teacher
+    models = [student] + ([teacher] if teacher else [])
+    head = "".join(
+        f"<th>{html.escape(m.name)} ({m.image_size} px)<br><small>{m.latency_ms:.1f} ms</small></th>" for m in models
+    )
+    rows = []
+    for kind in ("global", "local"):
+        probs = getattr(student, f"{kind}_probs")
+        for label in probs:
+            cells = []
+            for m in models:
+                p = getattr(m, f"{kind}_probs").get(label)
+                call = getattr(m, f"{kind}_calls").get(label)
+                verdict = (
+                    '<span class="cxr-pos">positive</span>'
+                    if call
+                    else '<span class="cxr-neg">negative</span>'
+                    if call is False
+                    else "<span title='no calibrated threshold'>(uncalibrated)</span>"
+                )
+                cells.append(
+                    f'<td><span class="cxr-bar" style="width:{60 * p:.0f}px"></span>{p:.3f} {verdict}</td>'
+                    if p is not None
+                    else "<td>-</td>"
+                )
+            group = "class" if kind == "global" else "finding"
+            rows.append(f"<tr><td>{html.escape(label)} <small>({group})</small></td>{''.join(cells)}</tr>")
+    return (
+        f'<table class="cxr-table" id="cxr-probabilities"><tr><th>label</th>{head}</tr>{"".join(rows)}</table>'
+        "<small>positive / negative at each model's operating threshold, calibrated on the validation split "
+        "(Youden's J); classes are one-of-K (softmax), findings multi-label (sigmoid).</small>"
+    )
+
+
+def _heat(prediction: Prediction, result, index: int) -> np.ndarray | None:
+    if result is None or len(result.maps) <= index:
+        return None
+    return overlay(prediction.image, list(result.maps.values())[index])
+
+
+def _tb_outputs(prediction: Prediction):
+    tb = prediction.tb
+    if tb is None:
+        return None, None, "No TB localisation model is loaded."
+    boxes = [[v / prediction.scale for v in b.box] for b in tb.boxes]
+    labels = [f"{b.score:.2f}" for b in tb.boxes]
+    picture = draw_boxes(gray_to_rgb(prediction.image), boxes, labels)
+    p_tb = list(tb.global_probs.values())[-1]
+    threshold = (
+        f"{tb.heatmap_threshold:.1f} x the map's maximum (chosen on validation)"
+        if tb.heatmap_threshold_calibrated
+        else f"{tb.heatmap_threshold:.1f} x the map's maximum (default; not calibrated)"
+    )
+    text = (
+        f"TB probability {p_tb:.3f} ({tb.name}, {tb.latency_ms:.1f} ms). {len(boxes)} box(es) where the class "
+        f"activation map is above {threshold}; the number on a box is the mean map value inside it. Boxes are drawn "
+        "whatever the probability: read them together with it."
+    )
+    return picture, overlay(prediction.image, next(iter(tb.maps.values()))), text
+
+
+def build_demo(predictor: Predictor) -> gr.Blocks:
+    """The Blocks app around ``predictor`` (launch it, or mount it in a FastAPI app)."""
+    vit_depths = [
+        m.config.depth
+        for m in [*predictor.students.values(), predictor.teacher]
+        if m is not None and hasattr(m.config, "depth")
+    ]
+    max_layer = min(vit_depths) if vit_depths else 1
+    smallest = predictor.resolutions[0]
+
+    def analyse(xray: XRay | None, resolution, layer):
+        if xray is None:
+            raise gr.Error("Upload an X-ray (PNG, JPG or DICOM) or try the example first.")
+        try:
+            prediction = predictor.predict(xray, resolution=int(resolution), layer=int(layer) - 1)
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        student, teacher = prediction.student, prediction.teacher
+        tb_boxes, tb_heat, tb_text = _tb_outputs(prediction)
+        return (
+            gray_to_rgb(prediction.image),
+            enlarge(student.view),
+            _probability_table(prediction),
+            _heat(prediction, student, 0),
+            _heat(prediction, student, 1),
+            _heat(prediction, teacher, 0),
+            _heat(prediction, teacher, 1),
+            tb_boxes,
+            tb_heat,
+            tb_text,
+            prediction.to_dict(),
+        )
+
+    def read_upload(path):
+        if not path:
+            raise gr.Error("No file received.")
+        started = time.perf_counter()
+        xray = _read(predictor, _consume_upload(path))
+        return xray, _describe(xray.meta, time.perf_counter() - started)
+
+    def read_example(name):
+        started = time.perf_counter()
+        xray = _read(predictor, example_path(name))
+        return xray, _describe(xray.meta, time.perf_counter() - started) + f" (example: {EXAMPLES[name][2]})"
+
+    def predict_api(path, resolution=smallest):
+        """JSON results for one X-ray: per-label probabilities and calls of the student (and teacher), TB boxes."""
+        if not path:
+            raise gr.Error("No file received.")
+        xray = _read(predictor, _consume_upload(path))
+        try:
+            return predictor.predict(xray, resolution=int(resolution)).to_dict()
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+
+    with gr.Blocks(title="cxrdistill: chest X-ray AI at low resolution", delete_cache=(60, 300)) as demo:
+        gr.Markdown(
+            "# cxrdistill: chest X-ray AI at low resolution\n"
+            f"A ViT student that sees the X-ray at **{smallest} x {smallest} pixels**, distilled from a 224-px "
+            "teacher (MLCAK), and a CNN that localises TB from image labels only. Upload an X-ray to see what each "
+            "model sees, what it says and where it looks."
+        )
+        gr.Markdown(DISCLAIMER, elem_classes="cxr-disclaimer", elem_id="cxr-disclaimer")
+        xray_state = gr.State(None, time_to_live=600)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                upload = gr.File(label="X-ray: PNG, JPG or DICOM", file_types=FILE_TYPES, type="filepath")
+                example = gr.Button(f"Try the example X-ray ({next(iter(EXAMPLES))})", size="sm")
+                resolution = gr.Radio(
+                    predictor.resolutions, value=smallest, label="Student input size (px)", elem_id="cxr-resolution"
+                )
+                layer = gr.Slider(1, max_layer, value=max_layer, step=1, label="Attention layer (CLS attention)")
+                status = gr.Markdown(elem_id="cxr-status")
+                gr.Markdown(_models_note(predictor))
+            with gr.Column(scale=2):
+                with gr.Row():
+                    original = gr.Image(label="Original (display size)", height=320, elem_id="cxr-original")
+                    student_view = gr.Image(label="What the student sees", height=320, elem_id="cxr-student-view")
+                probabilities = gr.HTML(elem_id="cxr-table")
+        with gr.Tab("Attention maps"):
+            with gr.Row():
+                student_cls = gr.Image(label="Student: CLS attention", elem_id="cxr-student-attention")
+                student_rollout = gr.Image(label="Student: attention rollout")
+                teacher_cls = gr.Image(label="Teacher (224 px): CLS attention")
+                teacher_rollout = gr.Image(label="Teacher (224 px): attention rollout")
+        with gr.Tab("TB localisation"):
+            tb_note = gr.Markdown(elem_id="cxr-tb-note")
+            with gr.Row():
+                tb_boxes = gr.Image(label="TB boxes", elem_id="cxr-tb-boxes")
+                tb_heat = gr.Image(label="TB class activation map")
+        with gr.Accordion("Results as JSON", open=False):
+            details = gr.JSON()
+        outputs = [
+            original,
+            student_view,
+            probabilities,
+            student_cls,
+            student_rollout,
+            teacher_cls,
+            teacher_rollout,
+            tb_boxes,
+            tb_heat,
+            tb_note,
+            details,
+        ]
+        private = {"api_visibility": "undocumented", "show_progress": "minimal"}
+        upload.upload(read_upload, upload, [xray_state, status], **private).success(
+            analyse, [xray_state, resolution, layer], outputs, **private
+        )
+        example.click(lambda: read_example(next(iter(EXAMPLES))), None, [xray_state, status], **private).success(
+            analyse, [xray_state, resolution, layer], outputs, **private
+        )
+        for control in (resolution.change, layer.release):
+            control(analyse, [xray_state, resolution, layer], outputs, trigger_mode="always_last", **private)
+
+        # The named API endpoint: file + resolution in, JSON out (see the README for a gradio_client call).
+        api_file = gr.File(visible=False, type="filepath")
+        api_resolution = gr.Number(value=smallest, visible=False, precision=0)
+        api_result = gr.JSON(visible=False)
+        api_button = gr.Button(visible=False)
+        api_button.click(predict_api, [api_file, api_resolution], api_result, api_name="predict")
+    return demo
+
+
+def _models_note(predictor: Predictor) -> str:
+    def describe(model) -> str:
+        config = model.config
+        calibrated = "calibrated thresholds" if config.global_thresholds is not None else "no calibrated thresholds"
+        return f"{type(model).__name__} {config.image_size} px ({calibrated})"
+
+    lines = [f"- student: {describe(m)}" for m in predictor.students.values()]
+    lines.append(f"- teacher: {describe(predictor.teacher)}" if predictor.teacher else "- teacher: not loaded")
+    lines.append(f"- TB boxes: {describe(predictor.tb_model)}" if predictor.tb_model else "- TB boxes: not loaded")
+    return "**Models**\n" + "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines: nothing about uploads is logged
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        predictor = load_predictor(args)
+    except (ModelLoadError, FileNotFoundError) as error:
+        raise SystemExit(f"cannot load the models: {error}") from None
+    demo = build_demo(predictor)
+    logger.info("models loaded and UI built in %.1f s", time.perf_counter() - started)
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency).launch(
+        server_name=args.host,
+        server_port=args.port,
+        max_file_size=f"{MAX_UPLOAD_MIB}mb",
+        css=CSS,
+        footer_links=["api"],
+        show_error=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""One X-ray in, probabilities + explanation maps + boxes out: the ``Predictor`` behind the app and the CLI.
+
+    predictor = Predictor.from_release("models")           # the released folders; no network needed
+    prediction = predictor.predict("chest.png", resolution=28)
+    prediction.to_dict()                                    # JSON-friendly: probabilities, calls, boxes, latency
+
+Models load once and are shared by every call (and every thread: attention capture is thread-local). Images
+are prepared exactly as in training and evaluation (letterboxed onto the 224-px base square, then area-averaged
+to each model's input size), and maps are drawn back onto the image through the same geometry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrdistill.data.transforms import area_resize, letterbox_matrix, model_input
+from cxrdistill.explain import ScoredBox, attention_rollout, cls_attention_map, heatmap_to_boxes, to_source_frame
+from cxrdistill.hub import load_model
+from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
+from cxrdistill.models.base import CXRModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEATMAP_THRESHOLD = 0.5
+DISPLAY_SIZE = 512  # longest side of the image that maps and overlays are drawn on
+BASE_SIZE = 224  # the square every model input is area-averaged from (as in training)
+
+# The released folders (``Predictor.from_release``): role -> folder name(s) under the release directory.
+RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")
+RELEASE_TEACHER = "mlcak-teacher-224"
+RELEASE_TB = "tb-student-28"
+
+
+@dataclass
+class ModelResult:
+    """What one model says about one image.
+
+    Attributes:
+        name: the role and size, e.g. ``"student-28"``.
+        global_probs / local_probs: label -> probability (softmax over the global classes, sigmoid per finding).
+        global_calls / local_calls: label -> positive at the model's calibrated threshold, or ``None`` when the
+            model has no calibrated threshold (never a silent 0.5).
+        latency_ms: the model's forward pass, explanation maps included.
+        view: ``(size, size)`` in ``[0, 1]``: the input the model saw.
+        maps: name -> ``(H, W)`` heatmap over the display image (``Prediction.image``).
+        boxes: boxes from the first map, in the original image's pixels, best score first.
+        heatmap_threshold: the relative threshold that made ``boxes``, and whether it was chosen on validation data.
+    """
+
+    name: str
+    model_type: str
+    image_size: int
+    global_probs: dict[str, float]
+    local_probs: dict[str, float]
+    global_calls: dict[str, bool | None]
+    local_calls: dict[str, bool | None]
+    latency_ms: float
+    view: np.ndarray = field(repr=False)
+    maps: dict[str, np.ndarray] = field(repr=False)
+    boxes: list[ScoredBox] = field(default_factory=list)
+    heatmap_threshold: float = DEFAULT_HEATMAP_THRESHOLD
+    heatmap_threshold_calibrated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model_type": self.model_type,
+            "image_size": self.image_size,
+            "global_probs": self.global_probs,
+            "local_probs": self.local_probs,
+            "global_calls": self.global_calls,
+            "local_calls": self.local_calls,
+            "latency_ms": round(self.latency_ms, 3),
+            "boxes": [{"box": [round(v, 1) for v in b.box], "score": round(b.score, 4)} for b in self.boxes],
+            "heatmap_threshold": self.heatmap_threshold,
+            "heatmap_threshold_calibrated": self.heatmap_threshold_calibrated,
+        }
+
+
+@dataclass
+class Prediction:
+    """Everything the app shows for one upload.
+
+    ``image`` is the X-ray scaled to at most ``DISPLAY_SIZE`` px (``scale`` = original / display pixels); maps are
+    over it, boxes are in the original's pixels. ``meta`` holds technical facts only (no patient data).
+    """
+
+    image: np.ndarray = field(repr=False)
+    scale: float
+    meta: dict[str, Any]
+    student: ModelResult
+    teacher: ModelResult | None = None
+    tb: ModelResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly results (no arrays): what the API endpoint and ``cxrdistill predict`` return."""
+        return {
+            "image": {"original_size": list(self.meta["original_size"]), "format": self.meta["format"]},
+            "student": self.student.to_dict(),
+            "teacher": self.teacher.to_dict() if self.teacher else None,
+            "tb": self.tb.to_dict() if self.tb else None,
+        }
+
+
+class Predictor:
+    """Students (one per input size), an optional teacher and an optional TB localisation model.
+
+    Args:
+        students: input size -> student model (at least one).
+        teacher: the high-resolution model shown beside the student for comparison.
+        tb_model: a CNN whose class activation map of its last global class (TB) gives the TB boxes.
+        limits: what uploads are accepted (see :class:`cxrdistill.io.ReadLimits`).
+        min_box_area: boxes smaller than this share of the image are dropped.
+    """
+
+    def __init__(
+        self,
+        students: Mapping[int, CXRModel],
+        teacher: CXRModel | None = None,
+        tb_model: CXRModel | None = None,
+        limits: ReadLimits | None = None,
+        min_box_area: float = 0.002,
+    ) -> None:
+        if not students:
+            raise ValueError("a Predictor needs at least one student model")
+        for size, model in students.items():
+            if model.config.image_size != size:
+                raise ValueError(f"the student for {size} px takes {model.config.image_size} px images")
+        self.students = {size: students[size].eval() for size in sorted(students)}
+        self.teacher = teacher.eval() if teacher is not None else None
+        self.tb_model = tb_model.eval() if tb_model is not None else None
+        if self.tb_model is not None and not hasattr(self.tb_model, "class_activation_maps"):
+            raise ValueError(f"the TB model must be a CNN with class activation maps, got {type(tb_model).__name__}")
+        self.limits = limits or ReadLimits(max_file_bytes=32 * 2**20)
+        self.min_box_area = min_box_area
+
+    # ------------------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_sources(
+        cls,
+        students: list[str],
+        teacher: str | None = None,
+        tb_model: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ) -> Predictor:
+        """Load every model with ``from_pretrained`` (folders or Hub repo ids, all at ``revision``)."""
+        loaded = [load_model(source, revision=revision) for source in students]
+        return cls(
+            {model.config.image_size: model for model in loaded},
+            teacher=load_model(teacher, revision=revision) if teacher else None,
+            tb_model=load_model(tb_model, revision=revision) if tb_model else None,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_release(cls, folder: str | os.PathLike = "models", **kwargs) -> Predictor:
+        """The released models in ``folder`` (those present: a missing teacher or TB model is left out)."""
+        folder = Path(folder)
+        students = [str(folder / name) for name in RELEASE_STUDENTS if (folder / name / "config.json").is_file()]
+        if not students:
+            raise FileNotFoundError(f"no released student in {folder} (looked for {', '.join(RELEASE_STUDENTS)})")
+        teacher, tb = folder / RELEASE_TEACHER, folder / RELEASE_TB
+        return cls.from_sources(
+            students,
+            teacher=str(teacher) if (teacher / "config.json").is_file() else None,
+            tb_model=str(tb) if (tb / "config.json").is_file() else None,
+            **kwargs,
+        )
+
+    @property
+    def resolutions(self) -> list[int]:
+        return list(self.students)
+
+    # ---------------------------------------------------------------------------------------------- predict
+
+    def read(self, source: XRaySource | XRay) -> XRay:
+        """Decode an upload within this predictor's limits and keep a display-size copy of its pixels (at most
+        ``DISPLAY_SIZE`` px: every model input and map is made from it); ``meta`` keeps the original size.
+
+        Raises:
+            XRayReadError: the upload is not a readable chest X-ray (the message says why).
+        """
+        xray = source if isinstance(source, XRay) else load_xray(source, limits=self.limits)
+        return XRay(_display_image(xray.pixels), xray.meta)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        source: XRaySource | XRay,
+        resolution: int | None = None,
+        layer: int = -1,
+        teacher: bool = True,
+        tb: bool = True,
+    ) -> Prediction:
+        """Classify and explain one X-ray.
+
+        Args:
+            source: a path, the file's bytes, a binary file object, or an already decoded ``XRay``.
+            resolution: which student (default: the smallest).
+            layer: the ViT layer whose class-token attention is shown (negative counts from the last).
+            teacher / tb: also run the teacher and the TB model (when loaded).
+
+        Raises:
+            XRayReadError: the upload is not a readable chest X-ray.
+            ValueError: no student for ``resolution`` or no such ``layer``.
+        """
+        resolution = self.resolutions[0] if resolution is None else int(resolution)
+        if resolution not in self.students:
+            raise ValueError(f"no student for {resolution} px; available: {self.resolutions}")
+        xray = self.read(source)
+        display = xray.pixels
+        scale = xray.meta.original_size[0] / display.shape[0]  # original / display pixels
+        prediction = Prediction(
+            image=display,
+            scale=scale,
+            meta=xray.meta.to_dict(),
+            student=self._run(f"student-{resolution}", self.students[resolution], display, scale, layer),
+        )
+        if teacher and self.teacher is not None:
+            prediction.teacher = self._run(
+                f"teacher-{self.teacher.config.image_size}", self.teacher, display, scale, layer
+            )
+        if tb and self.tb_model is not None:
+            prediction.tb = self._run(f"tb-{self.tb_model.config.image_size}", self.tb_model, display, scale, layer)
+        return prediction
+
+    def _run(self, name: str, model: CXRModel, display: np.ndarray, scale: float, layer: int) -> ModelResult:
+        config = model.config
+        started = time.perf_counter()
+        view = model_input(display, config.image_size, BASE_SIZE)  # (1, 1, size, size)
+        is_vit = not hasattr(model, "class_activation_maps")
+        output = model(view, return_attention=is_vit, return_features=not is_vit)
+        if is_vit:
+            depth = len(output.attentions)
+            if not -depth <= layer < depth:
+                raise ValueError(f"{name} has {depth} layers; layer must be in [{-depth}, {depth - 1}], got {layer}")
+            grids = {
+                f"CLS attention, layer {layer % depth + 1}": cls_attention_map(output.attentions, layer)[0],
+                "attention rollout": attention_rollout(output.attentions)[0],
+            }
+        else:
+            label = config.global_labels[-1]
+            grids = {f"CAM ({label})": model.class_activation_maps(output.features, "global")[0, -1]}
+        base = max(BASE_SIZE, config.image_size)
+        to_view = letterbox_matrix(*display.shape, base)
+        maps = {key: to_source_frame(grid, to_view, base, display.shape).numpy() for key, grid in grids.items()}
+        threshold = config.heatmap_threshold
+        first = next(iter(maps.values()))
+        boxes = [
+            ScoredBox(tuple(v * scale for v in b.box), b.score)
+            for b in heatmap_to_boxes(
+                first,
+                threshold if threshold is not None else DEFAULT_HEATMAP_THRESHOLD,
+                self.min_box_area,
+            )
+        ]
+        latency_ms = (time.perf_counter() - started) * 1000
+        global_probs = output.global_logits.float().softmax(-1)[0].tolist()
+        local_probs = output.local_logits.float().sigmoid()[0].tolist()
+        return ModelResult(
+            name=name,
+            model_type=config.model_type,
+            image_size=config.image_size,
+            global_probs=dict(zip(config.global_labels, global_probs, strict=True)),
+            local_probs=dict(zip(config.local_labels, local_probs, strict=True)),
+            global_calls=_calls(config.global_labels, global_probs, config.global_thresholds),
+            local_calls=_calls(config.local_labels, local_probs, config.local_thresholds),
+            latency_ms=latency_ms,
+            view=view[0, 0].numpy(),
+            maps=maps,
+            boxes=boxes,
+            heatmap_threshold=threshold if threshold is not None else DEFAULT_HEATMAP_THRESHOLD,
+            heatmap_threshold_calibrated=threshold is not None,
+        )
+
+
+def _display_image(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` area-averaged so that the longest side is at most ``DISPLAY_SIZE`` (unchanged if already)."""
+    height, width = pixels.shape
+    scale = max(height, width) / DISPLAY_SIZE
+    if scale <= 1.0:
+        return np.asarray(pixels, dtype=np.float32)
+    size = (max(1, round(height / scale)), max(1, round(width / scale)))
+    return area_resize(torch.as_tensor(pixels, dtype=torch.float32), size).numpy()
+
+
+def _calls(labels, probs, thresholds) -> dict[str, bool | None]:
+    if thresholds is None:
+        return dict.fromkeys(labels)
+    return {label: bool(p >= t) for label, p, t in zip(labels, probs, thresholds, strict=True)}

@@ -1,0 +1,120 @@
+"""The Predictor behind the app and the CLI: released models, geometry of maps and boxes, errors, threads."""
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, png_bytes, synthetic_chest
+from PIL import Image
+
+from cxrdistill.inference import Predictor
+from cxrdistill.io import XRayReadError
+from cxrdistill.models import CNNStudent, CNNStudentConfig, StudentViT, StudentViTConfig
+
+
+def tb_model(seed: int = 0) -> CNNStudent:
+    torch.manual_seed(seed)
+    config = CNNStudentConfig(image_size=28, stem="lowres", global_labels=("not_tb", "tb"), local_labels=())
+    return CNNStudent(config).eval()
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    """The released models, with a random TB CNN while no TB model is released."""
+    released = Predictor.from_release(REPO_ROOT / "models")
+    if released.tb_model is None:
+        released.tb_model = tb_model()
+    return released
+
+
+def chest_png(size: int = 256) -> bytes:
+    image = synthetic_chest(size, size)
+    image[size // 4 : size // 3, size // 5 : size // 3] = 1.0  # a bright blob for the maps to find
+    return png_bytes((image * 255).astype(np.uint8))
+
+
+def test_released_models_load_and_predict_the_bundled_dicom(predictor):
+    from cxrdistill.examples import example_path
+
+    assert predictor.resolutions == [28, 56, 112] and predictor.teacher is not None
+    prediction = predictor.predict(example_path(), resolution=28)
+    result = prediction.to_dict()
+    json.dumps(result)  # JSON-friendly all the way down
+    assert result["image"] == {"original_size": [1955, 1841], "format": "DICOM"}
+    for model in (result["student"], result["teacher"], result["tb"]):
+        assert sum(model["global_probs"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert all(0.0 <= p <= 1.0 for p in model["local_probs"].values())
+        for box in model["boxes"]:
+            x0, y0, x1, y1 = box["box"]
+            assert 0 <= x0 < x1 <= 1841 and 0 <= y0 < y1 <= 1955
+    # the released MLCAK models carry calibrated thresholds: every label gets a call
+    assert all(isinstance(c, bool) for c in result["student"]["global_calls"].values())
+    assert prediction.image.shape == (512, 482)  # display copy, longest side 512
+    assert prediction.student.view.shape == (28, 28) and prediction.teacher.view.shape == (224, 224)
+    assert set(prediction.student.maps) == {"CLS attention, layer 6", "attention rollout"}
+    assert all(m.shape == (512, 482) for m in prediction.student.maps.values())
+
+
+def test_boxes_are_in_the_original_image_pixels(predictor):
+    small = chest_png(256)
+    large = np.kron(np.asarray(Image.open(io.BytesIO(small))), np.ones((4, 4), dtype=np.uint8))  # same picture, x4
+    big = predictor.predict(png_bytes(large), teacher=False)
+    base = predictor.predict(small, teacher=False)
+    assert big.to_dict()["image"]["original_size"] == [1024, 1024]
+    assert base.tb.boxes, "the TB CNN's map should give at least one box"
+    assert len(big.tb.boxes) == len(base.tb.boxes)
+    for a, b in zip(base.tb.boxes, big.tb.boxes, strict=True):
+        assert np.allclose(np.array(b.box), 4 * np.array(a.box), atol=4 * 3)
+
+
+def test_each_resolution_uses_its_own_student_and_layers_are_selectable(predictor):
+    data = chest_png()
+    for size in predictor.resolutions:
+        assert predictor.predict(data, resolution=size, teacher=False, tb=False).student.view.shape == (size, size)
+    first = predictor.predict(data, layer=0, teacher=False, tb=False).student.maps
+    assert "CLS attention, layer 1" in first
+    with pytest.raises(ValueError, match="no student for 99 px"):
+        predictor.predict(data, resolution=99)
+    with pytest.raises(ValueError, match="layer must be in"):
+        predictor.predict(data, layer=6)
+
+
+def test_bad_uploads_raise_read_errors(predictor):
+    with pytest.raises(XRayReadError):
+        predictor.predict(b"definitely not an image")
+    with pytest.raises(XRayReadError, match=r"too small|smaller"):
+        predictor.predict(png_bytes(np.zeros((8, 8), dtype=np.uint8)))
+
+
+def test_an_uncalibrated_model_makes_no_calls():
+    torch.manual_seed(0)
+    student = StudentViT(StudentViTConfig(image_size=28, depth=2, embed_dim=48, num_heads=2))
+    prediction = Predictor({28: student}).predict(chest_png())
+    assert set(prediction.student.global_calls.values()) == {None}
+    assert prediction.teacher is None and prediction.tb is None
+    assert prediction.student.heatmap_threshold == 0.5 and not prediction.student.heatmap_threshold_calibrated
+
+
+def test_predictor_construction_errors():
+    with pytest.raises(ValueError, match="at least one student"):
+        Predictor({})
+    student = StudentViT(StudentViTConfig(image_size=28, depth=1, embed_dim=48, num_heads=2))
+    with pytest.raises(ValueError, match="takes 28 px"):
+        Predictor({56: student})
+    with pytest.raises(ValueError, match="CNN with class activation maps"):
+        Predictor({28: student}, tb_model=student)
+
+
+def test_concurrent_predictions_match_sequential_ones(predictor):
+    images = [chest_png(size) for size in (200, 240, 280, 320)]
+    expected = [predictor.predict(image).to_dict() for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda image: predictor.predict(image).to_dict(), images * 2))
+    for index, result in enumerate(results):
+        want = expected[index % 4]
+        for role in ("student", "teacher", "tb"):
+            assert result[role]["global_probs"] == pytest.approx(want[role]["global_probs"], abs=1e-6)
+            assert result[role]["boxes"] == want[role]["boxes"]
