@@ -123,11 +123,12 @@ def _read(predictor: Predictor, data: bytes | os.PathLike) -> XRay:
         raise gr.Error(f"Cannot use this file: {error}", title="Not a readable chest X-ray") from None
 
 
-def _describe(meta: XRayMeta, seconds: float) -> str:
+def _describe(meta: XRayMeta, seconds: float, uploaded: bool = True) -> str:
     height, width = meta.original_size
     parts = [f"{meta.format}", f"{width} x {height} px", f"{meta.bit_depth}-bit"]
     parts += [x for x in (meta.modality, meta.view) if x]
-    return f"Read {' · '.join(parts)} in {seconds * 1000:.0f} ms. The uploaded file is already deleted."
+    note = " The uploaded file is already deleted from the server." if uploaded else ""
+    return f"Read {' · '.join(parts)} in {seconds * 1000:.0f} ms.{note}"
 
 
 def _probability_table(prediction: Prediction) -> str:
@@ -203,8 +204,8 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
     smallest = predictor.resolutions[0]
 
     def analyse(xray: XRay | None, resolution, layer):
-        if xray is None:
-            raise gr.Error("Upload an X-ray (PNG, JPG or DICOM) or try the example first.")
+        if xray is None:  # nothing readable uploaded: clear every result rather than show the last image's
+            return (None,) * 9 + ("", None)
         try:
             prediction = predictor.predict(xray, resolution=int(resolution), layer=int(layer) - 1)
         except ValueError as error:
@@ -226,16 +227,22 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
         )
 
     def read_upload(path):
+        """``(xray or None, status)``: a bad file is reported in the status line (and a toast), not raised, so
+        the results of the previous upload are cleared instead of staying on screen under the new file's name."""
         if not path:
-            raise gr.Error("No file received.")
+            return None, ""
         started = time.perf_counter()
-        xray = _read(predictor, _consume_upload(path))
+        try:
+            xray = predictor.read(_consume_upload(path))
+        except XRayReadError as error:
+            gr.Warning(f"Cannot use this file: {error}", title="Not a readable chest X-ray")
+            return None, f"**Cannot use this file:** {html.escape(str(error))}"
         return xray, _describe(xray.meta, time.perf_counter() - started)
 
     def read_example(name):
         started = time.perf_counter()
         xray = _read(predictor, example_path(name))
-        return xray, _describe(xray.meta, time.perf_counter() - started) + f" (example: {EXAMPLES[name][2]})"
+        return xray, f"Example: {EXAMPLES[name][2]}. " + _describe(xray.meta, time.perf_counter() - started, False)
 
     def predict_api(path, resolution=smallest):
         """JSON results for one X-ray: per-label probabilities and calls of the student (and teacher), TB boxes."""
@@ -258,7 +265,9 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
         xray_state = gr.State(None, time_to_live=600)
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
-                upload = gr.File(label="X-ray: PNG, JPG or DICOM", file_types=FILE_TYPES, type="filepath")
+                upload = gr.File(
+                    label="X-ray: PNG, JPG or DICOM", file_types=FILE_TYPES, type="filepath", elem_id="cxr-upload"
+                )
                 example = gr.Button(f"Try the example X-ray ({next(iter(EXAMPLES))})", size="sm")
                 resolution = gr.Radio(
                     predictor.resolutions, value=smallest, label="Student input size (px)", elem_id="cxr-resolution"
@@ -298,7 +307,10 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             details,
         ]
         private = {"api_visibility": "undocumented", "show_progress": "minimal"}
-        upload.upload(read_upload, upload, [xray_state, status], **private).success(
+        upload.upload(read_upload, upload, [xray_state, status], **private).then(
+            analyse, [xray_state, resolution, layer], outputs, **private
+        )
+        upload.clear(lambda: (None, ""), None, [xray_state, status], **private).then(
             analyse, [xray_state, resolution, layer], outputs, **private
         )
         example.click(lambda: read_example(next(iter(EXAMPLES))), None, [xray_state, status], **private).success(

@@ -1,0 +1,250 @@
+"""The Gradio app, end to end: gradio_client against the launched app, a real browser, models from the Hub, the Space.
+
+The app is launched in-process on 127.0.0.1 with the released models (plus a random TB CNN while no TB model is
+released). Browser tests drive Debian's chromium through playwright and are skipped, with the reason, where it is
+not installed (.ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO_ROOT, make_dicom, png_bytes, shared_path, synthetic_chest
+from test_inference import tb_model
+
+import app
+from cxrdistill.inference import Predictor
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = os.environ.get("CXRDISTILL_SCREENSHOTS")  # keep the browser screenshots here when set
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def upload_dir(tmp_path_factory) -> Path:
+    """Gradio's upload folder for this module (Gradio reads GRADIO_TEMP_DIR at each upload)."""
+    folder = tmp_path_factory.mktemp("gradio-uploads")
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def served(upload_dir):
+    """``(url, predictor)`` of the app launched as ``python app.py`` would, on a free port."""
+    predictor = Predictor.from_release(REPO_ROOT / "models")
+    if predictor.tb_model is None:
+        predictor.tb_model = tb_model()
+    demo = app.build_demo(predictor)
+    demo.queue(max_size=16, default_concurrency_limit=2)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        max_file_size=f"{app.MAX_UPLOAD_MIB}mb",
+        css=app.CSS,
+    )
+    yield url, predictor
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[0], verbose=False, download_files=False)
+
+
+def write_png(folder: Path, name: str, size: int = 300) -> Path:
+    path = folder / name
+    path.write_bytes(png_bytes((synthetic_chest(size, size) * 255).astype(np.uint8)))
+    return path
+
+
+def test_client_gets_json_for_a_real_and_a_synthetic_xray(client, tmp_path):
+    from gradio_client import handle_file
+
+    real = shared_path("tbx11k", "imgs", "tb", "tb0005.png")
+    for path, size in ((real, 28), (write_png(tmp_path, "synthetic.png"), 112)):
+        result = client.predict(handle_file(str(path)), size, api_name="/predict")
+        assert result["student"]["image_size"] == size
+        assert set(result["student"]["global_probs"]) == {"not_tb", "tb"}
+        assert result["teacher"]["image_size"] == 224
+        assert isinstance(result["tb"]["boxes"], list)
+    assert result["image"]["original_size"] == [300, 300]
+
+
+def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an X-ray")
+    ct = tmp_path / "ct.dcm"
+    ct.write_bytes(make_dicom(np.full((64, 64), 900, dtype=np.uint16), modality="CT"))
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(png_bytes(np.zeros((10, 10), dtype=np.uint8)))
+    for bad, reason in ((text, "not an image"), (ct, "CT"), (tiny, "small")):
+        with pytest.raises(AppError, match=reason):
+            client.predict(handle_file(str(bad)), 28, api_name="/predict")
+    result = client.predict(handle_file(str(write_png(tmp_path, "good.png"))), 28, api_name="/predict")
+    assert result["student"]["name"] == "student-28"
+
+
+def test_uploads_do_not_stay_on_disk(client, upload_dir, tmp_path):
+    from gradio_client import handle_file
+
+    path = write_png(tmp_path, "private-xray.png", size=200)
+    client.predict(handle_file(str(path)), 28, api_name="/predict")
+    data = path.read_bytes()
+    leftovers = [p for p in upload_dir.rglob("*") if p.is_file() and p.stat().st_size and p.read_bytes() == data]
+    assert leftovers == []
+    assert not list(upload_dir.rglob("private-xray.png"))
+
+
+def test_dicom_patient_fields_never_reach_the_output(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "patient.dcm"
+    pixels = (synthetic_chest(256, 256) * 4000).astype(np.uint16)
+    path.write_bytes(make_dicom(pixels, PatientName="Doe^Jane", PatientID="PID-123456"))
+    result = client.predict(handle_file(str(path)), 28, api_name="/predict")
+    text = repr(result)
+    assert "Doe" not in text and "PID-123456" not in text
+    assert result["image"]["format"] == "DICOM"
+
+
+def test_models_come_from_the_hub_at_a_revision(hub, monkeypatch):
+    from cxrdistill.hub import push_folder
+
+    push_folder(REPO_ROOT / "models" / "mlcak-student-28", "tester/app-student-28", tag="v1")
+    args = app.parse_args(["--student", "tester/app-student-28", "--revision", "v1"])
+    predictor = app.load_predictor(args)
+    assert predictor.resolutions == [28] and predictor.teacher is None and predictor.tb_model is None
+    monkeypatch.setenv("CXRDISTILL_STUDENTS", "tester/app-student-28")
+    monkeypatch.setenv("CXRDISTILL_REVISION", "v1")
+    monkeypatch.setenv("CXRDISTILL_TEACHER", str(REPO_ROOT / "models" / "mlcak-teacher-224"))
+    from_env = app.load_predictor(app.parse_args([]))
+    assert from_env.resolutions == [28] and from_env.teacher.config.image_size == 224
+
+
+def test_a_missing_model_stops_the_app_with_a_message(tmp_path):
+    with pytest.raises(SystemExit, match="cannot load the models"):
+        app.main(["--models-dir", str(tmp_path)])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_upload_shows_probabilities_attention_and_boxes(served, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = served
+    xray = SHARED_TB if (SHARED_TB := REPO_ROOT.parent / "shared/data/tbx11k/imgs/tb/tb0005.png").exists() else None
+    xray = xray or write_png(tmp_path, "synthetic.png", size=400)
+    screenshots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(url)
+        expect(page.locator("#cxr-disclaimer")).to_contain_text("not a medical device")
+        page.set_input_files("input[type=file]", str(xray))
+        table = page.locator("#cxr-probabilities")
+        expect(table).to_contain_text("student-28", timeout=60_000)
+        expect(table).to_contain_text("teacher-224")
+        assert table.locator(".cxr-pos, .cxr-neg").count() >= 4  # calibrated calls for every label
+        expect(page.locator("#cxr-student-attention img")).to_be_visible()
+        expect(page.locator("#cxr-student-view img")).to_be_visible()
+        page.screenshot(path=str(screenshots / "app.png"), full_page=True)
+
+        page.get_by_label("56").check()  # another student: the table follows
+        expect(table).to_contain_text("student-56", timeout=30_000)
+
+        page.get_by_role("tab", name="TB localisation").click()
+        expect(page.locator("#cxr-tb-boxes img")).to_be_visible()
+        expect(page.locator("#cxr-tb-note")).to_contain_text("TB probability")
+        page.screenshot(path=str(screenshots / "app-tb.png"), full_page=True)
+
+        page.locator("#cxr-upload button[aria-label=Clear]").click()
+        fake = tmp_path / "notes.png"
+        fake.write_text("not an image")  # passes the type filter, fails to decode: an error, not a crash
+        page.set_input_files("input[type=file]", str(fake))
+        expect(page.locator("#cxr-status")).to_contain_text("Cannot use this file", timeout=30_000)
+        expect(table).to_have_count(0, timeout=30_000)  # the previous image's results are gone
+        browser.close()
+    assert (screenshots / "app.png").stat().st_size > 50_000
+
+
+def test_space_push_uploads_app_package_and_models(hub):
+    from huggingface_hub import HfApi
+
+    from cxrdistill.cli import main
+
+    assert main(["space-push", "tester/demo", "--root", str(REPO_ROOT), "--model-repo", "tester/s28"]) == 0
+    api = HfApi()
+    files = set(api.list_repo_files("tester/demo", repo_type="space"))
+    assert {"app.py", "README.md", "requirements.txt", "cxrdistill/inference.py"} <= files
+    assert "models/mlcak-student-28/model.safetensors" in files
+    assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
+    card = Path(api.hf_hub_download("tester/demo", "README.md", repo_type="space")).read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["sdk"] == "gradio" and header["app_file"] == "app.py" and header["models"] == ["tester/s28"]
+    uploaded_app = Path(api.hf_hub_download("tester/demo", "app.py", repo_type="space")).read_bytes()
+    assert uploaded_app == (REPO_ROOT / "app.py").read_bytes()  # the root app itself, not a copy kept in git
+    # a second push replaces the Space's content in one commit
+    assert main(["space-push", "tester/demo", "--root", str(REPO_ROOT)]) == 0
+
+
+def test_space_push_outside_a_checkout_fails_clearly(hub, tmp_path, capsys):
+    from cxrdistill.cli import main
+
+    assert main(["space-push", "tester/nothing", "--root", str(tmp_path)]) == 1
+    assert "not a cxrdistill checkout" in capsys.readouterr().err
+
+
+def test_space_files_pin_what_the_package_needs():
+    from packaging.requirements import Requirement
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    needed = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["app"]]
+    lines = (REPO_ROOT / "spaces" / "requirements.txt").read_text().splitlines()
+    pinned = {
+        Requirement(line).name.lower(): Requirement(line) for line in lines if line and not line.startswith(("#", "-"))
+    }
+    constraints = {
+        Requirement(line).name.lower(): Requirement(line)
+        for line in (REPO_ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    header = yaml.safe_load((REPO_ROOT / "spaces" / "README.md").read_text().split("---")[1])
+    for requirement in needed:
+        name = requirement.name.lower()
+        if name == "gradio":  # the Space's sdk_version installs it: the version the tests ran with
+            assert f"=={header['sdk_version']}" == str(constraints["gradio"].specifier)
+            assert requirement.specifier.contains(header["sdk_version"])
+            continue
+        assert name in pinned, f"spaces/requirements.txt misses {name}"
+        (version,) = [spec.version for spec in pinned[name].specifier]
+        assert requirement.specifier.contains(version), f"{name}=={version} is outside {requirement}"
+        if name in constraints:
+            assert pinned[name].specifier == constraints[name].specifier
