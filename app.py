@@ -19,6 +19,7 @@ import argparse
 import html
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -99,20 +100,47 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
 # ------------------------------------------------------------------------------------------ request handling
 
 
-def _consume_upload(path: str | os.PathLike) -> bytes:
-    """The upload's bytes; the file Gradio stored is deleted at once (only files in Gradio's upload folder)."""
-    path = Path(path)
-    try:
-        return path.read_bytes()
-    finally:
+class _ConsumedUploads:
+    """Bytes of uploads read (and deleted) in the last ``ttl_s`` seconds, keyed by their path, in memory only.
+
+    Gradio stores an upload under a hash of its content, so two visitors sending the same file at once share one
+    path: the first request deletes it, and the second finds its bytes here instead of failing. Bounded in count
+    and bytes; nothing is written anywhere.
+    """
+
+    def __init__(self, ttl_s: float = 30.0, max_bytes: int = 128 * 2**20) -> None:
+        self.ttl_s, self.max_bytes = ttl_s, max_bytes
+        self._entries: dict[Path, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def consume(self, path: str | os.PathLike) -> bytes:
+        """The upload's bytes; the file Gradio stored is deleted at once (only files in Gradio's upload folder)."""
+        resolved = Path(path).resolve()
         upload_root = Path(gr.utils.get_upload_folder()).resolve()
-        resolved = path.resolve()
-        if upload_root in resolved.parents:
+        with self._lock:
+            now = time.monotonic()
+            self._entries = {p: e for p, e in self._entries.items() if now - e[0] < self.ttl_s}
+            try:
+                data = resolved.read_bytes()
+            except FileNotFoundError:
+                if resolved in self._entries:
+                    return self._entries[resolved][1]
+                raise gr.Error("The upload is no longer on the server; please upload the file again.") from None
+            if upload_root not in resolved.parents:
+                return data  # not an upload (e.g. a local path given to the API): never delete it
             resolved.unlink(missing_ok=True)
             try:
                 resolved.parent.rmdir()  # Gradio keeps each upload in a folder of its own
             except OSError:
                 pass
+            self._entries[resolved] = (now, data)
+            while sum(len(e[1]) for e in self._entries.values()) > self.max_bytes and self._entries:
+                del self._entries[min(self._entries, key=lambda p: self._entries[p][0])]
+            return data
+
+
+_consumed_uploads = _ConsumedUploads()
+_consume_upload = _consumed_uploads.consume
 
 
 def _read(predictor: Predictor, data: bytes | os.PathLike) -> XRay:

@@ -118,6 +118,23 @@ def test_uploads_do_not_stay_on_disk(client, upload_dir, tmp_path):
     assert not list(upload_dir.rglob("private-xray.png"))
 
 
+def test_many_visitors_sending_the_same_file_at_once_all_get_answers(served, tmp_path):
+    # Gradio stores an upload under a hash of its content: identical concurrent uploads share one path, which
+    # the first request deletes. Every request must still be answered.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    path = write_png(tmp_path, "shared-sample.png", size=256)
+
+    def one(_):
+        client = Client(served[0], verbose=False, download_files=False)
+        return client.predict(handle_file(str(path)), 28, api_name="/predict")["student"]["name"]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(8))) == ["student-28"] * 8
+
+
 def test_dicom_patient_fields_never_reach_the_output(client, tmp_path):
     from gradio_client import handle_file
 
