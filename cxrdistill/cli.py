@@ -4,6 +4,8 @@
 format, modality, view, size, bit depth, spacing, intensity statistics and a small text preview.
 ``cxrdistill push MODEL_DIR REPO_ID`` and ``cxrdistill pull REPO_ID`` move models through the Hugging Face Hub.
 ``cxrdistill evaluate --model SRC --dataset NAME --root DIR`` measures a model (and can calibrate its thresholds).
+``cxrdistill predict PATH... --model SRC --out FILE`` runs a model over files, folders or lists (CSV / JSONL).
+``cxrdistill export MODEL --out DIR [--int8]`` writes ONNX models for ONNX Runtime.
 ``cxrdistill space-push REPO_ID`` deploys the demo app with the released models as a Hugging Face Space.
 """
 
@@ -103,6 +105,74 @@ def _space_push(args: argparse.Namespace) -> int:
         print(f"cannot push the Space: {error}", file=sys.stderr)
         return 1
     print(f"pushed the Space {args.repo_id} (commit {commit})")
+    return 0
+
+
+def _load_classifier(source: str, revision: str | None, backend: str):
+    from cxrdistill.hub import load_model
+
+    if backend == "torch":
+        return load_model(source, revision=revision)
+    from cxrdistill.export import OnnxClassifier
+
+    return OnnxClassifier(source, int8=backend == "onnx-int8")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from cxrdistill.batch import collect_inputs, predict_files
+    from cxrdistill.hub import load_model
+    from cxrdistill.models import ModelLoadError
+
+    if args.threads:
+        torch_threads(args.threads)
+    try:
+        student = _load_classifier(args.model, args.revision, args.backend)
+        tb_model = load_model(args.tb_model, revision=args.revision) if args.tb_model else None
+    except (ModelLoadError, FileNotFoundError, ValueError) as error:
+        print(f"cannot load the model: {error}", file=sys.stderr)
+        return 1
+    paths = collect_inputs(args.paths)
+    if not paths:
+        print("no input files found", file=sys.stderr)
+        return 2
+    try:
+        stats = predict_files(
+            paths,
+            student,
+            args.out,
+            tb_model=tb_model,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            resume=args.resume,
+            progress=not args.quiet,
+        )
+    except (FileExistsError, ValueError) as error:
+        print(f"cxrdistill predict: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats), file=sys.stderr)
+    return 0
+
+
+def torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cxrdistill.export import copy_card, export_onnx
+    from cxrdistill.hub import load_model
+    from cxrdistill.models import ModelLoadError
+
+    try:
+        model = load_model(args.model, revision=args.revision)
+    except ModelLoadError as error:
+        print(f"cannot load the model: {error}", file=sys.stderr)
+        return 1
+    files = export_onnx(model, args.out, int8=args.int8)
+    copy_card(args.model, args.out)
+    for path in files:
+        print(path)
     return 0
 
 
@@ -214,6 +284,32 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--tag", help="tag the new commit, e.g. v1.0")
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.set_defaults(handler=_push)
+
+    predict = commands.add_parser("predict", help="predict over files, folders or list files into a CSV / JSONL")
+    predict.add_argument("paths", nargs="+", help="X-ray files, folders (searched recursively) or .txt path lists")
+    predict.add_argument("--model", required=True, help="student (or any classifier): folder or Hub repo id")
+    predict.add_argument("--tb-model", help="a CNN whose class activation map gives TB boxes")
+    predict.add_argument("--revision", help="Hub revision of the models")
+    predict.add_argument("--out", required=True, help="output .csv or .jsonl (one row per input)")
+    predict.add_argument("--resume", action="store_true", help="skip inputs already in --out and append")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding files (default 2)")
+    predict.add_argument("--threads", type=int, help="torch threads for the models")
+    predict.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        default="torch",
+        help="run --model (a folder from cxrdistill export) with ONNX Runtime",
+    )
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(handler=_predict)
+
+    export = commands.add_parser("export", help="export a model to ONNX (and int8) for ONNX Runtime")
+    export.add_argument("model", help="model folder or Hub repo id")
+    export.add_argument("--revision")
+    export.add_argument("--out", required=True, help="folder for model.onnx, model.int8.onnx and config.json")
+    export.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 model")
+    export.set_defaults(handler=_export)
 
     space = commands.add_parser("space-push", help="deploy the demo app (app.py + models) as a Hugging Face Space")
     space.add_argument("repo_id", help="e.g. org/cxrdistill-demo")

@@ -192,7 +192,7 @@ class Predictor:
             XRayReadError: the upload is not a readable chest X-ray (the message says why).
         """
         xray = source if isinstance(source, XRay) else load_xray(source, limits=self.limits)
-        return XRay(_display_image(xray.pixels), xray.meta)
+        return XRay(display_image(xray.pixels), xray.meta)
 
     @torch.inference_mode()
     def predict(
@@ -239,43 +239,22 @@ class Predictor:
         config = model.config
         started = time.perf_counter()
         view = model_input(display, config.image_size, BASE_SIZE)  # (1, 1, size, size)
-        is_vit = not hasattr(model, "class_activation_maps")
-        output = model(view, return_attention=is_vit, return_features=not is_vit)
-        if is_vit:
-            depth = len(output.attentions)
-            if not -depth <= layer < depth:
-                raise ValueError(f"{name} has {depth} layers; layer must be in [{-depth}, {depth - 1}], got {layer}")
-            grids = {
-                f"CLS attention, layer {layer % depth + 1}": cls_attention_map(output.attentions, layer)[0],
-                "attention rollout": attention_rollout(output.attentions)[0],
-            }
-        else:
-            label = config.global_labels[-1]
-            grids = {f"CAM ({label})": model.class_activation_maps(output.features, "global")[0, -1]}
-        base = max(BASE_SIZE, config.image_size)
-        to_view = letterbox_matrix(*display.shape, base)
-        maps = {key: to_source_frame(grid, to_view, base, display.shape).numpy() for key, grid in grids.items()}
-        threshold = config.heatmap_threshold
-        first = next(iter(maps.values()))
-        boxes = [
-            ScoredBox(tuple(v * scale for v in b.box), b.score)
-            for b in heatmap_to_boxes(
-                first,
-                threshold if threshold is not None else DEFAULT_HEATMAP_THRESHOLD,
-                self.min_box_area,
-            )
-        ]
+        output = forward_for_maps(model, view)
+        grids = explanation_grids(model, output, 0, layer, name)
+        maps = {key: grid_to_display(grid, config.image_size, display.shape).numpy() for key, grid in grids.items()}
+        boxes = display_boxes(next(iter(maps.values())), config, scale, self.min_box_area)
         latency_ms = (time.perf_counter() - started) * 1000
         global_probs = output.global_logits.float().softmax(-1)[0].tolist()
         local_probs = output.local_logits.float().sigmoid()[0].tolist()
+        threshold = config.heatmap_threshold
         return ModelResult(
             name=name,
             model_type=config.model_type,
             image_size=config.image_size,
             global_probs=dict(zip(config.global_labels, global_probs, strict=True)),
             local_probs=dict(zip(config.local_labels, local_probs, strict=True)),
-            global_calls=_calls(config.global_labels, global_probs, config.global_thresholds),
-            local_calls=_calls(config.local_labels, local_probs, config.local_thresholds),
+            global_calls=calls(config.global_labels, global_probs, config.global_thresholds),
+            local_calls=calls(config.local_labels, local_probs, config.local_thresholds),
             latency_ms=latency_ms,
             view=view[0, 0].numpy(),
             maps=maps,
@@ -285,8 +264,55 @@ class Predictor:
         )
 
 
-def _display_image(pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` area-averaged so that the longest side is at most ``DISPLAY_SIZE`` (unchanged if already)."""
+# ------------------------------------------------------- pieces shared with batch prediction (cxrdistill.batch)
+
+
+def is_cnn(model) -> bool:
+    return hasattr(model, "class_activation_maps")
+
+
+def forward_for_maps(model: CXRModel, views: torch.Tensor):
+    """The forward pass that also returns what the explanation maps need (attention for ViTs, features for CNNs)."""
+    cnn = is_cnn(model)
+    return model(views, return_attention=not cnn, return_features=cnn)
+
+
+def explanation_grids(model: CXRModel, output, index: int, layer: int = -1, name: str = "model") -> dict:
+    """``{name: (h, w)}`` maps of image ``index`` of a batch: CLS attention at ``layer`` and rollout (ViTs), or the
+    exact CAM of the last global class (CNNs: TB in a TB-vs-not space)."""
+    if is_cnn(model):
+        label = model.config.global_labels[-1]
+        return {f"CAM ({label})": model.class_activation_maps(output.features[index : index + 1], "global")[0, -1]}
+    attentions = [a[index : index + 1] for a in output.attentions]
+    depth = len(attentions)
+    if not -depth <= layer < depth:
+        raise ValueError(f"{name} has {depth} layers; layer must be in [{-depth}, {depth - 1}], got {layer}")
+    return {
+        f"CLS attention, layer {layer % depth + 1}": cls_attention_map(attentions, layer)[0],
+        "attention rollout": attention_rollout(attentions)[0],
+    }
+
+
+def grid_to_display(grid: torch.Tensor, image_size: int, display_shape: tuple[int, int]) -> torch.Tensor:
+    """A map over a model's view, drawn back onto the ``display_shape`` image it was made from."""
+    base = max(BASE_SIZE, image_size)
+    return to_source_frame(grid, letterbox_matrix(*display_shape, base), base, display_shape)
+
+
+def display_boxes(heatmap: np.ndarray, config, scale: float, min_box_area: float = 0.002) -> list[ScoredBox]:
+    """Boxes of a display-frame ``heatmap`` at the model's calibrated threshold, in original-image pixels."""
+    threshold = config.heatmap_threshold if config.heatmap_threshold is not None else DEFAULT_HEATMAP_THRESHOLD
+    return [
+        ScoredBox(tuple(v * scale for v in b.box), b.score)
+        for b in heatmap_to_boxes(np.asarray(heatmap), threshold, min_box_area)
+    ]
+
+
+def display_image(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` area-averaged so that the longest side is at most ``DISPLAY_SIZE`` (unchanged if already).
+
+    The models see this copy too (letterboxed onto the 224-px base and area-averaged), which is what training's
+    256-px cache amounts to for any image larger than the display size."""
     height, width = pixels.shape
     scale = max(height, width) / DISPLAY_SIZE
     if scale <= 1.0:
@@ -295,7 +321,7 @@ def _display_image(pixels: np.ndarray) -> np.ndarray:
     return area_resize(torch.as_tensor(pixels, dtype=torch.float32), size).numpy()
 
 
-def _calls(labels, probs, thresholds) -> dict[str, bool | None]:
+def calls(labels, probs, thresholds) -> dict[str, bool | None]:
     if thresholds is None:
         return dict.fromkeys(labels)
     return {label: bool(p >= t) for label, p, t in zip(labels, probs, thresholds, strict=True)}

@@ -1,0 +1,193 @@
+"""`cxrdistill predict` over files, folders and lists: real and broken files, resume, 2-process runs, ONNX."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, make_dicom, png_bytes, shared_path, synthetic_chest
+from test_inference import tb_model
+
+from cxrdistill.batch import collect_inputs, predict_files, read_rows
+from cxrdistill.cli import main
+from cxrdistill.hub import load_model
+
+STUDENT = REPO_ROOT / "models" / "mlcak-student-28"
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """A folder of good and broken X-rays, with a subfolder; real TBX11K images where available."""
+    folder = tmp_path / "archive"
+    (folder / "sub").mkdir(parents=True)
+    chest = (synthetic_chest(300, 260) * 255).astype(np.uint8)
+    (folder / "a_synthetic.png").write_bytes(png_bytes(chest))
+    (folder / "sub" / "b_synthetic.dcm").write_bytes(make_dicom((synthetic_chest(256, 256) * 4000).astype(np.uint16)))
+    (folder / "c_text.png").write_text("not an image")
+    (folder / "d_truncated.png").write_bytes(png_bytes(chest)[:200])
+    (folder / "e_ct.dcm").write_bytes(make_dicom(np.full((64, 64), 900, dtype=np.uint16), modality="CT"))
+    (folder / "notes.md").write_text("ignored: not an X-ray file type")
+    real = REPO_ROOT.parent / "shared" / "data" / "tbx11k" / "imgs" / "tb"
+    for name in ("tb0005.png", "tb0007.png"):
+        if (real / name).exists():
+            shutil.copy(real / name, folder / f"f_{name}")
+    return folder
+
+
+def test_collect_inputs_walks_folders_expands_lists_and_keeps_missing_paths(archive, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# a comment\narchive/a_synthetic.png\n\narchive/missing.png\n")
+    found = collect_inputs([archive, listing, archive / "a_synthetic.png"])
+    names = [os.path.relpath(p, archive) for p in found]
+    assert names[:4] == ["a_synthetic.png", "c_text.png", "d_truncated.png", "e_ct.dcm"]
+    assert "sub/b_synthetic.dcm" in names and "notes.md" not in names
+    assert found.count(str(archive / "a_synthetic.png")) == 1  # duplicates dropped
+    assert found[-1] == str(archive / "missing.png")  # kept: it becomes an error row
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_every_input_gets_a_row_and_bad_files_are_error_rows(archive, tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    options = ["--model", str(STUDENT), "--out", str(out), "--workers", "1", "--batch-size", "3", "--quiet"]
+    code = main(["predict", str(archive), str(tmp_path / "gone.png"), *options])
+    assert code == 0
+    rows = {os.path.basename(r["path"]): r for r in read_rows(out)}
+    assert rows["a_synthetic.png"]["status"] == "ok" and rows["b_synthetic.dcm"]["status"] == "ok"
+    for bad, reason in (
+        ("c_text.png", "not an image"),
+        ("d_truncated.png", "corrupt or truncated"),
+        ("e_ct.dcm", "CT"),
+        ("gone.png", "no such file"),
+    ):
+        assert rows[bad]["status"] == "error" and reason in rows[bad]["error"], rows[bad]
+    ok = rows["a_synthetic.png"]
+    assert float(ok["p_tb"]) + float(ok["p_not_tb"]) == pytest.approx(1.0, abs=1e-5)
+    assert str(ok["call_tb"]) in ("True", "False")  # calibrated thresholds in the released model
+    assert int(ok["height"]) == 300 and int(ok["width"]) == 260
+    if "f_tb0005.png" in rows:  # a real TB image: the released student calls it TB
+        assert str(rows["f_tb0005.png"]["call_tb"]) == "True"
+
+
+def test_tb_boxes_are_written_in_original_pixels(archive, tmp_path):
+    tb_folder = tmp_path / "tb-model"
+    tb_model().save_pretrained(tb_folder)
+    out = tmp_path / "out.jsonl"
+    options = ["--model", str(STUDENT), "--tb-model", str(tb_folder), "--out", str(out), "--workers", "0", "--quiet"]
+    assert main(["predict", str(archive / "a_synthetic.png"), *options]) == 0
+    (row,) = read_rows(out)
+    assert 0.0 <= row["tb_probability"] <= 1.0 and row["tb_call"] is None  # an uncalibrated model: no call
+    assert row["tb_boxes"], "a CAM always has a hottest region"
+    for x0, y0, x1, y1, _score in row["tb_boxes"]:
+        assert 0 <= x0 < x1 <= 260 and 0 <= y0 < y1 <= 300
+
+
+def test_resume_skips_done_rows_and_redoes_a_half_written_line(archive, tmp_path):
+    files = collect_inputs([archive])
+    out = tmp_path / "out.csv"
+    predict_files(files[:2], load_model(STUDENT), out, progress=False)
+    with out.open("a") as handle:
+        handle.write(f"{files[2]},ok,,12")  # a crash in the middle of a row
+    with pytest.raises(FileExistsError, match="--resume"):
+        predict_files(files, load_model(STUDENT), out, progress=False)
+    stats = predict_files(files, load_model(STUDENT), out, resume=True, progress=False)
+    assert stats["skipped_already_done"] == 2 and stats["images"] == len(files) - 2
+    rows = read_rows(out)
+    assert [r["path"] for r in rows] == files  # each once, in order, the cut row redone
+    with out.open(newline="") as handle:
+        assert len(list(csv.reader(handle))) == len(files) + 1
+
+
+def test_two_processes_under_accelerate_launch_give_the_same_rows_as_one(archive, tmp_path):
+    pytest.importorskip("accelerate")
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    args = ["predict", str(archive), "--model", str(STUDENT), "--workers", "0", "--quiet"]
+    assert main([*args, "--out", str(one)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrdistill"]
+    result = subprocess.run([*launch, *args, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows_one, rows_two = read_rows(one), read_rows(two)
+    assert [r["path"] for r in rows_two] == [r["path"] for r in rows_one]
+    for a, b in zip(rows_one, rows_two, strict=True):
+        assert a["status"] == b["status"] and a["error"] == b["error"]
+        assert a["call_tb"] == b["call_tb"]
+        if a["status"] == "ok":
+            assert a["p_tb"] == pytest.approx(b["p_tb"], abs=1e-5)
+    assert not list(tmp_path.glob("two.jsonl.part*"))  # parts merged and removed
+
+
+def test_a_vit_is_refused_as_tb_model(tmp_path):
+    with pytest.raises(ValueError, match="CNN"):
+        predict_files(["x.png"], load_model(STUDENT), tmp_path / "o.csv", tb_model=load_model(STUDENT))
+
+
+def test_bad_output_suffix_and_no_inputs_are_clear(tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "--model", str(STUDENT), "--out", str(tmp_path / "o.csv")]) == 2
+    assert "no input files" in capsys.readouterr().err
+    png = tmp_path / "x.png"
+    png.write_bytes(png_bytes((synthetic_chest() * 255).astype(np.uint8)))
+    assert main(["predict", str(png), "--model", str(STUDENT), "--out", str(tmp_path / "o.txt"), "--quiet"]) == 2
+    assert ".csv or .jsonl" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path_factory.mktemp("exported")
+    assert main(["export", str(STUDENT), "--out", str(folder), "--int8"]) == 0
+    return folder
+
+
+def test_exported_student_matches_torch(exported):
+    from cxrdistill.export import OnnxClassifier
+
+    model = load_model(STUDENT)
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = model(images)
+    fp32 = OnnxClassifier(exported)(images)
+    assert torch.allclose(fp32.global_logits, reference.global_logits, atol=1e-4)
+    assert torch.allclose(fp32.local_logits, reference.local_logits, atol=1e-4)
+    int8 = OnnxClassifier(exported, int8=True)(images)
+    assert (int8.global_logits.softmax(-1) - reference.global_logits.softmax(-1)).abs().max() < 0.1
+    assert (exported / "README.md").is_file() and json.loads((exported / "config.json").read_text())["image_size"] == 28
+
+
+def test_exported_student_keeps_auroc_on_real_validation_images(exported):
+    from cxrdistill.evaluation import EvalData, classification_metrics, load_dataset, predict_dataset
+    from cxrdistill.export import OnnxClassifier
+
+    root = shared_path("tbx11k")
+    dataset = load_dataset(EvalData("tbx11k", str(root), None, "val"))
+    model = load_model(STUDENT)
+    labels = (model.config.global_labels, model.config.local_labels)
+    aurocs = {}
+    for name, candidate in (
+        ("torch", model),
+        ("onnx", OnnxClassifier(exported)),
+        ("int8", OnnxClassifier(exported, int8=True)),
+    ):
+        metrics = classification_metrics(predict_dataset(candidate, dataset), *labels)
+        aurocs[name] = (metrics["global_auroc"], metrics["same_hospital_auroc"], metrics["local_macro_auroc"])
+    assert np.allclose(aurocs["onnx"], aurocs["torch"], atol=1e-4)
+    assert np.allclose(aurocs["int8"], aurocs["torch"], atol=0.002), aurocs
+
+
+def test_predict_runs_an_exported_model(exported, archive, tmp_path):
+    out_torch, out_onnx = tmp_path / "t.csv", tmp_path / "o.csv"
+    common = [str(archive / "a_synthetic.png"), "--workers", "0", "--quiet"]
+    assert main(["predict", *common, "--model", str(STUDENT), "--out", str(out_torch)]) == 0
+    assert main(["predict", *common, "--model", str(exported), "--backend", "onnx", "--out", str(out_onnx)]) == 0
+    (a,), (b,) = read_rows(out_torch), read_rows(out_onnx)
+    assert float(a["p_tb"]) == pytest.approx(float(b["p_tb"]), abs=1e-5) and a["call_tb"] == b["call_tb"]
