@@ -228,6 +228,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
         return 1
     prior = None
+    if args.task == "tb-localisation":
+        if args.dataset != "tbx11k":
+            print("--task tb-localisation needs --dataset tbx11k (the radiologists' TB boxes)", file=sys.stderr)
+            return 2
+        args.location_prior = True
     if args.location_prior:
         if data.part != "val":
             print("--location-prior needs --part val: the prior is built from the training side", file=sys.stderr)
@@ -252,7 +257,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "revision": args.revision,
         "data": dataclasses.asdict(data),
         **metrics,
-        "localisation": localisation_metrics(predictions["localisation"]),
+        "localisation": localisation_metrics(predictions["localisation"], bootstrap=args.bootstrap),
     }
     text = json.dumps(to_jsonable(report), indent=2)
     if args.json:
@@ -328,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="AUROC (with bootstrap CIs) and operating points on a dataset")
     evaluate.add_argument("--model", required=True, help="model folder or Hub repo id")
+    evaluate.add_argument(
+        "--task",
+        choices=["classification", "tb-localisation"],
+        default="classification",
+        help="tb-localisation: also score the location prior beside the model (TBX11K boxes); every run reports "
+        "AUROCs, operating points (all and same-hospital images) and heatmap localisation where there are boxes",
+    )
     evaluate.add_argument("--revision", help="Hub tag, branch or commit")
     evaluate.add_argument("--dataset", required=True, choices=["tbx11k", "nih", "pneumoniamnist"])
     evaluate.add_argument("--root", required=True, help="dataset folder (or .npz for PneumoniaMNIST)")

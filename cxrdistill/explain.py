@@ -4,6 +4,9 @@
   rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020) through all layers.
 * CNN class activation maps (Zhou et al., CVPR 2016): exact for a global-average-pool + linear head, see
   ``CNNTeacher.class_activation_maps``; chosen per label, never by argmax.
+* :func:`grad_cam_maps`: the Grad-CAM family (Selvaraju et al., ICCV 2017, and its variants) from the ``grad-cam``
+  library for any backbone, ViTs included, for an explicitly named label (the library's argmax default is never
+  used: it is wrong for multi-label X-rays). Optional: ``pip install 'cxrdistill[gradcam]'``.
 * :func:`to_source_frame` maps a heatmap from the model's view back onto the original image, and
   :func:`heatmap_to_boxes` thresholds it relative to its maximum and boxes its connected components.
 """
@@ -43,6 +46,77 @@ def attention_rollout(
     row = result[:, 0, prefix_tokens:]
     grid = int(np.sqrt(row.shape[-1]))
     return row.reshape(-1, grid, grid)
+
+
+GRAD_CAM_METHODS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+}
+
+
+class _HeadLogits(torch.nn.Module):
+    """``images -> logits`` of one head, the calling convention the grad-cam library expects."""
+
+    def __init__(self, model: torch.nn.Module, head: str) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model(images), f"{self.head}_logits")
+
+
+def grad_cam_maps(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    label: str,
+    head: str = "global",
+    method: str = "gradcam",
+    target_layer: torch.nn.Module | None = None,
+) -> np.ndarray:
+    """``(B, H, W)`` maps in ``[0, 1]``, at the input's size, of where ``label`` (one of ``head``'s labels) comes from.
+
+    Args:
+        model: a cxrdistill model (CNN or ViT); its gradients are used, so call outside ``torch.inference_mode``.
+        images: ``(B, 1, H, W)`` in ``[0, 1]``.
+        method: a key of :data:`GRAD_CAM_METHODS`.
+        target_layer: the layer whose activations are weighted (default: a timm ResNet's last block, or a ViT's
+            last block's first norm, whose tokens are reshaped back to the patch grid).
+    """
+    try:
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError as error:
+        raise ImportError("Grad-CAM needs the grad-cam library: pip install 'cxrdistill[gradcam]'") from error
+    if method not in GRAD_CAM_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(GRAD_CAM_METHODS)}")
+    labels = list(getattr(model.config, f"{head}_labels"))
+    if label not in labels:
+        raise ValueError(f"{label!r} is not a {head} label of this model; its {head} labels are {labels}")
+    backbone = model.backbone
+    reshape = None
+    if hasattr(backbone, "blocks"):  # ViT: tokens (B, prefix + grid**2, C) -> (B, C, grid, grid)
+        prefix = backbone.num_prefix_tokens
+        target_layer = target_layer or backbone.blocks[-1].norm1
+
+        def reshape(tokens: torch.Tensor) -> torch.Tensor:
+            patches = tokens[:, prefix:]
+            grid = round(patches.shape[1] ** 0.5)
+            return patches.transpose(1, 2).reshape(len(patches), -1, grid, grid)
+
+    else:
+        target_layer = target_layer or backbone.layer4[-1]
+    cam_class = getattr(pytorch_grad_cam, GRAD_CAM_METHODS[method])
+    was_training = model.training
+    with cam_class(
+        model=_HeadLogits(model.eval(), head), target_layers=[target_layer], reshape_transform=reshape
+    ) as cam:
+        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(labels.index(label))] * len(images))
+    model.train(was_training)
+    return maps
 
 
 def to_source_frame(

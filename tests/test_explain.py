@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from cxrdistill.data import MultiResolutionViews
@@ -87,3 +88,80 @@ def test_location_prior_is_the_mean_box_mask():
 
     prior = location_prior(Fake(), frame=(10, 10))
     assert prior[0, 0] == 1.0 and prior[9, 9] == 0.0 and prior[0, 9] == 0.5 and prior[9, 0] == 0.5
+
+
+def test_cross_fitted_miou_chooses_each_threshold_on_the_other_half():
+    from cxrdistill.evaluation import THRESHOLDS, localisation_metrics
+
+    def entry(image_id, best_index, border=False):
+        iou_at = [0.1] * len(THRESHOLDS)
+        iou_at[best_index] = 0.9
+        return {
+            "id": image_id,
+            "map": {"iou_at": iou_at, "pointing": True, "box_best_iou": [0.6], "peak_on_border": border},
+        }
+
+    # sorted ids a, b, c, d -> halves {a, c} and {b, d}; {a, c} prefer threshold 0.2, {b, d} prefer 0.7
+    rows = [entry("a", 1), entry("b", 6, border=True), entry("c", 1), entry("d", 6)]
+    metrics = localisation_metrics(rows, bootstrap=200)["map"]
+    # each half is scored at the other half's choice, where it only gets 0.1: honest, not 0.9
+    assert metrics["cross_fitted_thresholds"] == [0.2, 0.7]
+    assert metrics["miou_cross_fitted"] == pytest.approx(0.1)
+    assert metrics["miou_at_best_threshold"] == pytest.approx(0.5)  # the optimistic same-images number
+    assert metrics["peak_on_border"] == 0.25 and metrics["pointing_game"] == 1.0
+    assert metrics["box_recall_iou_0.5"] == 1.0 and metrics["box_recall_iou_0.3"] == 1.0
+    low, high = metrics["miou_cross_fitted_ci95"]
+    assert low == pytest.approx(0.1) and high == pytest.approx(0.1)
+
+
+def test_a_heatmap_peak_on_the_image_edge_is_flagged():
+    from cxrdistill.evaluation import _score_heatmap
+
+    heatmap = np.zeros((100, 100))
+    boxes = np.array([[40.0, 40.0, 60.0, 60.0]])
+    truth = np.zeros((100, 100), bool)
+    truth[40:60, 40:60] = True
+    heatmap[50, 50] = 1.0
+    assert not _score_heatmap(heatmap, boxes, truth)["peak_on_border"]
+    heatmap[2, 50] = 2.0
+    scored = _score_heatmap(heatmap, boxes, truth)
+    assert scored["peak_on_border"] and not scored["pointing"]
+
+
+def test_grad_cam_of_a_gap_linear_cnn_is_the_rectified_cam():
+    # For global average pooling + a linear head, Grad-CAM's channel weights are W[label] / (h * w), so its map is
+    # ReLU(CAM - bias) up to scale: a hand-checkable identity between the library and the exact CAM.
+    pytest.importorskip("pytorch_grad_cam")
+    import torch
+
+    from cxrdistill.explain import grad_cam_maps
+    from cxrdistill.models import CNNTeacher, CNNTeacherConfig
+
+    torch.manual_seed(0)
+    model = CNNTeacher(CNNTeacherConfig(image_size=64, global_labels=("not_tb", "tb"), local_labels=())).eval()
+    images = torch.rand(2, 1, 64, 64)
+    maps = grad_cam_maps(model, images, "tb")
+    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    with torch.no_grad():
+        output = model(images, return_features=True)
+        cam = model.class_activation_maps(output.features)[:, 1] - model.global_head.bias[1]
+    expected = torch.nn.functional.interpolate(cam.clamp_min(0)[:, None], size=(64, 64), mode="bilinear")[:, 0]
+    for grad, exact in zip(maps, expected.numpy(), strict=True):
+        exact = (exact - exact.min()) / (exact.max() - exact.min())
+        assert np.corrcoef(grad.ravel(), exact.ravel())[0, 1] > 0.95
+    other = grad_cam_maps(model, images, "not_tb")  # a named label, not the argmax
+    assert not np.allclose(other, maps)
+
+
+def test_grad_cam_works_for_a_vit_and_refuses_unknown_labels():
+    pytest.importorskip("pytorch_grad_cam")
+    import torch
+
+    from cxrdistill.explain import grad_cam_maps
+    from cxrdistill.models import StudentViT, StudentViTConfig
+
+    model = StudentViT(StudentViTConfig(image_size=28, depth=2, embed_dim=48, num_heads=2))
+    maps = grad_cam_maps(model, torch.rand(1, 1, 28, 28), "active_tb", head="local", method="gradcam++")
+    assert maps.shape == (1, 28, 28)
+    with pytest.raises(ValueError, match="not a global label"):
+        grad_cam_maps(model, torch.rand(1, 1, 28, 28), "pneumonia")
