@@ -208,6 +208,19 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
     with pytest.raises(SystemExit, match="needs --teacher"):
         tb_localize.main([*common_args(tiny_tbx11k, tmp_path / "x", tmp_path / "cache"), "--stage", "student"])
 
+    # the release step: calibrated thresholds, a heatmap threshold from the boxes, localisation on the card
+    from train.experiments import release
+
+    target = tmp_path / "models" / "tb-student-28"
+    source = tmp_path / "tb" / "student" / "best"
+    release.main([f"{source}={target}", "--root", str(tiny_tbx11k), "--localisation", "--bootstrap", "20"])
+    released = CNNStudent.from_pretrained(target)
+    assert released.config.global_thresholds is not None and 0 < released.config.heatmap_threshold < 1
+    card = json.loads((target / "metrics.json").read_text())
+    names = [r["name"] for r in card["results"]]
+    assert any("mIoU" in n and "location prior" in n for n in names) and any("pointing game" in n for n in names)
+    assert "mIoU" in (target / "README.md").read_text()
+
 
 def test_class_weights_balance_the_classes():
     from train.tb_localize import class_weight_tensor

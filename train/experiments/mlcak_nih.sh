@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${ROOT:-../shared/data/nih1000}
 TEACHER=${1:-runs/nih-teacher-224/best}
-EPOCHS=${EPOCHS:-30}
+EPOCHS=${EPOCHS:-20}
 COMMON=(--dataset nih --root "$ROOT" --cache-size 64 --select-metric local_macro_auroc --epochs "$EPOCHS")
 
 timed() {  # timed NAME SCRIPT ARGS...: run, log, and record the wall time

@@ -5,8 +5,11 @@
 
 For each model: evaluate it in float32 and as float16 weights on the validation split it was selected on; keep
 float16 only if every AUROC moves by at most ``--max-auroc-change`` (0.001); calibrate per-label thresholds on
-that split (Youden's J) and store them in the config; write config.json, model.safetensors, metrics.json and the
-card. Fails if the release folder would exceed ``--budget-mib`` in total.
+that split (Youden's J) and store them in the config; with ``--localisation`` (TB boxes of TBX11K) also score the
+model's heatmaps against the radiologists' boxes (mIoU with the threshold cross-fitted between halves, pointing
+game, beside the location prior), store the threshold that is best on the validation images as the config's
+``heatmap_threshold`` and put the localisation numbers on the card; write config.json, model.safetensors,
+metrics.json and the card. Fails if the whole release folder (every model in it) would exceed ``--budget-mib``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from cxrdistill.evaluation import (
     calibrate_thresholds,
     classification_metrics,
     load_dataset,
+    load_train_val,
+    localisation_metrics,
+    location_prior,
     predict_dataset,
     to_jsonable,
 )
@@ -38,14 +44,17 @@ from train.common import CARD_RESULTS
 COMPARED = ("global_auroc", "same_hospital_auroc", "local_macro_auroc")
 
 
-def release(source: Path, target: Path, data: EvalData, max_change: float, bootstrap: int) -> dict:
+def release(
+    source: Path, target: Path, data: EvalData, max_change: float, bootstrap: int, localisation: bool = False
+) -> dict:
     model = load_model(source)
     dataset = load_dataset(data)
-    full = predict_dataset(model, dataset)
+    prior = location_prior(load_train_val(data)[0]) if localisation else None
+    full = predict_dataset(model, dataset, localise=localisation, prior=prior)
     with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(scratch, weights_dtype=torch.float16)
         half_model = load_model(scratch)
-    half = predict_dataset(half_model, dataset)
+    half = predict_dataset(half_model, dataset, localise=localisation, prior=prior)
     labels = (model.config.global_labels, model.config.local_labels)
     full_metrics = classification_metrics(full, *labels)
     half_metrics = classification_metrics(half, *labels)
@@ -54,8 +63,14 @@ def release(source: Path, target: Path, data: EvalData, max_change: float, boots
     chosen, predictions = (half_model, half) if use_half else (model, full)
 
     global_thresholds, local_thresholds = calibrate_thresholds(predictions)
+    located = localisation_metrics(predictions["localisation"], bootstrap=bootstrap) if localisation else {}
+    model_maps = [name for name in located if name != "location prior (no model)"]
+    heatmap_threshold = located[model_maps[0]]["best_threshold"] if model_maps else None
     chosen.config = dataclasses.replace(
-        chosen.config, global_thresholds=global_thresholds, local_thresholds=local_thresholds
+        chosen.config,
+        global_thresholds=global_thresholds,
+        local_thresholds=local_thresholds,
+        heatmap_threshold=heatmap_threshold,
     )
     metrics = classification_metrics(
         predictions,
@@ -65,7 +80,7 @@ def release(source: Path, target: Path, data: EvalData, max_change: float, boots
         local_thresholds=local_thresholds,
     )
     card = json.loads((source / "metrics.json").read_text())
-    card["raw"] = to_jsonable(metrics)
+    card["raw"] = to_jsonable({**metrics, "localisation": located} if located else metrics)
     card["release"] = {
         "weights": "float16" if use_half else "float32",
         "auroc_change_fp16": changes,
@@ -77,6 +92,31 @@ def release(source: Path, target: Path, data: EvalData, max_change: float, boots
             result["value"] = round(metrics[key], 4)
             if metrics.get(f"{key}_ci95"):
                 result["ci95"] = [round(v, 4) for v in metrics[f"{key}_ci95"]]
+    for name, values in located.items():
+        card["results"] += [
+            {
+                "type": "mean_iou",
+                "name": f"mIoU vs radiologists' TB boxes, {name} (threshold cross-fitted)",
+                "value": round(values["miou_cross_fitted"], 4),
+                **(
+                    {"ci95": [round(v, 4) for v in values["miou_cross_fitted_ci95"]]}
+                    if values.get("miou_cross_fitted_ci95")
+                    else {}
+                ),
+            },
+            {
+                "type": "accuracy",
+                "name": f"pointing game vs radiologists' TB boxes, {name}",
+                "value": round(values["pointing_game"], 4),
+                **(
+                    {"ci95": [round(v, 4) for v in values["pointing_game_ci95"]]}
+                    if values.get("pointing_game_ci95")
+                    else {}
+                ),
+            },
+        ]
+    if heatmap_threshold is not None:
+        card["release"]["heatmap_threshold"] = f"{heatmap_threshold} (best mIoU on the validation images)"
     shutil.rmtree(target, ignore_errors=True)
     chosen.save_pretrained(target, metrics=card, weights_dtype=torch.float16 if use_half else None)
     print(f"{source} -> {target}: {'float16' if use_half else 'float32'} (AUROC changes {changes})")
@@ -93,14 +133,16 @@ def main(argv=None) -> None:
     parser.add_argument("--max-auroc-change", type=float, default=0.001)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--budget-mib", type=float, default=40.0)
+    parser.add_argument("--localisation", action="store_true", help="score heatmaps against boxes (TBX11K)")
     args = parser.parse_args(argv)
     data = EvalData(args.dataset, args.root, None, "val", args.val_fraction, args.split_seed)
     targets = []
     for pair in args.pairs:
         source, target = pair.split("=", 1)
-        release(Path(source), Path(target), data, args.max_auroc_change, args.bootstrap)
+        release(Path(source), Path(target), data, args.max_auroc_change, args.bootstrap, args.localisation)
         targets.append(Path(target))
-    total = sum(f.stat().st_size for t in targets for f in t.rglob("*") if f.is_file()) / 2**20
+    folders = {t.parent for t in targets}  # the whole release folder(s), not only this call's models
+    total = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file()) / 2**20
     print(f"release size: {total:.1f} MiB (budget {args.budget_mib} MiB)")
     if total > args.budget_mib:
         raise SystemExit(f"the release is {total:.1f} MiB, over the {args.budget_mib} MiB budget")
