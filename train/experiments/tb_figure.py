@@ -1,0 +1,96 @@
+"""The README figure of TB localisation: radiologists' boxes, the location prior and each model's map and boxes.
+
+    python train/experiments/tb_figure.py --models models/tb-teacher-224 models/tb-student-28 \\
+        --out docs/images/tb_localisation.png
+
+Rows are validation TB images with boxes (the first ``--images`` in id order, never picked by result); columns are
+the X-ray with the radiologists' boxes (green), the location prior, then each model's heatmap with its boxes (red,
+at the model's stored heatmap threshold) and the image's IoU. Drawn with cxrdistill.render, through the same
+Predictor code as the app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cxrdistill.evaluation import EvalData, load_dataset, load_train_val, location_prior
+from cxrdistill.explain import heatmap_mask
+from cxrdistill.hub import load_model
+from cxrdistill.inference import Predictor, display_image
+from cxrdistill.io import XRay, XRayMeta
+from cxrdistill.metrics import boxes_mask, mask_iou
+from cxrdistill.render import TRUTH_COLOUR, draw_boxes, gray_to_rgb, overlay
+
+TILE = 256
+
+
+def tile(rgb: np.ndarray, caption: str) -> Image.Image:
+    picture = Image.fromarray(rgb).resize((TILE, round(TILE * rgb.shape[0] / rgb.shape[1])))
+    canvas = Image.new("RGB", (TILE, TILE + 22), (255, 255, 255))
+    canvas.paste(picture.crop((0, 0, TILE, TILE)), (0, 0))
+    ImageDraw.Draw(canvas).text((4, TILE + 4), caption, fill=(0, 0, 0))
+    return canvas
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True, help="TB CNN folders (and/or ViT folders)")
+    parser.add_argument("--root", default="../shared/data/tbx11k")
+    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--out", default="docs/images/tb_localisation.png")
+    args = parser.parse_args(argv)
+
+    data = EvalData("tbx11k", args.root, None, "val")
+    dataset = load_dataset(data)
+    prior = location_prior(load_train_val(data)[0])
+    models = {Path(m).name: load_model(m) for m in args.models}
+    predictors = {name: Predictor({model.config.image_size: model}) for name, model in models.items()}
+    with_boxes = [i for i, record in enumerate(dataset.records) if len(record.boxes)][: args.images]
+    rows = []
+    for index in with_boxes:
+        sample = dataset[index]
+        pixels = np.asarray(sample["image"], dtype=np.float32)
+        display = display_image(pixels)
+        scale = pixels.shape[0] / display.shape[0]
+        truth_boxes = np.asarray(sample["boxes"], dtype=np.float64) / scale
+        truth = boxes_mask(truth_boxes, display.shape)
+        xray = XRay(display, XRayMeta(format="PNG", original_size=pixels.shape, bit_depth=8))
+        prior_map = torch.nn.functional.interpolate(
+            torch.from_numpy(prior)[None, None].float(), size=display.shape, mode="bilinear"
+        )[0, 0].numpy()
+        prior_iou = mask_iou(heatmap_mask(prior_map, 0.5), truth)
+        cells = [
+            tile(draw_boxes(gray_to_rgb(display), truth_boxes, colour=TRUTH_COLOUR), f"{sample['id']}: boxes"),
+            tile(overlay(display, prior_map, colour_bar=False), f"location prior, IoU {prior_iou:.2f}"),
+        ]
+        for name, predictor in predictors.items():
+            result = predictor.predict(xray, teacher=False, tb=False).student
+            heatmap = next(iter(result.maps.values()))
+            iou = mask_iou(heatmap_mask(heatmap, result.heatmap_threshold), truth)
+            picture = overlay(display, heatmap, colour_bar=False)
+            picture = draw_boxes(picture, truth_boxes, colour=TRUTH_COLOUR)
+            picture = draw_boxes(picture, [[v / scale for v in b.box] for b in result.boxes])
+            p_tb = list(result.global_probs.values())[-1]
+            cells.append(tile(picture, f"{name}: p(TB) {p_tb:.2f}, IoU {iou:.2f}"))
+        rows.append(cells)
+    width, height = TILE * len(rows[0]), (TILE + 22) * len(rows)
+    figure = Image.new("RGB", (width, height), (255, 255, 255))
+    for r, cells in enumerate(rows):
+        for c, cell in enumerate(cells):
+            figure.paste(cell, (c * TILE, r * (TILE + 22)))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    figure.save(args.out)
+    print(f"wrote {args.out} ({len(rows)} images)")
+
+
+if __name__ == "__main__":
+    main()
