@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +229,31 @@ def test_class_weights_balance_the_classes():
     targets = torch.tensor([[1.0, 0.0]] * 1 + [[0.0, 1.0]] * 3)
     torch.testing.assert_close(class_weight_tensor(targets, "balanced"), torch.tensor([2.0, 2 / 3]))
     assert class_weight_tensor(targets, "none") is None
+
+
+def test_a_full_disk_at_save_time_keeps_the_previous_checkpoint_and_says_so(tmp_path, caplog):
+    import errno
+
+    from accelerate import Accelerator
+
+    from train.common import save_checkpoint
+
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(3, 2))
+    save_checkpoint(accelerator, tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoint").iterdir() if p.is_file()}
+
+    def full_disk(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"half")  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    accelerator.save_state = full_disk
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match=r"No space left on device.*previous checkpoint .* is intact"):
+        save_checkpoint(accelerator, tmp_path)
+    assert "is intact" in caplog.text
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoint").iterdir() if p.is_file()} == before
+    assert not (tmp_path / "checkpoint.tmp").exists()

@@ -187,10 +187,22 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
+    try:
+        accelerator.save_state(str(temporary))
+        if accelerator.is_main_process:
+            (temporary / "COMPLETE").write_text("ok")
+    except OSError as error:  # a full disk, a quota, a vanished mount: keep the last good checkpoint
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = latest_checkpoint(output_dir)
+        message = f"could not write a checkpoint in {output_dir} ({error.strerror or error}); " + (
+            f"the previous checkpoint {kept} is intact: free space, then rerun with --resume"
+            if kept
+            else "there is no earlier checkpoint"
+        )
+        logger.error(message)
+        raise RuntimeError(message) from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (temporary / "COMPLETE").write_text("ok")
         if final.exists():
             os.replace(final, old)
         os.replace(temporary, final)
