@@ -20,6 +20,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -81,37 +82,85 @@ def start_app(port: int, timeout: float = 120.0) -> tuple[subprocess.Popen, floa
     raise RuntimeError(f"the app did not answer within {timeout} s")
 
 
-def load_test(url: str, image: Path, clients: int, requests: int) -> dict:
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+
+
+def load_test(
+    url: str,
+    image: Path,
+    clients: int,
+    requests: int = 0,
+    duration: float = 0.0,
+    bad_every: int = 0,
+    server_pid: int | None = None,
+    expected_p_tb: float | None = None,
+) -> dict:
+    """``clients`` gradio_client clients calling ``/predict``: ``requests`` each, or until ``duration`` seconds.
+
+    With ``bad_every`` = k, every k-th request of a client uploads a file that is not an X-ray and must get the
+    app's clear error; any other failure, or a good request answered with another TB probability than
+    ``expected_p_tb``, is a server error. With ``server_pid``, the server's resident memory is sampled after the
+    100th and the 1,000th request.
+    """
+    import threading
+
     from gradio_client import Client, handle_file
+
+    bad = Path(tempfile.mkdtemp()) / "not-an-xray.png"
+    bad.write_text("this is not an X-ray")
+    lock, done, memory = threading.Lock(), [0], {}
+    deadline = time.perf_counter() + duration if duration else None
 
     def one_client(_):
         client = Client(url, verbose=False, download_files=False)
-        latencies, errors = [], []
-        for _ in range(requests):
+        latencies, errors, rejected = [], [], 0
+        sent = 0
+        while (deadline and time.perf_counter() < deadline) or (not deadline and sent < requests):
+            sent += 1
+            is_bad = bad_every and sent % bad_every == 0
             start = time.perf_counter()
             try:
-                result = client.predict(handle_file(str(image)), 28, api_name="/predict")
-                if result["student"]["image_size"] != 28:
+                result = client.predict(handle_file(str(bad if is_bad else image)), 28, api_name="/predict")
+                if is_bad:
+                    errors.append("a bad upload was answered")
+                elif expected_p_tb is not None and abs(result["student"]["global_probs"]["tb"] - expected_p_tb) > 1e-4:
                     errors.append("wrong answer")
             except Exception as error:  # every failure is counted, whatever its type
-                errors.append(f"{type(error).__name__}: {error}")
-            latencies.append((time.perf_counter() - start) * 1000)
-        return latencies, errors
+                if is_bad and "Cannot use this file" in str(error):
+                    rejected += 1
+                else:
+                    errors.append(f"{type(error).__name__}: {error}")
+            if not is_bad:
+                latencies.append((time.perf_counter() - start) * 1000)
+            with lock:
+                done[0] += 1
+                if server_pid and done[0] in (100, 1000):
+                    memory[done[0]] = round(rss_mib(server_pid), 1)
+        return latencies, errors, rejected
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one_client, range(clients)))
     wall = time.perf_counter() - start
-    latencies = [x for lat, _ in results for x in lat]
-    errors = [e for _, errs in results for e in errs]
-    return {
+    latencies = [x for lat, _, _ in results for x in lat]
+    errors = [e for _, errs, _ in results for e in errs]
+    report = {
         "clients": clients,
-        "requests": len(latencies),
-        "errors": len(errors),
+        "requests": done[0],
+        "good_requests": len(latencies),
+        "bad_uploads_rejected_clearly": sum(r for _, _, r in results),
+        "server_errors": len(errors),
         "error_examples": sorted(set(errors))[:3],
-        "requests_per_s": round(len(latencies) / wall, 2),
+        "wall_s": round(wall, 1),
+        "requests_per_s": round(done[0] / wall, 2),
         **percentiles(latencies),
     }
+    if server_pid:
+        report["server_rss_mib"] = {f"after_{k}_requests": v for k, v in sorted(memory.items())}
+        report["server_rss_mib"]["at_end"] = round(rss_mib(server_pid), 1)
+    return report
 
 
 def main(argv=None) -> dict:
@@ -120,6 +169,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=5, help="requests per client")
+    parser.add_argument(
+        "--reliability",
+        action="store_true",
+        help="also the issue-8 load run: 32 clients for 60 s, every 4th upload not an X-ray, server memory sampled",
+    )
     parser.add_argument("--json", default=str(REPO / "bench/results/app.json"))
     args = parser.parse_args(argv)
 
@@ -136,7 +190,14 @@ def main(argv=None) -> dict:
     process, startup = start_app(free_port())
     try:
         port = process.args[-1]
-        load = load_test(f"http://127.0.0.1:{port}/", image, args.clients, args.requests)
+        url = f"http://127.0.0.1:{port}/"
+        expected = predictor.predict(data, teacher=False, tb=False).student.global_probs["tb"]
+        load = load_test(url, image, args.clients, args.requests, expected_p_tb=expected)
+        reliability = (
+            load_test(url, image, 32, duration=60, bad_every=4, server_pid=process.pid, expected_p_tb=expected)
+            if args.reliability
+            else None
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -147,6 +208,7 @@ def main(argv=None) -> dict:
         "predict": rows,
         "startup_s": round(startup, 2),
         "load": load,
+        "reliability": reliability,
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -157,8 +219,10 @@ def main(argv=None) -> dict:
     for name, row in rows.items():
         print(f"{name:<48} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f}")
     print(f"{'app start to ready (s)':<48} {startup:>8.2f}")
-    load_name = f"{args.clients} clients x {args.requests} requests ({load['errors']} errors)"
+    load_name = f"{args.clients} clients x {args.requests} requests ({load['server_errors']} errors)"
     print(f"{load_name:<48} {load['p50_ms']:>8.1f} {load['p95_ms']:>8.1f}")
+    if reliability:
+        print("reliability run:", json.dumps(reliability))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
