@@ -1,0 +1,63 @@
+"""The TB localisation table: every model's heatmaps against the radiologists' boxes, beside the location prior.
+
+    python train/experiments/tb_report.py runs/eval/tb-student-28-tbloc.json runs/eval/tb-teacher-224-tbloc.json ...
+
+Reads ``cxrdistill evaluate --task tb-localisation --json`` reports, prints a Markdown table (one row per heatmap,
+the prior once) and writes them together to ``--out`` (default docs/results/tb_localisation.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PRIOR = "location prior (no model)"
+
+
+def ci(values) -> str:
+    return f" ({values[0]:.2f}-{values[1]:.2f})" if values else ""
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+")
+    parser.add_argument("--out", default="docs/results/tb_localisation.json")
+    args = parser.parse_args(argv)
+
+    reports = {Path(r).name.removesuffix("-tbloc.json"): json.loads(Path(r).read_text()) for r in args.reports}
+    header = (
+        "| heatmap | mIoU, threshold cross-fitted (95% CI) | mIoU at 0.5 | pointing game (95% CI) | peak on border "
+        "| box recall IoU 0.3 / 0.5 | same-hospital AUROC (95% CI) | AUROC all |"
+    )
+    lines = [header, "|" + "---|" * 8]
+    prior_done = False
+    for name, report in reports.items():
+        for heatmap, values in report["localisation"].items():
+            if heatmap == PRIOR:
+                if prior_done:
+                    continue
+                prior_done, label, auroc = True, "**location prior** (mean training box mask, no model)", ("-", "-")
+            else:
+                label = f"{name}: {heatmap}"
+                auroc = (
+                    f"{report['same_hospital_auroc']:.3f}{ci(report.get('same_hospital_auroc_ci95'))}",
+                    f"{report['global_auroc']:.3f}",
+                )
+            lines.append(
+                f"| {label} | {values['miou_cross_fitted']:.3f}{ci(values.get('miou_cross_fitted_ci95'))} "
+                f"| {values['miou']:.3f} | {values['pointing_game']:.2f}{ci(values.get('pointing_game_ci95'))} "
+                f"| {values['peak_on_border']:.0%} | {values['box_recall_iou_0.3']:.2f} / "
+                f"{values['box_recall_iou_0.5']:.2f} | {auroc[0]} | {auroc[1]} |"
+            )
+    table = "\n".join(lines)
+    print(table)
+    images = {r["localisation"][PRIOR]["images"] for r in reports.values() if PRIOR in r["localisation"]}
+    print(f"\nTB images with boxes scored: {sorted(images)}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"table": table, "reports": reports}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
