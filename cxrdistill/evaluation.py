@@ -207,13 +207,19 @@ def _localise(maps: dict[str, torch.Tensor], batch: dict, base: int, prior: np.n
         boxes, _ = transform_boxes(view_boxes.numpy(), np.linalg.inv(to_view), max(source_size))
         truth = boxes_mask(boxes, source_size)
         entry = {"id": batch["id"][i]}
-        for name, heatmaps in maps.items():
-            heatmap = to_source_frame(heatmaps[i], to_view, base, source_size).numpy()
-            entry[name] = _score_heatmap(heatmap, boxes, truth)
+        resized = None
         if prior is not None:
             resized = torch.nn.functional.interpolate(
                 torch.from_numpy(prior)[None, None].float(), size=source_size, mode="bilinear", align_corners=False
             )[0, 0].numpy()
+        for name, heatmaps in maps.items():
+            heatmap = to_source_frame(heatmaps[i], to_view, base, source_size).numpy()
+            entry[name] = _score_heatmap(heatmap, boxes, truth)
+            if resized is not None:  # the model's map weighted by where TB usually is: reported as a combination
+                low, high = heatmap.min(), heatmap.max()
+                scaled = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
+                entry[f"{name} x location prior"] = _score_heatmap(scaled * resized, boxes, truth)
+        if resized is not None:
             entry["location prior (no model)"] = _score_heatmap(resized, boxes, truth)
         results.append(entry)
     return results

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script from a checkout: the repository root holds cxrdistill and train
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from cxrdistill.evaluation import (
     EvalData,
     calibrate_thresholds,
@@ -36,9 +39,6 @@ from cxrdistill.evaluation import (
     to_jsonable,
 )
 from cxrdistill.hub import load_model
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from train.common import CARD_RESULTS
 
 COMPARED = ("global_auroc", "same_hospital_auroc", "local_macro_auroc")
@@ -64,7 +64,7 @@ def release(
 
     global_thresholds, local_thresholds = calibrate_thresholds(predictions)
     located = localisation_metrics(predictions["localisation"], bootstrap=bootstrap) if localisation else {}
-    model_maps = [name for name in located if name != "location prior (no model)"]
+    model_maps = [name for name in located if "location prior" not in name]  # the pure map sets the threshold
     heatmap_threshold = located[model_maps[0]]["best_threshold"] if model_maps else None
     chosen.config = dataclasses.replace(
         chosen.config,
