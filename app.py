@@ -208,15 +208,11 @@ def _tb_outputs(prediction: Prediction):
     labels = [f"{b.score:.2f}" for b in tb.boxes]
     picture = draw_boxes(gray_to_rgb(prediction.image), boxes, labels)
     p_tb = list(tb.global_probs.values())[-1]
-    threshold = (
-        f"{tb.heatmap_threshold:.1f} x the map's maximum (chosen on validation)"
-        if tb.heatmap_threshold_calibrated
-        else f"{tb.heatmap_threshold:.1f} x the map's maximum (default; not calibrated)"
-    )
     text = (
-        f"TB probability {p_tb:.3f} ({tb.name}, {tb.latency_ms:.1f} ms). {len(boxes)} box(es) where the class "
-        f"activation map is above {threshold}; the number on a box is the mean map value inside it. Boxes are drawn "
-        "whatever the probability: read them together with it."
+        f"TB probability {p_tb:.3f} ({tb.name}, {tb.latency_ms:.1f} ms). {len(boxes)} box(es) around the regions "
+        "where the class activation map is above half its maximum; the number on a box is the mean map value inside "
+        "it. Boxes are drawn whatever the probability: read them together with it. On validation X-rays these maps "
+        "overlap the radiologists' boxes poorly (see the README's localisation table)."
     )
     return picture, overlay(prediction.image, next(iter(tb.maps.values()))), text
 

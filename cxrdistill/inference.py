@@ -30,7 +30,7 @@ from cxrdistill.models.base import CXRModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HEATMAP_THRESHOLD = 0.5
+BOX_THRESHOLD = 0.5  # boxes surround the regions above half the map's maximum (the README's box-recall protocol)
 DISPLAY_SIZE = 512  # longest side of the image that maps and overlays are drawn on
 BASE_SIZE = 224  # the square every model input is area-averaged from (as in training)
 
@@ -53,7 +53,9 @@ class ModelResult:
         view: ``(size, size)`` in ``[0, 1]``: the input the model saw.
         maps: name -> ``(H, W)`` heatmap over the display image (``Prediction.image``).
         boxes: boxes from the first map, in the original image's pixels, best score first.
-        heatmap_threshold: the relative threshold that made ``boxes``, and whether it was chosen on validation data.
+        mask_threshold: the model's relative mask threshold chosen on validation data for localisation mIoU
+            (``None`` when not chosen). Boxes use :data:`BOX_THRESHOLD` instead: a threshold that maximises mask
+            IoU can be low enough to box most of the chest.
     """
 
     name: str
@@ -67,8 +69,7 @@ class ModelResult:
     view: np.ndarray = field(repr=False)
     maps: dict[str, np.ndarray] = field(repr=False)
     boxes: list[ScoredBox] = field(default_factory=list)
-    heatmap_threshold: float = DEFAULT_HEATMAP_THRESHOLD
-    heatmap_threshold_calibrated: bool = False
+    mask_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,8 +82,8 @@ class ModelResult:
             "local_calls": self.local_calls,
             "latency_ms": round(self.latency_ms, 3),
             "boxes": [{"box": [round(v, 1) for v in b.box], "score": round(b.score, 4)} for b in self.boxes],
-            "heatmap_threshold": self.heatmap_threshold,
-            "heatmap_threshold_calibrated": self.heatmap_threshold_calibrated,
+            "box_threshold": BOX_THRESHOLD,
+            "mask_threshold": self.mask_threshold,
         }
 
 
@@ -246,7 +247,6 @@ class Predictor:
         latency_ms = (time.perf_counter() - started) * 1000
         global_probs = output.global_logits.float().softmax(-1)[0].tolist()
         local_probs = output.local_logits.float().sigmoid()[0].tolist()
-        threshold = config.heatmap_threshold
         return ModelResult(
             name=name,
             model_type=config.model_type,
@@ -259,8 +259,7 @@ class Predictor:
             view=view[0, 0].numpy(),
             maps=maps,
             boxes=boxes,
-            heatmap_threshold=threshold if threshold is not None else DEFAULT_HEATMAP_THRESHOLD,
-            heatmap_threshold_calibrated=threshold is not None,
+            mask_threshold=config.heatmap_threshold,
         )
 
 
@@ -300,11 +299,10 @@ def grid_to_display(grid: torch.Tensor, image_size: int, display_shape: tuple[in
 
 
 def display_boxes(heatmap: np.ndarray, config, scale: float, min_box_area: float = 0.002) -> list[ScoredBox]:
-    """Boxes of a display-frame ``heatmap`` at the model's calibrated threshold, in original-image pixels."""
-    threshold = config.heatmap_threshold if config.heatmap_threshold is not None else DEFAULT_HEATMAP_THRESHOLD
+    """Boxes of a display-frame ``heatmap`` at :data:`BOX_THRESHOLD`, in original-image pixels."""
     return [
         ScoredBox(tuple(v * scale for v in b.box), b.score)
-        for b in heatmap_to_boxes(np.asarray(heatmap), threshold, min_box_area)
+        for b in heatmap_to_boxes(np.asarray(heatmap), BOX_THRESHOLD, min_box_area)
     ]
 
 

@@ -95,7 +95,7 @@ def test_an_uncalibrated_model_makes_no_calls():
     prediction = Predictor({28: student}).predict(chest_png())
     assert set(prediction.student.global_calls.values()) == {None}
     assert prediction.teacher is None and prediction.tb is None
-    assert prediction.student.heatmap_threshold == 0.5 and not prediction.student.heatmap_threshold_calibrated
+    assert prediction.student.mask_threshold is None and prediction.to_dict()["student"]["box_threshold"] == 0.5
 
 
 def test_predictor_construction_errors():

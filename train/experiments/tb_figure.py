@@ -1,12 +1,12 @@
 """The README figure of TB localisation: radiologists' boxes, the location prior and each model's map and boxes.
 
-    python train/experiments/tb_figure.py --models models/tb-teacher-224 models/tb-student-28 \\
+    python train/experiments/tb_figure.py --models runs/tb-r18/teacher/best models/tb-student-28 \\
         --out docs/images/tb_localisation.png
 
 Rows are validation TB images with boxes (the first ``--images`` in id order, never picked by result); columns are
 the X-ray with the radiologists' boxes (green), the location prior, then each model's heatmap with its boxes (red,
-at the model's stored heatmap threshold) and the image's IoU. Drawn with cxrdistill.render, through the same
-Predictor code as the app.
+at half the map's maximum) and the image's mask IoU (at the model's stored mask threshold, else 0.5). Drawn with
+cxrdistill.render, through the same Predictor code as the app.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main(argv=None) -> None:
         for name, predictor in predictors.items():
             result = predictor.predict(xray, teacher=False, tb=False).student
             heatmap = next(iter(result.maps.values()))
-            iou = mask_iou(heatmap_mask(heatmap, result.heatmap_threshold), truth)
+            iou = mask_iou(heatmap_mask(heatmap, result.mask_threshold or 0.5), truth)
             picture = overlay(display, heatmap, colour_bar=False)
             picture = draw_boxes(picture, truth_boxes, colour=TRUTH_COLOUR)
             picture = draw_boxes(picture, [[v / scale for v in b.box] for b in result.boxes])
