@@ -1,6 +1,6 @@
 """The README figure of TB localisation: radiologists' boxes, the location prior and each model's map and boxes.
 
-    python train/experiments/tb_figure.py --models runs/tb-r18/teacher/best models/tb-student-28 \\
+    python train/experiments/tb_figure.py --models tb-teacher-224=runs/tb-r18/teacher/best models/tb-student-28 \\
         --out docs/images/tb_localisation.png
 
 Rows are validation TB images with boxes (the first ``--images`` in id order, never picked by result); columns are
@@ -43,7 +43,7 @@ def tile(rgb: np.ndarray, caption: str) -> Image.Image:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", required=True, help="TB CNN folders (and/or ViT folders)")
+    parser.add_argument("--models", nargs="+", required=True, help="model folders, or LABEL=FOLDER")
     parser.add_argument("--root", default="../shared/data/tbx11k")
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--out", default="docs/images/tb_localisation.png")
@@ -52,7 +52,8 @@ def main(argv=None) -> None:
     data = EvalData("tbx11k", args.root, None, "val")
     dataset = load_dataset(data)
     prior = location_prior(load_train_val(data)[0])
-    models = {Path(m).name: load_model(m) for m in args.models}
+    sources = [m.split("=", 1) if "=" in m else (Path(m).name, m) for m in args.models]  # LABEL=PATH or PATH
+    models = {label: load_model(path) for label, path in sources}
     predictors = {name: Predictor({model.config.image_size: model}) for name, model in models.items()}
     with_boxes = [i for i, record in enumerate(dataset.records) if len(record.boxes)][: args.images]
     rows = []
