@@ -17,6 +17,7 @@ from string import Template
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 
 from cxrdistill.models import CONFIG_NAME, MODEL_CLASSES, WEIGHTS_NAME, ModelLoadError
 from cxrdistill.models.base import PICKLE_WEIGHTS, REPO_URL, CXRModel
@@ -264,18 +265,30 @@ def push_folder(
     """
     files = check_release_folder(folder)
     api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if branch:
-        api.create_branch(repo_id, branch=branch, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        allow_patterns=files,
-        revision=branch,
-        commit_message=commit_message or f"Upload {', '.join(files)} with cxrdistill",
-    )
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if branch:
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            allow_patterns=files,
+            revision=branch,
+            commit_message=commit_message or f"Upload {', '.join(files)} with cxrdistill",
+        )
+    except _transport_errors() as error:
+        raise ModelLoadError(
+            f"could not push {folder} to {repo_id} ({type(error).__name__}: {error}); nothing was published: "
+            "a Hub commit is all or nothing, so the repo is as it was. Try again."
+        ) from error
     if tag:
-        api.create_tag(repo_id, tag=tag, revision=commit.oid)
+        try:
+            api.create_tag(repo_id, tag=tag, revision=commit.oid)
+        except _transport_errors() as error:
+            raise ModelLoadError(
+                f"pushed {folder} to {repo_id} as commit {commit.oid}, but tagging it {tag!r} failed "
+                f"({type(error).__name__}: {error}); tag it with: huggingface-cli tag {repo_id} {tag} -r {commit.oid}"
+            ) from error
     logger.info("pushed %s to %s at %s", folder, repo_id, commit.oid)
     return commit.oid
 
@@ -292,6 +305,20 @@ def pull(
     )
     load_model(folder)
     return Path(folder)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What a failed Hub call raises: HTTP errors, and the HTTP client's own connection / timeout errors (httpx,
+    or httpx2 in newer huggingface_hub; requests' are OSErrors)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [HfHubHTTPError, OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 SPACE_FILES = ("README.md", "requirements.txt")  # from the repository's spaces/ folder

@@ -17,7 +17,9 @@ import gzip
 import hashlib
 import json
 import re
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,12 +71,16 @@ class HubState:
     repos: dict[str, Repo] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: list[tuple[str, str]] = field(default_factory=list)
-    # (method, path regex, status, how many times): fail matching requests, for reliability tests
+    # (method, path regex, status, how many times, delay s): fail or slow matching requests, for reliability tests
     failures: list[list] = field(default_factory=list)
 
-    def fail_next(self, method: str, path_pattern: str, status: int = 500, times: int = 1) -> None:
+    def fail_next(
+        self, method: str, path_pattern: str, status: int | None = 500, times: int = 1, delay: float = 0.0
+    ) -> None:
+        """The next ``times`` requests matching ``method`` and ``path_pattern`` wait ``delay`` seconds, then get
+        ``status`` (0: the connection is dropped without an answer; ``None``: answered normally, only slowly)."""
         with self.lock:
-            self.failures.append([method, re.compile(path_pattern), status, times])
+            self.failures.append([method, re.compile(path_pattern), status, times, delay])
 
     def new_commit(self, repo: Repo, files: dict[str, bytes], title: str, message: str, parent: str | None) -> Commit:
         digest = hashlib.sha1(f"{repo.repo_id}:{parent}:{title}:{len(repo.commits)}".encode())
@@ -109,13 +115,23 @@ class _Handler(BaseHTTPRequestHandler):
         segments = [unquote(s) for s in url.path.split("/")[1:]]
         query = parse_qs(url.query)
         body = self._body()
+        injected = None
         with self.state.lock:
             self.state.requests.append((method, url.path))
             for failure in self.state.failures:
                 if failure[3] > 0 and failure[0] == method and failure[1].search(url.path):
                     failure[3] -= 1
-                    self._send_json({"error": "injected failure"}, status=failure[2])
-                    return
+                    injected = failure
+                    break
+        if injected is not None:
+            time.sleep(injected[4])
+            if injected[2] == 0:  # drop the connection: no status line, no body
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if injected[2] is not None:
+                self._send_json({"error": "injected failure"}, status=injected[2])
+                return
         try:
             result = self._route(method, segments, query, body)
         except HubError as error:
