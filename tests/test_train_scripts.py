@@ -182,7 +182,9 @@ def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_pa
     assert report["images"] == 8 and set(report["global_operating_points"]) == {"not_tb", "tb"}
     localisation = report["localisation"]["last-layer CLS attention"]
     assert localisation["images"] > 0 and 0 <= localisation["miou"] <= localisation["miou_at_best_threshold"] <= 1
-    assert set(report["localisation"]) == {"last-layer CLS attention", "attention rollout", "location prior (no model)"}
+    maps = {"last-layer CLS attention", "attention rollout"}
+    combined = {f"{name} x location prior" for name in maps}  # each map weighted by the prior, labelled as such
+    assert set(report["localisation"]) == maps | combined | {"location prior (no model)"}
     calibrated = TeacherViT.from_pretrained(tmp_path / "calibrated")
     assert calibrated.config.global_thresholds is not None and len(calibrated.config.local_thresholds) == 3
 
