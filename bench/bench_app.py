@@ -172,8 +172,9 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--reliability",
         action="store_true",
-        help="also the issue-8 load run: 32 clients for 60 s, every 4th upload not an X-ray, server memory sampled",
+        help="also the issue-8 load run: 32 clients, every 4th upload not an X-ray, server memory sampled",
     )
+    parser.add_argument("--reliability-seconds", type=float, default=60.0, help="length of that run (default 60)")
     parser.add_argument("--json", default=str(REPO / "bench/results/app.json"))
     args = parser.parse_args(argv)
 
@@ -194,7 +195,15 @@ def main(argv=None) -> dict:
         expected = predictor.predict(data, teacher=False, tb=False).student.global_probs["tb"]
         load = load_test(url, image, args.clients, args.requests, expected_p_tb=expected)
         reliability = (
-            load_test(url, image, 32, duration=60, bad_every=4, server_pid=process.pid, expected_p_tb=expected)
+            load_test(
+                url,
+                image,
+                32,
+                duration=args.reliability_seconds,
+                bad_every=4,
+                server_pid=process.pid,
+                expected_p_tb=expected,
+            )
             if args.reliability
             else None
         )
