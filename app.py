@@ -364,7 +364,23 @@ def _models_note(predictor: Predictor) -> str:
     return "**Models**\n" + "\n".join(lines)
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before Gradio's thread pool starts. With the default (8 per core) the server's
+    memory grew 11.5% from the 100th to the 1,000th request of the load run and kept growing; with 2 arenas it grew
+    1.5% and then stayed flat (bench/bench_app.py --reliability): fragmentation across threads, not a leak. Same
+    effect as MALLOC_ARENA_MAX=2; a no-op where the C library is not glibc."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> None:
+    _limit_malloc_arenas()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines: nothing about uploads is logged
     args = parse_args(argv)
