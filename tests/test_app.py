@@ -265,3 +265,39 @@ def test_space_files_pin_what_the_package_needs():
         assert requirement.specifier.contains(version), f"{name}=={version} is outside {requirement}"
         if name in constraints:
             assert pinned[name].specifier == constraints[name].specifier
+
+
+def test_a_full_queue_answers_busy_and_recovers(tmp_path):
+    """A crowd larger than the queue gets Gradio's "queue is full" answer, not a pile-up, and the app keeps serving."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    predictor = Predictor.from_release(REPO_ROOT / "models")
+    demo = app.build_demo(predictor)
+    demo.queue(max_size=2, default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    path = write_png(tmp_path, "crowd.png", size=256)
+    crowd = 12
+    clients = [Client(url, verbose=False, download_files=False) for _ in range(crowd)]
+    start = threading.Barrier(crowd)
+
+    def one(client, wait=True):
+        try:
+            if wait:
+                start.wait(timeout=60)  # everyone asks at the same moment
+            return client.predict(handle_file(str(path)), 28, api_name="/predict")["student"]["name"]
+        except Exception as error:  # the busy answer, whatever exception type the client wraps it in
+            return str(error)
+
+    try:
+        with ThreadPoolExecutor(crowd) as pool:
+            answers = list(pool.map(one, clients))
+        served = answers.count("student-28")
+        busy = [a for a in answers if a != "student-28"]
+        assert served >= 1 and busy, answers
+        assert all("queue is full" in a.lower() for a in busy), busy
+        assert one(clients[0], wait=False) == "student-28"  # the crowd has gone: served again
+    finally:
+        demo.close()

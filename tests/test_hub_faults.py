@@ -56,3 +56,24 @@ def test_a_failed_tag_says_the_commit_landed_untagged(hub):
         push_folder(RELEASE, repo_id, tag="v1")
     hub.state.failures.clear()
     assert head(hub, repo_id)[1] >= {"config.json", "model.safetensors"}
+
+
+def test_the_token_is_never_logged_or_published(hub, tmp_path, caplog):
+    import logging
+    import os
+
+    from cxrdistill.hub import load_model, pull
+
+    token = os.environ["HF_TOKEN"]  # set by conftest: the client sends it with every request
+    caplog.set_level(logging.DEBUG)
+    model = load_model(RELEASE)
+    model.save_pretrained(tmp_path / "saved")
+    push_folder(tmp_path / "saved", "tester/token-check", tag="v1")
+    folder = pull("tester/token-check", revision="v1", local_dir=tmp_path / "pulled")
+    assert token not in caplog.text
+    for path in [*(tmp_path / "saved").iterdir(), *folder.iterdir()]:
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    repo = hub.state.repos["tester/token-check"]
+    for commit in repo.commits.values():
+        assert all(token.encode() not in data for data in commit.files.values())
