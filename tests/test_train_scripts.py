@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -259,3 +260,38 @@ def test_a_full_disk_at_save_time_keeps_the_previous_checkpoint_and_says_so(tmp_
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint"
     assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoint").iterdir() if p.is_file()} == before
     assert not (tmp_path / "checkpoint.tmp").exists()
+
+
+def test_sigkill_at_a_random_moment_then_resume_ends_with_the_uninterrupted_weights(tiny_tbx11k, tmp_path):
+    """A real ``kill -9`` of the training process (not an exception inside it), at a random moment after the first
+    checkpoint, then ``--resume``: the final weights match a run that was never interrupted."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    script = str(REPO_ROOT / "train" / "distill_student.py")
+    options = ["--epochs", "8", "--depth", "2", "--embed-dim", "24", "--ablation", "none", "--warmup-epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def command(output):
+        return [sys.executable, script, *common_args(tiny_tbx11k, output, tmp_path / "cache"), *options]
+
+    subprocess.run(command(tmp_path / "straight"), env=env, check=True, capture_output=True, timeout=600)
+    victim = subprocess.Popen(
+        command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while latest_checkpoint(tmp_path / "killed") is None and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random().uniform(0.0, 1.0))  # somewhere in a later epoch, maybe mid-checkpoint
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert latest_checkpoint(tmp_path / "killed") is not None  # a complete checkpoint survived the kill
+    subprocess.run([*command(tmp_path / "killed"), "--resume"], env=env, check=True, capture_output=True, timeout=600)
+    straight = load_file(tmp_path / "straight" / "checkpoint" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "checkpoint" / "model.safetensors")
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
