@@ -301,3 +301,15 @@ def test_a_full_queue_answers_busy_and_recovers(tmp_path):
         assert one(clients[0], wait=False) == "student-28"  # the crowd has gone: served again
     finally:
         demo.close()
+
+
+def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_serving(client, tmp_path):
+    from gradio_client import handle_file
+
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as handle:  # a PNG signature, then more bytes than the app accepts
+        handle.write(b"\x89PNG\r\n\x1a\n")
+        handle.truncate(app.MAX_UPLOAD_MIB * 2**20 + 1024)
+    with pytest.raises(Exception, match=r"(?i)size|large|413"):
+        client.predict(handle_file(str(huge)), 28, api_name="/predict")
+    assert client.predict(handle_file(str(write_png(tmp_path, "ok.png"))), 28, api_name="/predict")["student"]
