@@ -356,6 +356,14 @@ CARD_RESULTS = {
 }
 
 
+def card_result(kind: str, name: str, value: float, ci95=None) -> dict:
+    """One entry of a card's ``results`` (see cxrdistill.hub.validate_metrics), rounded to 4 decimals."""
+    entry = {"type": kind, "name": name, "value": round(float(value), 4)}
+    if ci95:
+        entry["ci95"] = [round(float(v), 4) for v in ci95]
+    return entry
+
+
 def fit_and_save_best(
     trained: torch.nn.Module,
     saved: torch.nn.Module,
@@ -402,14 +410,11 @@ def fit_and_save_best(
 
 def card_metrics(metrics: dict, data: DataConfig, command: str) -> dict:
     """The metrics.json schema of cxrdistill.hub from a classification_metrics dict."""
-    results = []
-    for key, name in CARD_RESULTS.items():
-        value = metrics.get(key)
-        if isinstance(value, float):
-            entry = {"type": "roc_auc", "name": name, "value": round(value, 4)}
-            if metrics.get(f"{key}_ci95"):
-                entry["ci95"] = [round(v, 4) for v in metrics[f"{key}_ci95"]]
-            results.append(entry)
+    results = [
+        card_result("roc_auc", name, metrics[key], metrics.get(f"{key}_ci95"))
+        for key, name in CARD_RESULTS.items()
+        if isinstance(metrics.get(key), float)
+    ]
     return {
         "dataset": {
             "name": "TBX11K" if data.dataset == "tbx11k" else "NIH ChestX-ray14",

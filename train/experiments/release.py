@@ -39,7 +39,7 @@ from cxrdistill.evaluation import (
     to_jsonable,
 )
 from cxrdistill.hub import load_model
-from train.common import CARD_RESULTS
+from train.common import CARD_RESULTS, card_result
 
 COMPARED = ("global_auroc", "same_hospital_auroc", "local_macro_auroc")
 
@@ -86,34 +86,27 @@ def release(
         "auroc_change_fp16": changes,
         "thresholds": "Youden's J on the validation split",
     }
-    for result in card["results"]:  # keep the card's numbers those of the released weights
-        key = {name: key for key, name in CARD_RESULTS.items()}.get(result["name"])
-        if key and metrics.get(key) is not None:
-            result["value"] = round(metrics[key], 4)
-            if metrics.get(f"{key}_ci95"):
-                result["ci95"] = [round(v, 4) for v in metrics[f"{key}_ci95"]]
+    by_name = {name: key for key, name in CARD_RESULTS.items()}
+    card["results"] = [  # keep the card's numbers those of the released weights
+        card_result("roc_auc", r["name"], metrics[by_name[r["name"]]], metrics.get(f"{by_name[r['name']]}_ci95"))
+        if metrics.get(by_name.get(r["name"], "")) is not None
+        else r
+        for r in card["results"]
+    ]
     for name, values in located.items():
         card["results"] += [
-            {
-                "type": "mean_iou",
-                "name": f"mIoU vs radiologists' TB boxes, {name} (threshold cross-fitted)",
-                "value": round(values["miou_cross_fitted"], 4),
-                **(
-                    {"ci95": [round(v, 4) for v in values["miou_cross_fitted_ci95"]]}
-                    if values.get("miou_cross_fitted_ci95")
-                    else {}
-                ),
-            },
-            {
-                "type": "accuracy",
-                "name": f"pointing game vs radiologists' TB boxes, {name}",
-                "value": round(values["pointing_game"], 4),
-                **(
-                    {"ci95": [round(v, 4) for v in values["pointing_game_ci95"]]}
-                    if values.get("pointing_game_ci95")
-                    else {}
-                ),
-            },
+            card_result(
+                "mean_iou",
+                f"mIoU vs radiologists' TB boxes, {name} (threshold cross-fitted)",
+                values["miou_cross_fitted"],
+                values.get("miou_cross_fitted_ci95"),
+            ),
+            card_result(
+                "accuracy",
+                f"pointing game vs radiologists' TB boxes, {name}",
+                values["pointing_game"],
+                values.get("pointing_game_ci95"),
+            ),
         ]
     if heatmap_threshold is not None:
         card["release"]["heatmap_threshold"] = f"{heatmap_threshold} (best mIoU on the validation images)"
