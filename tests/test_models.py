@@ -29,6 +29,8 @@ CASES = {
     "student-vit-56": (StudentViT, StudentViTConfig(image_size=56, depth=2, embed_dim=48)),
     "cnn-teacher": (CNNTeacher, CNNTeacherConfig(image_size=64)),
     "cnn-student": (CNNStudent, CNNStudentConfig(image_size=28)),
+    # a deep stem (three 3x3 convolutions) instead of ResNet18's single 7x7 one
+    "cnn-student-deep-stem": (CNNStudent, CNNStudentConfig(image_size=28, timm_name="resnet10t")),
 }
 VIT_CASES = [name for name in CASES if "vit" in name]
 
@@ -116,7 +118,7 @@ def test_vit_features_are_the_patch_grid(name):
     assert features.shape == (2, model.config.embed_dim, grid, grid)
 
 
-@pytest.mark.parametrize("name", ["cnn-teacher", "cnn-student"])
+@pytest.mark.parametrize("name", ["cnn-teacher", "cnn-student", "cnn-student-deep-stem"])
 def test_cnn_cams_average_to_the_logits(name):
     model = build(name)
     output = model(images_for(model), return_features=True)
@@ -126,6 +128,14 @@ def test_cnn_cams_average_to_the_logits(name):
         torch.testing.assert_close(cams.mean(dim=(2, 3)), logits, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="no attention"):
         model(images_for(model), return_attention=True)
+
+
+def test_lowres_stem_keeps_a_deep_stem_and_drops_only_its_stride():
+    model = build("cnn-student-deep-stem")
+    convs = [m for m in model.backbone.conv1.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3 and [c.stride for c in convs] == [(1, 1)] * 3
+    assert isinstance(model.backbone.maxpool, torch.nn.Identity)
+    assert model(images_for(model), return_features=True).features.shape[-2:] == (4, 4)  # 28 px / 8
 
 
 def test_student_token_grid_matches_the_teacher():

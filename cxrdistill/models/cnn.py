@@ -34,7 +34,8 @@ class CNNConfig(ModelConfig):
     Attributes:
         timm_name: a timm ResNet, e.g. ``"resnet18"`` or ``"resnet50"`` (the paper's).
         stem: ``"imagenet"`` (7x7 stride-2 convolution + max-pool, 32x reduction) or ``"lowres"`` (3x3 stride 1,
-            no max-pool, 8x reduction) for inputs of 28 to 112 px.
+            no max-pool, 8x reduction) for inputs of 28 to 112 px; a deep stem (``resnet10t``) keeps its three
+            convolutions and loses the first one's stride.
         drop_rate: dropout on the pooled features.
     """
 
@@ -85,13 +86,29 @@ class _CNNClassifier(nn.Module, CXRModel):
             c.timm_name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=c.in_chans
         )
         if c.stem == "lowres":
-            stem_width = self.backbone.conv1.out_channels
-            self.backbone.conv1 = nn.Conv2d(c.in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
-            self.backbone.maxpool = nn.Identity()
+            self._make_lowres_stem(c.in_chans)
         width = self.backbone.num_features
         self.dropout = nn.Dropout(c.drop_rate)
         self.global_head = linear_head(width, len(c.global_labels))
         self.local_head = linear_head(width, len(c.local_labels))
+
+    def _make_lowres_stem(self, in_chans: int) -> None:
+        """Stride 1 in the stem and no max-pool: an 8x instead of a 32x reduction.
+
+        A plain ResNet's 7x7 stride-2 convolution becomes a 3x3 stride-1 one; a deep stem (``resnet10t``,
+        ``resnet26d``: three 3x3 convolutions, the first with stride 2) keeps its layers and loses only that stride.
+        """
+        conv1 = self.backbone.conv1
+        if isinstance(conv1, nn.Conv2d):
+            self.backbone.conv1 = nn.Conv2d(
+                in_chans, conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False
+            )
+        else:
+            first = next((m for m in conv1.modules() if isinstance(m, nn.Conv2d)), None)
+            if first is None:
+                raise ValueError(f"{self.config.timm_name}: no convolution in the stem to make low-resolution")
+            first.stride = (1, 1)
+        self.backbone.maxpool = nn.Identity()
 
     def forward(
         self, images: torch.Tensor, return_attention: bool = False, return_features: bool = False
