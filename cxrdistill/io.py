@@ -355,6 +355,14 @@ def _decode_dicom(data: bytes, limits: ReadLimits) -> XRay:
         raise XRayReadError(
             f"the DICOM pixel data uses an unsupported compression ({_transfer_syntax_name(dataset)})"
         ) from error
+    except (MemoryError, XRayReadError):
+        raise
+    except Exception as error:  # a header that lies about the encoding, or damaged compressed data
+        logger.debug("DICOM pixel decoder failed with %s", type(error).__name__)  # never the message: header values
+        raise XRayReadError(
+            f"the DICOM pixel data could not be decoded as its declared encoding ({_transfer_syntax_name(dataset)}): "
+            f"the file is corrupt or mislabelled ({type(error).__name__})"
+        ) from error
     if samples == 1 and array.ndim != 2:
         raise XRayReadError(f"the DICOM image has shape {array.shape}; expected a single 2-D image")
     if samples > 1:

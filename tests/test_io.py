@@ -363,6 +363,49 @@ def test_dicom_whose_header_claims_a_huge_image():
         load_xray(data)
 
 
+def _declared_as(syntax_name: str) -> bytes:
+    """A DICOM whose header declares ``syntax_name`` while its pixel data stays raw (encapsulated if compressed)."""
+    import pydicom
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(np.round(CHEST * 4095).astype(np.uint16))))
+    dataset.file_meta.TransferSyntaxUID = syntax = getattr(uid, syntax_name)
+    if syntax.is_compressed:
+        dataset.PixelData = encapsulate([dataset.PixelData])
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("syntax", "message"),
+    [
+        ("JPEGBaseline8Bit", r"declared encoding \(JPEG Baseline"),
+        ("JPEGLosslessSV1", r"declared encoding \(JPEG Lossless"),
+        ("JPEGLSLossless", r"declared encoding \(JPEG-LS Lossless"),
+        ("JPEG2000Lossless", r"declared encoding \(JPEG 2000"),
+        ("RLELossless", r"declared encoding \(RLE Lossless"),
+        ("MPEG2MPML", r"unsupported compression \(MPEG2"),
+    ],
+)
+def test_dicom_whose_transfer_syntax_lies_about_its_pixel_data(syntax, message):
+    with pytest.raises(XRayReadError, match=message):
+        load_xray(_declared_as(syntax))
+
+
+def test_dicom_with_an_unknown_or_wrong_endian_transfer_syntax():
+    data = make_dicom(np.round(CHEST * 4095).astype(np.uint16))
+    explicit_little = b"1.2.840.10008.1.2.1\0"  # the UIDs below have the same padded length: offsets stay valid
+    assert explicit_little in data
+    with pytest.raises(XRayReadError, match=r"unsupported compression \(1\.2\.3"):
+        load_xray(data.replace(explicit_little, b"1.2.3.4.5.6.7.8.9.10"))
+    with pytest.raises(XRayReadError, match="no pixel data"):  # read big-endian, the elements make no sense
+        load_xray(data.replace(explicit_little, b"1.2.840.10008.1.2.2\0"))
+    mislabelled_implicit = load_xray(data.replace(explicit_little, b"1.2.840.10008.1.2\0\0\0"))
+    np.testing.assert_allclose(mislabelled_implicit.pixels, load_xray(data).pixels)  # pydicom sees through it
+
+
 def test_dicom_with_truncated_pixel_data():
     data = make_dicom(np.round(CHEST * 4095).astype(np.uint16))
     with pytest.raises(XRayReadError):

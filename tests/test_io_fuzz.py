@@ -1,9 +1,12 @@
 """Fuzz load_xray and the app's predict path: random bytes and mutated real files give an XRay (a prediction) or
 XRayReadError, never anything else, quickly.
 
-The suite runs a fast slice; set CXRDISTILL_FUZZ_EXAMPLES (e.g. 10000) for a long run:
+Each input's time and peak memory (growth of the process's peak RSS over its RSS before the input, Linux) are
+bounded. The suite runs a fast slice; set CXRDISTILL_FUZZ_EXAMPLES (e.g. 10000) for a long run, and
+CXRDISTILL_FUZZ_REPORT to a JSON path for per-strategy time and memory figures:
 
-    CXRDISTILL_FUZZ_EXAMPLES=10000 python -m pytest tests/test_io_fuzz.py -q
+    CXRDISTILL_FUZZ_EXAMPLES=10000 CXRDISTILL_FUZZ_REPORT=bench/results/fuzz.json \
+        python -m pytest tests/test_io_fuzz.py -q
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import time
+from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +33,66 @@ EXAMPLES = int(os.environ.get("CXRDISTILL_FUZZ_EXAMPLES", "150"))
 # Generous for a slow or busy CI machine, yet far below a hang: the biggest seed (a 1955 x 1841 JPEG 2000) decodes
 # in ~0.2 s and the app's three models answer in ~0.1 s on an idle 2-core CPU.
 PER_INPUT_SECONDS = 20.0
+# The largest seed (3.6 megapixels) costs ~100 MiB through the whole predict path; a decoded 40-megapixel image (the
+# ReadLimits maximum) would cost a few hundred. A decompression bomb that slipped past the header checks would cost
+# gigabytes.
+PER_INPUT_MIB = 1024.0
+REPORT_PATH = os.environ.get("CXRDISTILL_FUZZ_REPORT")
+# strategy -> one (seconds, peak MiB or None, outcome) per input
+MEASUREMENTS: dict[str, list[tuple[float, float | None, str]]] = defaultdict(list)
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_report():
+    yield
+    if not REPORT_PATH:
+        return
+    report = {
+        "examples_per_strategy": EXAMPLES,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "strategies": {},
+    }
+    for strategy, rows in sorted(MEASUREMENTS.items()):
+        seconds = np.array([row[0] for row in rows])
+        memory = np.array([row[1] for row in rows if row[1] is not None])
+        outcomes = [row[2] for row in rows]
+        report["strategies"][strategy] = {
+            "inputs": len(rows),
+            "decoded": outcomes.count("decoded"),
+            "refused_with_xray_read_error": outcomes.count("refused"),
+            "seconds": {
+                "mean": float(seconds.mean()),
+                "p50": float(np.percentile(seconds, 50)),
+                "p99": float(np.percentile(seconds, 99)),
+                "max": float(seconds.max()),
+            },
+            "peak_rss_growth_mib": None
+            if memory.size == 0
+            else {
+                "p50": float(np.percentile(memory, 50)),
+                "p99": float(np.percentile(memory, 99)),
+                "max": float(memory.max()),
+            },
+        }
+    Path(REPORT_PATH).parent.mkdir(parents=True, exist_ok=True)
+    Path(REPORT_PATH).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _synthetic_seeds() -> dict[str, bytes]:
@@ -62,8 +128,11 @@ SEEDS = {**_synthetic_seeds(), **_real_seeds()}
 PREDICTOR = Predictor.from_release(REPO_ROOT / "models")  # the app's models and limits (32 MiB uploads)
 
 
-def _check(data: bytes) -> None:
+def _check(data: bytes, strategy: str) -> None:
+    measure_memory = _reset_peak_rss()
+    rss_before = _proc_status_kib("VmRSS") if measure_memory else 0
     start = time.perf_counter()
+    outcome = "refused"
     try:
         result = load_xray(data)
     except XRayReadError as error:
@@ -75,10 +144,14 @@ def _check(data: bytes) -> None:
         assert result.pixels.min() >= 0.0 and result.pixels.max() <= 1.0
     try:  # the app's whole request: decode, every model, maps and boxes, JSON
         json.dumps(PREDICTOR.predict(data).to_dict())
+        outcome = "decoded"
     except XRayReadError as error:
         assert str(error), "errors must say what is wrong"
     elapsed = time.perf_counter() - start
+    peak_mib = (_proc_status_kib("VmHWM") - rss_before) / 1024 if measure_memory else None
+    MEASUREMENTS[strategy].append((elapsed, peak_mib, outcome))
     assert elapsed < PER_INPUT_SECONDS, f"one input took {elapsed:.1f} s"
+    assert peak_mib is None or peak_mib < PER_INPUT_MIB, f"one input took {peak_mib:.0f} MiB"
 
 
 @st.composite
@@ -114,7 +187,7 @@ FUZZ_SETTINGS = settings(
 @FUZZ_SETTINGS
 @given(st.binary(min_size=0, max_size=4096))
 def test_random_bytes_never_escape_or_hang(data):
-    _check(data)
+    _check(data, "random bytes")
 
 
 @FUZZ_SETTINGS
@@ -123,15 +196,26 @@ def test_random_bytes_never_escape_or_hang(data):
     st.binary(min_size=0, max_size=2048),
 )
 def test_valid_magic_with_garbage_never_escapes(magic, tail):
-    _check(magic + tail)
+    _check(magic + tail, "valid magic + garbage")
 
 
 @FUZZ_SETTINGS
 @given(mutated())
 def test_mutated_real_files_never_escape_or_hang(data):
-    _check(data)
+    _check(data, "mutated real files")
 
 
 @pytest.mark.parametrize("name", sorted(SEEDS))
 def test_every_seed_reads_unmutated(name):
     assert isinstance(load_xray(SEEDS[name]), XRay)
+    _check(SEEDS[name], "unmutated seeds")
+
+
+@pytest.mark.skipif(not _reset_peak_rss(), reason="needs Linux's /proc/self/clear_refs to reset the peak-RSS mark")
+def test_the_memory_measurement_sees_a_large_allocation():
+    _reset_peak_rss()
+    before = _proc_status_kib("VmRSS")
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+    grown = (_proc_status_kib("VmHWM") - before) / 1024
+    del block
+    assert 60 < grown < 200
