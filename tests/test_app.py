@@ -135,16 +135,29 @@ def test_many_visitors_sending_the_same_file_at_once_all_get_answers(served, tmp
         assert list(pool.map(one, range(8))) == ["student-28"] * 8
 
 
-def test_dicom_patient_fields_never_reach_the_output(client, tmp_path):
+def test_dicom_patient_fields_never_reach_the_output_or_the_logs(client, upload_dir, tmp_path, caplog, capfd):
+    import logging
+
     from gradio_client import handle_file
 
     path = tmp_path / "patient.dcm"
     pixels = (synthetic_chest(256, 256) * 4000).astype(np.uint16)
     path.write_bytes(make_dicom(pixels, PatientName="Doe^Jane", PatientID="PID-123456"))
-    result = client.predict(handle_file(str(path)), 28, api_name="/predict")
-    text = repr(result)
-    assert "Doe" not in text and "PID-123456" not in text
+    with caplog.at_level(logging.DEBUG):
+        result = client.predict(handle_file(str(path)), 28, api_name="/predict")
     assert result["image"]["format"] == "DICOM"
+    captured = capfd.readouterr()
+    for where, text in {
+        "result": repr(result),
+        "logs": caplog.text,
+        "stdout": captured.out,
+        "stderr": captured.err,
+    }.items():
+        assert "Doe" not in text and "PID-123456" not in text, where
+    # nothing written beside the uploads carries them either
+    for file in upload_dir.rglob("*"):
+        if file.is_file():
+            assert b"PID-123456" not in file.read_bytes(), file
 
 
 def test_models_come_from_the_hub_at_a_revision(hub, monkeypatch):
