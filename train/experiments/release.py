@@ -112,7 +112,7 @@ def release(
         card["release"]["heatmap_threshold"] = f"{heatmap_threshold} (best mIoU on the validation images)"
     shutil.rmtree(target, ignore_errors=True)
     chosen.save_pretrained(target, metrics=card, weights_dtype=torch.float16 if use_half else None)
-    print(f"{source} -> {target}: {'float16' if use_half else 'float32'} (AUROC changes {changes})")
+    print(f"{source}: {'float16' if use_half else 'float32'} (AUROC changes {changes})")
     return card
 
 
@@ -129,16 +129,35 @@ def main(argv=None) -> None:
     parser.add_argument("--localisation", action="store_true", help="score heatmaps against boxes (TBX11K)")
     args = parser.parse_args(argv)
     data = EvalData(args.dataset, args.root, None, "val", args.val_fraction, args.split_seed)
-    targets = []
-    for pair in args.pairs:
-        source, target = pair.split("=", 1)
-        release(Path(source), Path(target), data, args.max_auroc_change, args.bootstrap, args.localisation)
-        targets.append(Path(target))
-    folders = {t.parent for t in targets}  # the whole release folder(s), not only this call's models
-    total = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file()) / 2**20
-    print(f"release size: {total:.1f} MiB (budget {args.budget_mib} MiB)")
-    if total > args.budget_mib:
-        raise SystemExit(f"the release is {total:.1f} MiB, over the {args.budget_mib} MiB budget")
+    pairs = [(Path(source), Path(target)) for source, target in (pair.split("=", 1) for pair in args.pairs)]
+    with tempfile.TemporaryDirectory() as scratch:
+        # release into a staging folder; the release folder changes only if the result fits the budget
+        staged = {target: Path(scratch) / str(i) for i, (_, target) in enumerate(pairs)}
+        for source, target in pairs:
+            release(source, staged[target], data, args.max_auroc_change, args.bootstrap, args.localisation)
+        total = _release_size(staged) / 2**20
+        print(f"release size: {total:.1f} MiB (budget {args.budget_mib} MiB)")
+        if total > args.budget_mib:
+            raise SystemExit(
+                f"the release would be {total:.1f} MiB, over the {args.budget_mib} MiB budget: nothing was replaced"
+            )
+        for target, folder in staged.items():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(folder, target)
+            print(f"wrote {target}")
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def _release_size(staged: dict[Path, Path]) -> int:
+    """Bytes of the whole release folder(s) once every target is replaced by its staged folder."""
+    parents = {target.resolve().parent for target in staged}
+    replaced = {target.resolve() for target in staged}
+    kept = sum(_size(p) for parent in parents if parent.is_dir() for p in parent.iterdir() if p not in replaced)
+    kept += sum(p.stat().st_size for parent in parents if parent.is_dir() for p in parent.iterdir() if p.is_file())
+    return kept + sum(_size(folder) for folder in staged.values())
 
 
 if __name__ == "__main__":
