@@ -330,7 +330,7 @@ def stage_space(
     """Lay out the Space in ``destination`` from a cxrdistill checkout at ``repo_root``; returns its files.
 
     The Space is the repository's own ``app.py``, the ``cxrdistill`` package source and the released ``models/``
-    folders, plus ``spaces/README.md`` (its YAML header gets ``models: model_repos``) and
+    folders the app loads (not, e.g., the TB teacher), plus ``spaces/README.md`` (its YAML header gets ``models: model_repos``) and
     ``spaces/requirements.txt``. Nothing is kept in git twice: the Space is assembled at push time.
     """
     import shutil
@@ -345,8 +345,10 @@ def stage_space(
     shutil.copytree(
         root / "cxrdistill", destination / "cxrdistill", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
+    from cxrdistill.inference import APP_MODELS  # here: inference imports this module
+
     for folder in sorted((root / "models").glob("*/")):
-        if (folder / CONFIG_NAME).is_file():
+        if folder.name in APP_MODELS and (folder / CONFIG_NAME).is_file():  # only what the app loads
             files = check_release_folder(folder)
             (destination / "models" / folder.name).mkdir(parents=True)
             for name in files:

@@ -38,6 +38,7 @@ BASE_SIZE = 224  # the square every model input is area-averaged from (as in tra
 RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")
 RELEASE_TEACHER = "mlcak-teacher-224"
 RELEASE_TB = "tb-student-28"
+APP_MODELS = (*RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB)  # the released models the app loads
 
 
 @dataclass

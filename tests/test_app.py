@@ -1,7 +1,7 @@
 """The Gradio app, end to end: gradio_client against the launched app, a real browser, models from the Hub, the Space.
 
-The app is launched in-process on 127.0.0.1 with the released models (plus a random TB CNN while no TB model is
-released). Browser tests drive Debian's chromium through playwright and are skipped, with the reason, where it is
+The app is launched in-process on 127.0.0.1 with the released models (a random TB CNN stands in where models/ has
+no TB model). Browser tests drive Debian's chromium through playwright and are skipped, with the reason, where it is
 not installed (.ci/run installs it).
 """
 
@@ -230,6 +230,7 @@ def test_space_push_uploads_app_package_and_models(hub):
     files = set(api.list_repo_files("tester/demo", repo_type="space"))
     assert {"app.py", "README.md", "requirements.txt", "cxrdistill/inference.py"} <= files
     assert "models/mlcak-student-28/model.safetensors" in files
+    assert not any(f.startswith("models/tb-teacher-224/") for f in files)  # released, but the app does not use it
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
     card = Path(api.hf_hub_download("tester/demo", "README.md", repo_type="space")).read_text()
     header = yaml.safe_load(card.split("---")[1])
