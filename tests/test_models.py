@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import threading
 
 import pytest
@@ -21,6 +23,7 @@ from cxrdistill.models import (
     TeacherViT,
     TeacherViTConfig,
 )
+from cxrdistill.models.base import PICKLE_WEIGHTS
 
 # Small but real configurations, so each test takes well under a second on a CPU.
 CASES = {
@@ -230,13 +233,26 @@ def test_loading_with_the_wrong_class_is_an_error(tmp_path):
         TeacherViT.from_pretrained(tmp_path)
 
 
-def test_pickled_weights_are_never_loaded(tmp_path):
+class _Booby:
+    """Unpickling this creates the folder ``path``: proof that a pickle was executed."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+@pytest.mark.parametrize("name", PICKLE_WEIGHTS)
+def test_pickled_weights_are_never_loaded(tmp_path, name):
     model = build("student-vit-28")
-    model.save_pretrained(tmp_path)
-    (tmp_path / "model.safetensors").unlink()
-    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    model.save_pretrained(tmp_path / "repo")
+    (tmp_path / "repo" / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    (tmp_path / "repo" / name).write_bytes(pickle.dumps({"weights": _Booby(marker)}))
     with pytest.raises(ModelLoadError, match="pickled PyTorch weights, which cxrdistill never loads"):
-        StudentViT.from_pretrained(tmp_path)
+        StudentViT.from_pretrained(tmp_path / "repo")
+    assert not marker.exists()  # the file was refused, not unpickled
 
 
 def test_corrupt_or_truncated_weights_are_an_error(tmp_path):
