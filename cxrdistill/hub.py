@@ -330,8 +330,9 @@ def stage_space(
     """Lay out the Space in ``destination`` from a cxrdistill checkout at ``repo_root``; returns its files.
 
     The Space is the repository's own ``app.py``, the ``cxrdistill`` package source and the released ``models/``
-    folders the app loads (not, e.g., the TB teacher), plus ``spaces/README.md`` (its YAML header gets ``models: model_repos``) and
-    ``spaces/requirements.txt``. Nothing is kept in git twice: the Space is assembled at push time.
+    folders the app loads (not, e.g., the TB teacher), plus ``spaces/README.md`` (its YAML header gets
+    ``models: model_repos``) and ``spaces/requirements.txt``. Nothing is kept in git twice: the Space is assembled
+    at push time.
     """
     import shutil
 
