@@ -45,6 +45,8 @@ MODELS = {
     "tb-teacher-224": "tb-teacher-224",
     "tb-student-28": "tb-student-28",
 }
+# the released TB pair's backbone (train/tb_localize.py --teacher-backbone / --student-backbone)
+TB_BACKBONE = "resnet10t"
 HEADLINE_METRIC = "AUROC, TB vs not TB (same-hospital extra-set images)"
 
 
@@ -186,13 +188,13 @@ def training_section(seconds: float, batch: int = 32) -> dict:
         ),
     }
     labels = dict(global_labels=("not_tb", "tb"), local_labels=())
-    cnn_teacher = CNNTeacher(CNNTeacherConfig(**labels))
-    cnn_student = CNNStudent(CNNStudentConfig(image_size=28, stem="lowres", **labels))
+    cnn_teacher = CNNTeacher(CNNTeacherConfig(timm_name=TB_BACKBONE, **labels))
+    cnn_student = CNNStudent(CNNStudentConfig(timm_name=TB_BACKBONE, image_size=28, stem="lowres", **labels))
 
     def tb_teacher_loss():
         return torch.nn.functional.cross_entropy(cnn_teacher(big).global_logits, global_t)
 
-    frozen = CNNTeacher(CNNTeacherConfig(**labels)).eval().requires_grad_(False)
+    frozen = CNNTeacher(CNNTeacherConfig(timm_name=TB_BACKBONE, **labels)).eval().requires_grad_(False)
 
     def tb_student_loss():
         with torch.no_grad():
@@ -203,8 +205,10 @@ def training_section(seconds: float, batch: int = 32) -> dict:
         ce = torch.nn.functional.cross_entropy(out.global_logits, global_t)
         return ce + soft_target_kd(out.global_logits, t_out.global_logits, 2.0) + cam_alignment(s_cam, t_cam)
 
-    rows["tb_localize teacher (ResNet18 224)"] = train_step_rate(stepper(cnn_teacher, tb_teacher_loss), batch, seconds)
-    rows["tb_localize student 28 (online teacher)"] = train_step_rate(
+    rows[f"tb_localize teacher ({TB_BACKBONE} 224)"] = train_step_rate(
+        stepper(cnn_teacher, tb_teacher_loss), batch, seconds
+    )
+    rows[f"tb_localize student 28 ({TB_BACKBONE}, online teacher)"] = train_step_rate(
         stepper(cnn_student, tb_student_loss), batch, seconds
     )
     rows["teacher-output cache speed-up (x)"] = round(
@@ -237,8 +241,11 @@ def plot(rows: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    families = {"MLCAK ViTs": ("o", "tab:blue"), "TB CNNs (ResNet10-T)": ("s", "tab:orange")}
+    labelled, latencies = set(), []
     for name, folder in released().items():
         metrics_path = folder / "metrics.json"
         if name not in rows or not metrics_path.exists():
@@ -248,9 +255,37 @@ def plot(rows: dict, path: Path) -> None:
             continue
         x, y = rows[name]["p50_ms"], results[HEADLINE_METRIC]["value"]
         low, high = results[HEADLINE_METRIC].get("ci95", [y, y])
-        ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt="o", capsize=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        family = "TB CNNs (ResNet10-T)" if name.startswith("tb-") else "MLCAK ViTs"
+        marker, colour = families[family]
+        ax.errorbar(
+            x,
+            y,
+            yerr=[[y - low], [high - y]],
+            fmt=marker,
+            color=colour,
+            capsize=3,
+            label=None if family in labelled else family,
+        )
+        labelled.add(family)
+        latencies.append(x)
+        # the two teachers sit close together: the ViT's label goes left of its point, below it
+        offset, align = ((-6, -12), "right") if name == "teacher-224" else ((6, 4), "left")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
     ax.set_xscale("log")
+    if latencies:
+        ax.set_xlim(
+            right=max(latencies) * 1.6
+        )  # room for the rightmost label  # plain millisecond ticks instead of 6 x 10^0
+        ticks = [
+            t
+            for t in (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100)
+            if min(latencies) / 1.3 <= t <= max(latencies) * 1.3
+        ]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("batch-1 latency on this CPU, ms (log scale)")
     ax.set_ylabel("same-hospital AUROC (validation, 95% CI)")
     ax.set_title("What each model costs and what it scores")
