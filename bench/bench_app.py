@@ -82,9 +82,10 @@ def start_app(port: int, timeout: float = 120.0) -> tuple[subprocess.Popen, floa
     raise RuntimeError(f"the app did not answer within {timeout} s")
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (``VmRSS``) or its peak so far (``VmHWM``), in MiB (Linux)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":"))) / 1024
 
 
 def load_test(
@@ -102,7 +103,7 @@ def load_test(
     With ``bad_every`` = k, every k-th request of a client uploads a file that is not an X-ray and must get the
     app's clear error; any other failure, or a good request answered with another TB probability than
     ``expected_p_tb``, is a server error. With ``server_pid``, the server's resident memory is sampled after the
-    100th and the 1,000th request.
+    100th and the 1,000th request and at the end, with its peak.
     """
     import threading
 
@@ -160,6 +161,7 @@ def load_test(
     if server_pid:
         report["server_rss_mib"] = {f"after_{k}_requests": v for k, v in sorted(memory.items())}
         report["server_rss_mib"]["at_end"] = round(rss_mib(server_pid), 1)
+        report["server_rss_mib"]["peak"] = round(rss_mib(server_pid, "VmHWM"), 1)  # since the server started
     return report
 
 
