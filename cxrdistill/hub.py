@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
 RELEASE_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", METRICS_NAME)
+# folders of the repository's models/ release that the app loads (Predictor.from_release, the Space)
+RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")
+RELEASE_TEACHER = "mlcak-teacher-224"
+RELEASE_TB = "tb-student-28"
+APP_MODELS = (*RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB)
 
 _SUMMARIES = {
     "cxrdistill-teacher-vit": (
@@ -346,8 +351,6 @@ def stage_space(
     shutil.copytree(
         root / "cxrdistill", destination / "cxrdistill", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
-    from cxrdistill.inference import APP_MODELS  # here: inference imports this module
-
     for folder in sorted((root / "models").glob("*/")):
         if folder.name in APP_MODELS and (folder / CONFIG_NAME).is_file():  # only what the app loads
             files = check_release_folder(folder)

@@ -24,7 +24,7 @@ import torch
 
 from cxrdistill.data.transforms import area_resize, letterbox_matrix, model_input
 from cxrdistill.explain import ScoredBox, attention_rollout, cls_attention_map, heatmap_to_boxes, to_source_frame
-from cxrdistill.hub import load_model
+from cxrdistill.hub import RELEASE_STUDENTS, RELEASE_TB, RELEASE_TEACHER, load_model
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
 from cxrdistill.models.base import CXRModel
 
@@ -33,12 +33,8 @@ logger = logging.getLogger(__name__)
 BOX_THRESHOLD = 0.5  # boxes surround the regions above half the map's maximum (the README's box-recall protocol)
 DISPLAY_SIZE = 512  # longest side of the image that maps and overlays are drawn on
 BASE_SIZE = 224  # the square every model input is area-averaged from (as in training)
-
-# The released folders (``Predictor.from_release``): role -> folder name(s) under the release directory.
-RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")
-RELEASE_TEACHER = "mlcak-teacher-224"
-RELEASE_TB = "tb-student-28"
-APP_MODELS = (*RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB)  # the released models the app loads
+# The released folders Predictor.from_release loads (RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB) live in
+# cxrdistill.hub, beside the Space that ships them.
 
 
 @dataclass
