@@ -147,17 +147,17 @@ def main(argv=None) -> None:
             print(f"wrote {target}")
 
 
-def _size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+def _bytes(path: Path) -> int:
+    """Size of a file, or of every file below a folder."""
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def _release_size(staged: dict[Path, Path]) -> int:
     """Bytes of the whole release folder(s) once every target is replaced by its staged folder."""
-    parents = {target.resolve().parent for target in staged}
     replaced = {target.resolve() for target in staged}
-    kept = sum(_size(p) for parent in parents if parent.is_dir() for p in parent.iterdir() if p not in replaced)
-    kept += sum(p.stat().st_size for parent in parents if parent.is_dir() for p in parent.iterdir() if p.is_file())
-    return kept + sum(_size(folder) for folder in staged.values())
+    parents = {target.parent for target in replaced if target.parent.is_dir()}
+    kept = sum(_bytes(p) for parent in parents for p in parent.iterdir() if p not in replaced)
+    return kept + sum(_bytes(folder) for folder in staged.values())
 
 
 if __name__ == "__main__":
