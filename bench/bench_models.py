@@ -241,11 +241,11 @@ def plot(rows: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+    from matplotlib.ticker import ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    families = {"MLCAK ViTs": ("o", "tab:blue"), "TB CNNs (ResNet10-T)": ("s", "tab:orange")}
-    labelled, latencies = set(), []
+    families = {"MLCAK ViTs": ("o", "tab:blue"), f"TB CNNs ({TB_BACKBONE})": ("s", "tab:orange")}
+    latencies = []
     for name, folder in released().items():
         metrics_path = folder / "metrics.json"
         if name not in rows or not metrics_path.exists():
@@ -255,37 +255,21 @@ def plot(rows: dict, path: Path) -> None:
             continue
         x, y = rows[name]["p50_ms"], results[HEADLINE_METRIC]["value"]
         low, high = results[HEADLINE_METRIC].get("ci95", [y, y])
-        family = "TB CNNs (ResNet10-T)" if name.startswith("tb-") else "MLCAK ViTs"
+        family = list(families)[name.startswith("tb-")]
         marker, colour = families[family]
-        ax.errorbar(
-            x,
-            y,
-            yerr=[[y - low], [high - y]],
-            fmt=marker,
-            color=colour,
-            capsize=3,
-            label=None if family in labelled else family,
-        )
-        labelled.add(family)
+        ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt=marker, color=colour, capsize=3, label=family)
         latencies.append(x)
         # the two teachers sit close together: the ViT's label goes left of its point, below it
         offset, align = ((-6, -12), "right") if name == "teacher-224" else ((6, 4), "left")
         ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
     ax.set_xscale("log")
     if latencies:
-        ax.set_xlim(
-            right=max(latencies) * 1.6
-        )  # room for the rightmost label  # plain millisecond ticks instead of 6 x 10^0
-        ticks = [
-            t
-            for t in (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100)
-            if min(latencies) / 1.3 <= t <= max(latencies) * 1.3
-        ]
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlim(right=max(latencies) * 1.6)  # room for the rightmost label
+        for axis_ticks in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis_ticks(ScalarFormatter())  # plain milliseconds on every tick, not 6 x 10^0
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # one legend entry per family
+    ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
     ax.set_xlabel("batch-1 latency on this CPU, ms (log scale)")
     ax.set_ylabel("same-hospital AUROC (validation, 95% CI)")
     ax.set_title("What each model costs and what it scores")
