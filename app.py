@@ -19,6 +19,7 @@ import argparse
 import html
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -100,18 +101,27 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
 # ------------------------------------------------------------------------------------------ request handling
 
 
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
 class _ConsumedUploads:
     """Bytes of uploads read (and deleted) in the last ``ttl_s`` seconds, keyed by their path, in memory only.
 
     Gradio stores an upload under a hash of its content, so two visitors sending the same file at once share one
     path: the first request deletes it, and the second finds its bytes here instead of failing. Bounded in count
     and bytes; nothing is written anywhere.
+
+    The file goes at once; the empty folder Gradio made for it (named by the content's SHA-256) stays for
+    ``folder_ttl_s``: removing it at once raced Gradio's upload of an identical file, which creates the folder and
+    then renames the file into it, and that upload failed with HTTP 500. Older empty upload folders are swept at
+    most once a minute.
     """
 
-    def __init__(self, ttl_s: float = 30.0, max_bytes: int = 128 * 2**20) -> None:
-        self.ttl_s, self.max_bytes = ttl_s, max_bytes
+    def __init__(self, ttl_s: float = 30.0, max_bytes: int = 128 * 2**20, folder_ttl_s: float = 600.0) -> None:
+        self.ttl_s, self.max_bytes, self.folder_ttl_s = ttl_s, max_bytes, folder_ttl_s
         self._entries: dict[Path, tuple[float, bytes]] = {}
         self._lock = threading.Lock()
+        self._last_sweep = 0.0
 
     def consume(self, path: str | os.PathLike) -> bytes:
         """The upload's bytes; the file Gradio stored is deleted at once (only files in Gradio's upload folder)."""
@@ -129,14 +139,23 @@ class _ConsumedUploads:
             if upload_root not in resolved.parents:
                 return data  # not an upload (e.g. a local path given to the API): never delete it
             resolved.unlink(missing_ok=True)
-            try:
-                resolved.parent.rmdir()  # Gradio keeps each upload in a folder of its own
-            except OSError:
-                pass
             self._entries[resolved] = (now, data)
             while sum(len(e[1]) for e in self._entries.values()) > self.max_bytes and self._entries:
                 del self._entries[min(self._entries, key=lambda p: self._entries[p][0])]
+            if now - self._last_sweep > 60.0:
+                self._last_sweep = now
+                self.sweep_folders(upload_root)
             return data
+
+    def sweep_folders(self, upload_root: Path) -> None:
+        """Remove the empty upload folders (SHA-256 names) not modified for ``folder_ttl_s`` seconds."""
+        cutoff = time.time() - self.folder_ttl_s
+        for folder in upload_root.iterdir():
+            try:
+                if _SHA256_NAME.fullmatch(folder.name) and folder.stat().st_mtime < cutoff:
+                    folder.rmdir()  # refuses a folder that is not empty
+            except OSError:
+                pass
 
 
 _consumed_uploads = _ConsumedUploads()
