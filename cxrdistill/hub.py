@@ -151,15 +151,17 @@ def _eval_results(metrics: dict[str, Any]) -> list[EvalResult]:
 
 
 def _architecture(config) -> str:
+    name = f"preset `{config.preset}`: " if config.preset != "custom" else "custom: "
     if hasattr(config, "patch_size"):
+        start = f"from ImageNet `{config.pretrained_weights}`" if config.pretrained_weights else "from scratch"
         return (
-            f"timm `{config.timm_name}` body: patch {config.patch_size} ({config.grid_size} x {config.grid_size} "
-            f"tokens + class token), width {config.embed_dim}, depth {config.depth}, {config.num_heads} heads; "
-            "linear global and local heads on the class token"
+            f"{name}timm Vision Transformer, `{config.stem}` stem, patch {config.patch_size} ({config.grid_size} x "
+            f"{config.grid_size} tokens + class token), width {config.embed_dim}, depth {config.depth}, "
+            f"{config.num_heads} heads; linear global and local heads on the class token; trained {start}"
         )
     return (
-        f"timm `{config.timm_name}`, `{config.stem}` stem ({config.reduction}x reduction); global average pooling "
-        "and linear global and local heads (exact class activation maps)"
+        f"{name}timm `{config.timm_name}`, `{config.stem}` stem ({config.reduction}x reduction); global average "
+        "pooling and linear global and local heads (exact class activation maps)"
     )
 
 

@@ -2,6 +2,7 @@
 
 from cxrdistill.models.base import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, ModelLoadError, ModelOutput
 from cxrdistill.models.cnn import CNNConfig, CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig
+from cxrdistill.models.presets import CUSTOM, PRESETS, preset_config, presets_for
 from cxrdistill.models.vit import (
     StudentViT,
     StudentViTConfig,
@@ -15,7 +16,9 @@ MODEL_CLASSES = {cls.config_class.model_type_default(): cls for cls in (TeacherV
 
 __all__ = [
     "CONFIG_NAME",
+    "CUSTOM",
     "MODEL_CLASSES",
+    "PRESETS",
     "WEIGHTS_NAME",
     "CNNConfig",
     "CNNStudent",
@@ -30,5 +33,7 @@ __all__ = [
     "TeacherViT",
     "TeacherViTConfig",
     "ViTConfig",
+    "preset_config",
+    "presets_for",
     "recording_attention",
 ]

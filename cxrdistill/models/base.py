@@ -28,6 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from cxrdistill.models.presets import CUSTOM, check_preset
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -70,6 +72,7 @@ class ModelConfig:
 
     Attributes:
         model_type: name of the model class; checked on load so a student's weights never load into a teacher.
+        preset: the named architecture this config has (see cxrdistill.models.presets), or "custom".
         image_size: side of the square input, in pixels.
         in_chans: input channels (1: X-rays are gray).
         global_labels: names of the one-of-K global classes, in head order.
@@ -84,6 +87,7 @@ class ModelConfig:
     """
 
     model_type: str = ""
+    preset: str = CUSTOM
     image_size: int = 224
     in_chans: int = 1
     global_labels: tuple[str, ...] = ("not_tb", "tb")
@@ -123,6 +127,7 @@ class ModelConfig:
             raise ValueError(f"heatmap_threshold must be in (0, 1), got {self.heatmap_threshold}")
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
+        check_preset(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import timm
 import torch
 from timm.layers import Attention, PatchEmbed
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from cxrdistill.models.base import (
@@ -100,14 +101,16 @@ class ViTConfig(ModelConfig):
     """A timm Vision Transformer with a global and a local head.
 
     Attributes:
-        timm_name: timm architecture whose weights ``pretrained=True`` downloads (users with a network).
+        pretrained_weights: the timm model whose ImageNet weights ``pretrained=True`` loads into the backbone
+            (users with a network; only for the ``"patch"`` stem and that model's shape), or ``None``: trained from
+            scratch. A record of where the weights started, not of the architecture (``preset`` says that).
         stem: ``"patch"`` (ViT's linear patch embedding; the only one with ``pretrained`` weights) or ``"conv"``
             (a convolutional stem, :class:`ConvStemPatchEmbed`, same token grid).
         patch_size, embed_dim, depth, num_heads, mlp_ratio: the transformer, passed to timm.
         drop_rate, drop_path_rate: dropout on the pooled features and stochastic depth.
     """
 
-    timm_name: str = "vit_tiny_patch16_224"
+    pretrained_weights: str | None = None
     stem: str = "patch"
     patch_size: int = 16
     embed_dim: int = 192
@@ -116,6 +119,14 @@ class ViTConfig(ModelConfig):
     mlp_ratio: float = 4.0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ViTConfig:
+        """As :meth:`ModelConfig.from_dict`; a config.json of releases before presets named the timm builder
+        (``timm_name``), which never described the architecture: it is dropped."""
+        if data.get("timm_name") == "vit_tiny_patch16_224":
+            data = {key: value for key, value in data.items() if key != "timm_name"}
+        return super().from_dict(data)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -174,11 +185,12 @@ class _ViTClassifier(nn.Module, CXRModel):
     def __init__(self, config: ViTConfig | None = None, pretrained: bool = False) -> None:
         super().__init__()
         c = self.config = self.resolve_config(config)
-        if pretrained and c.stem != "patch":
-            raise ValueError(f"pretrained weights exist only for the 'patch' stem, not {c.stem!r}")
-        self.backbone = timm.create_model(
-            c.timm_name,
-            pretrained=pretrained,
+        if pretrained and (c.stem != "patch" or not c.pretrained_weights):
+            raise ValueError(
+                f"pretrained=True needs the 'patch' stem and config.pretrained_weights (a timm model name), got stem "
+                f"{c.stem!r} and pretrained_weights {c.pretrained_weights!r}"
+            )
+        architecture = dict(
             num_classes=0,
             in_chans=c.in_chans,
             img_size=c.image_size,
@@ -191,6 +203,12 @@ class _ViTClassifier(nn.Module, CXRModel):
             drop_path_rate=c.drop_path_rate,
             attn_layer=RecordingAttention,
             embed_layer=_STEMS[c.stem],
+        )
+        # The architecture comes from the config alone; a timm model name is used only to fetch its weights.
+        self.backbone = (
+            timm.create_model(c.pretrained_weights, pretrained=True, **architecture)
+            if pretrained
+            else VisionTransformer(**architecture)
         )
         self.global_head = linear_head(c.embed_dim, len(c.global_labels))
         self.local_head = linear_head(c.embed_dim, len(c.local_labels))
