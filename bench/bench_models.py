@@ -137,8 +137,16 @@ def train_step_rate(step, batch: int, seconds: float) -> float:
 
 
 def training_section(seconds: float, batch: int = 32) -> dict:
-    from cxrdistill.distill import MLCAKDistiller, MLCAKWeights, default_layer_pairs
-    from cxrdistill.losses import cam_alignment, soft_target_kd, task_loss
+    """Training-step rates of the tasks the scripts train (cxrdistill.distill), on random images."""
+    from cxrdistill.distill import (
+        MLCAKDistiller,
+        MLCAKWeights,
+        SupervisedTask,
+        TBDistiller,
+        TBLossWeights,
+        cache_teacher_outputs,
+        default_layer_pairs,
+    )
     from cxrdistill.models import (
         CNNStudent,
         CNNStudentConfig,
@@ -148,68 +156,47 @@ def training_section(seconds: float, batch: int = 32) -> dict:
         StudentViTConfig,
         TeacherViT,
         TeacherViTConfig,
+        preset_config,
     )
 
-    teacher = TeacherViT(TeacherViTConfig(stem="conv", depth=6, embed_dim=192, num_heads=3))
-    student = StudentViT(StudentViTConfig(image_size=28, stem="conv", depth=6, embed_dim=96, num_heads=3))
-    global_t = torch.randint(0, 2, (batch,))
-    local_t = torch.randint(0, 2, (batch, 3)).float()
-    mask = torch.ones(batch, 3)
-    big, small = torch.rand(batch, 1, 224, 224), torch.rand(batch, 1, 28, 28)
+    teacher = TeacherViT(preset_config(TeacherViTConfig, "mlcak-teacher-conv6"))
+    student = StudentViT(preset_config(StudentViTConfig, "mlcak-student-conv6", image_size=28))
+    data = {
+        "views": {224: torch.rand(batch, 1, 224, 224), 28: torch.rand(batch, 1, 28, 28)},
+        "global": torch.eye(2)[torch.randint(0, 2, (batch,))],
+        "local": torch.randint(0, 2, (batch, 3)).float(),
+        "local_mask": torch.ones(batch, 3),
+        "index": torch.arange(batch),
+    }
 
-    def stepper(module, loss_fn):
-        optimiser = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    def stepper(task):
+        optimiser = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-4)
 
         def step():
             optimiser.zero_grad(set_to_none=True)
-            loss_fn().backward()
+            task(data)[0].backward()
             optimiser.step()
 
         return step
 
-    def teacher_loss():
-        out = teacher(big)
-        return task_loss(out.global_logits, out.local_logits, global_t, local_t, mask)[0]
-
     pairs = default_layer_pairs(6, 6)
-    distiller = MLCAKDistiller(student, TeacherViT(teacher.config), MLCAKWeights(), pairs).train()
-    cached = distiller.teacher_targets(big)
+    online = MLCAKDistiller(student, TeacherViT(teacher.config), MLCAKWeights(), pairs).train()
+    cached = MLCAKDistiller(student, TeacherViT(teacher.config), MLCAKWeights(), pairs).train()
+    cached.use_cache(cache_teacher_outputs(cached, [(data["index"], data["views"][224])], batch))
     rows = {
-        "train_teacher (ViT 224)": train_step_rate(stepper(teacher, teacher_loss), batch, seconds),
-        "distill_student 28, cached teacher targets": train_step_rate(
-            stepper(student, lambda: distiller(small, global_t, local_t, mask, teacher_targets=cached)[0]),
-            batch,
-            seconds,
-        ),
-        "distill_student 28, online teacher": train_step_rate(
-            stepper(student, lambda: distiller(small, global_t, local_t, mask, teacher_images=big)[0]),
-            batch,
-            seconds,
-        ),
+        "train_teacher (ViT 224)": train_step_rate(stepper(SupervisedTask(teacher, 224).train()), batch, seconds),
+        "distill_student 28, cached teacher targets": train_step_rate(stepper(cached), batch, seconds),
+        "distill_student 28, online teacher": train_step_rate(stepper(online), batch, seconds),
     }
     labels = dict(global_labels=("not_tb", "tb"), local_labels=())
-    cnn_teacher = CNNTeacher(CNNTeacherConfig(timm_name=TB_BACKBONE, **labels))
-    cnn_student = CNNStudent(CNNStudentConfig(timm_name=TB_BACKBONE, image_size=28, stem="lowres", **labels))
-
-    def tb_teacher_loss():
-        return torch.nn.functional.cross_entropy(cnn_teacher(big).global_logits, global_t)
-
-    frozen = CNNTeacher(CNNTeacherConfig(timm_name=TB_BACKBONE, **labels)).eval().requires_grad_(False)
-
-    def tb_student_loss():
-        with torch.no_grad():
-            t_out = frozen(big, return_features=True)
-            t_cam = frozen.class_activation_maps(t_out.features)[:, -1]
-        out = cnn_student(small, return_features=True)
-        s_cam = cnn_student.class_activation_maps(out.features)[:, -1]
-        ce = torch.nn.functional.cross_entropy(out.global_logits, global_t)
-        return ce + soft_target_kd(out.global_logits, t_out.global_logits, 2.0) + cam_alignment(s_cam, t_cam)
-
+    cnn_teacher = CNNTeacher(preset_config(CNNTeacherConfig, f"tb-{TB_BACKBONE}", **labels))
+    cnn_student = CNNStudent(preset_config(CNNStudentConfig, f"tb-{TB_BACKBONE}-lowres", image_size=28, **labels))
+    frozen = CNNTeacher(cnn_teacher.config)
     rows[f"tb_localize teacher ({TB_BACKBONE} 224)"] = train_step_rate(
-        stepper(cnn_teacher, tb_teacher_loss), batch, seconds
+        stepper(SupervisedTask(cnn_teacher, 224).train()), batch, seconds
     )
     rows[f"tb_localize student 28 ({TB_BACKBONE}, online teacher)"] = train_step_rate(
-        stepper(cnn_student, tb_student_loss), batch, seconds
+        stepper(TBDistiller(cnn_student, frozen, TBLossWeights()).train()), batch, seconds
     )
     rows["teacher-output cache speed-up (x)"] = round(
         rows["distill_student 28, cached teacher targets"] / rows["distill_student 28, online teacher"], 2

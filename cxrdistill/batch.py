@@ -143,6 +143,7 @@ def predict_files(
     mine = [p for i, p in enumerate(paths) if i % world == rank and p not in done]
     stats = _predict_into(target, mine, columns, batch_size, num_workers, progress and rank == 0, limits)
     stats["skipped_already_done"] = len([p for i, p in enumerate(paths) if i % world == rank]) - len(mine)
+    stats.update(process=rank, processes=world)
     if world > 1:
         _merge_parts(out, paths, world, rank, columns)
     return stats

@@ -1,25 +1,38 @@
-"""MLCAK distillation: a student plus a frozen teacher, returning a loss and its named terms.
+"""Training tasks as modules: ``forward(batch) -> (loss, {term name: value})``, the one thing a training loop calls.
 
-MLCAK (Akhter et al., "Low-Resolution Chest X-ray Classification via Knowledge Distillation and Multi-task
-Learning", ISBI 2024): the student's loss is its task loss plus
+Each task owns every tensor its loss needs (the model being trained, a frozen teacher, class weights as buffers),
+so preparing the task with Accelerate wraps all of it: the forward pass goes through DistributedDataParallel (the
+gradients are averaged across processes) and ``.to(device)`` moves the teacher and the buffers too (as lerobot's
+policies return ``(loss, loss_dict)`` and open_clip's distillation task holds its frozen teacher).
 
-    alpha * MSE(local logits) + beta * MSE(global logits) + gamma * mean over layer pairs of MSE(attention maps),
+* :class:`SupervisedTask`: one model, its task loss (the ViT teacher of MLCAK, the TB teacher, a student alone).
+* :class:`MLCAKDistiller`: MLCAK (Akhter et al., "Low-Resolution Chest X-ray Classification via Knowledge
+  Distillation and Multi-task Learning", ISBI 2024): the student's loss is its task loss plus
 
-with attention averaged over heads and compared at several matched layers ("multilevel"). The teacher is kept in
-eval mode and run without gradients, even when ``.train()`` is called on the distiller (as in open_clip's
-distillation task). Its outputs can instead come from a cache (:func:`cache_teacher_outputs`), computed once on
-un-augmented views, because on a CPU the teacher is the expensive half.
+      alpha * MSE(local logits) + beta * MSE(global logits) + gamma * mean over layer pairs of MSE(attention maps),
+
+  with attention averaged over heads and compared at several matched layers ("multilevel"). The teacher's outputs
+  can come from a cache (:func:`cache_teacher_outputs`), computed once on un-augmented views, because on a CPU the
+  teacher is the expensive half.
+* :class:`TBDistiller`: weakly supervised TB localisation by distillation (Shawkat et al., arXiv 2512.11057):
+  class-weighted cross-entropy + soft-target KD + CAM alignment between a CNN student and its frozen teacher.
+
+Frozen teachers stay in eval mode and run without gradients even when ``.train()`` is called on the task.
+
+A batch is what :func:`cxrdistill.data.collate_views` makes: ``views`` (``{size: (B, 1, size, size)}``),
+``global`` (``(B, K)`` one-hot), ``local`` and ``local_mask`` (``(B, L)``), ``index`` (``(B,)`` dataset indices).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from cxrdistill.losses import attention_mse, head_average, logit_mse, task_loss
+from cxrdistill.losses import attention_mse, cam_alignment, head_average, logit_mse, soft_target_kd, task_loss
 
 
 @dataclass(frozen=True)
@@ -74,13 +87,46 @@ class TeacherTargets:
     attentions: dict[int, torch.Tensor]
 
 
-class MLCAKDistiller(nn.Module):
-    """Student + frozen teacher; ``forward`` returns ``(loss, {term name: value})``.
+class SupervisedTask(nn.Module):
+    """One model and its task loss (:func:`cxrdistill.losses.task_loss`) on the ``view_size`` view.
 
     Args:
-        student: the model being trained (``StudentViT``).
-        teacher: the frozen teacher (``TeacherViT``), or ``None`` when its outputs come from a cache or the
-            ablation needs none.
+        model: the model being trained (any cxrdistill classifier).
+        view_size: which of the batch's views it sees (its input size).
+        local_weight: weight of the local-findings BCE.
+        class_weights: ``(K,)`` weights of the global classes' cross-entropy (a buffer: it follows the device), or
+            ``None`` for equal weights.
+    """
+
+    def __init__(
+        self, model: nn.Module, view_size: int, local_weight: float = 1.0, class_weights: torch.Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.model, self.view_size, self.local_weight = model, view_size, local_weight
+        self.register_buffer(
+            "class_weights", None if class_weights is None else class_weights.float(), persistent=False
+        )
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        output = self.model(batch["views"][self.view_size])
+        return task_loss(
+            output.global_logits,
+            output.local_logits,
+            batch["global"],
+            batch["local"],
+            batch["local_mask"],
+            self.local_weight,
+            self.class_weights,
+        )
+
+
+class MLCAKDistiller(nn.Module):
+    """Student + frozen teacher (or its cached outputs); ``forward(batch)`` returns ``(loss, {term: value})``.
+
+    Args:
+        student: the model being trained (``StudentViT``); it sees the batch's ``student.config.image_size`` view.
+        teacher: the frozen teacher (``TeacherViT``), run on the batch's ``teacher.config.image_size`` view, or
+            ``None`` when the ablation needs none. :meth:`use_cache` replaces it by its cached outputs.
         weights: distillation weights (see :func:`ablation_weights`).
         layer_pairs: ``(student layer, teacher layer)`` pairs for the attention term.
         local_weight: weight of the local-findings BCE inside the task loss.
@@ -103,6 +149,7 @@ class MLCAKDistiller(nn.Module):
         self.weights = weights
         self.layer_pairs = [tuple(pair) for pair in layer_pairs]
         self.local_weight = local_weight
+        self.cache: TeacherOutputCache | None = None
 
     def train(self, mode: bool = True) -> MLCAKDistiller:
         super().train(mode)
@@ -118,6 +165,18 @@ class MLCAKDistiller(nn.Module):
     def needs_attention(self) -> bool:
         return self.weights.gamma > 0
 
+    @property
+    def teacher_mode(self) -> str:
+        """Where the teacher's targets come from: ``"cache"``, ``"online"`` (the teacher runs on every batch) or
+        ``"none"`` (the student alone)."""
+        if not self.needs_teacher:
+            return "none"
+        return "cache" if self.cache is not None else "online"
+
+    def use_cache(self, cache: TeacherOutputCache) -> None:
+        """Take the teacher's targets from ``cache`` (looked up by the batch's ``index``) and drop the teacher."""
+        self.cache, self.teacher = cache, None
+
     @torch.no_grad()
     def teacher_targets(self, teacher_images: torch.Tensor) -> TeacherTargets:
         """Run the frozen teacher on ``(B, 1, H, W)`` images."""
@@ -129,15 +188,26 @@ class MLCAKDistiller(nn.Module):
             attentions = {t: head_average(output.attentions[t]) for _, t in self.layer_pairs}
         return TeacherTargets(output.global_logits, output.local_logits, attentions)
 
-    def forward(
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        student_images = batch["views"][self.student.config.image_size]
+        targets = None
+        if self.teacher_mode == "cache":
+            targets = self.cache.lookup(batch["index"], student_images.device)
+        elif self.teacher_mode == "online":
+            if self.teacher is None:
+                raise ValueError("distillation needs a teacher or cached teacher targets (use_cache)")
+            targets = self.teacher_targets(batch["views"][self.teacher.config.image_size])
+        return self.compute_loss(student_images, batch["global"], batch["local"], batch["local_mask"], targets)
+
+    def compute_loss(
         self,
         student_images: torch.Tensor,
         global_targets: torch.Tensor,
         local_targets: torch.Tensor,
         local_mask: torch.Tensor,
-        teacher_images: torch.Tensor | None = None,
-        teacher_targets: TeacherTargets | None = None,
+        teacher_targets: TeacherTargets | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss on tensors: ``teacher_targets`` may be ``None`` only when the ablation needs no teacher."""
         output = self.student(student_images, return_attention=self.needs_attention)
         loss, terms = task_loss(
             output.global_logits, output.local_logits, global_targets, local_targets, local_mask, self.local_weight
@@ -145,9 +215,7 @@ class MLCAKDistiller(nn.Module):
         if not self.needs_teacher:
             return loss, terms
         if teacher_targets is None:
-            if teacher_images is None:
-                raise ValueError("distillation needs teacher_images or cached teacher_targets")
-            teacher_targets = self.teacher_targets(teacher_images)
+            raise ValueError("distillation needs teacher targets (from the teacher or a cache)")
         w = self.weights
         if w.alpha > 0 and output.local_logits.shape[1]:
             terms["local_kd"] = logit_mse(output.local_logits, teacher_targets.local_logits)
@@ -159,6 +227,75 @@ class MLCAKDistiller(nn.Module):
             teacher_maps = {t: teacher_targets.attentions[t] for _, t in self.layer_pairs}
             terms["attention_kd"] = attention_mse(output.attentions, teacher_maps, self.layer_pairs)
             loss = loss + w.gamma * terms["attention_kd"]
+        return loss, terms
+
+
+@dataclass(frozen=True)
+class TBLossWeights:
+    """Weights of the CNN pair's distillation terms (Shawkat et al.): soft-target KD at ``temperature``, CAM
+    alignment."""
+
+    kd: float = 1.0
+    cam: float = 1.0
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if min(self.kd, self.cam) < 0 or self.temperature <= 0:
+            raise ValueError(f"TB distillation weights must be >= 0 and the temperature > 0, got {self}")
+
+
+class TBDistiller(nn.Module):
+    """A CNN student + its frozen CNN teacher, for weakly supervised TB localisation (Shawkat et al.).
+
+    Loss: class-weighted cross-entropy + ``kd`` x soft-target KD + ``cam`` x CAM alignment (the student's class
+    activation map of ``positive_label`` against the teacher's, both min-max normalised, on the teacher's grid).
+    The teacher runs on the batch's view at its own resolution, the student on its own.
+
+    Args:
+        student, teacher: ``CNNStudent`` and a trained ``CNNTeacher`` with the same global labels.
+        weights: :class:`TBLossWeights`.
+        class_weights: ``(K,)`` cross-entropy class weights (a buffer) or ``None``.
+        positive_label: the global class whose map is aligned.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        weights: TBLossWeights,
+        class_weights: torch.Tensor | None = None,
+        positive_label: str = "tb",
+    ) -> None:
+        super().__init__()
+        labels = student.config.global_labels
+        if teacher.config.global_labels != labels or positive_label not in labels:
+            raise ValueError(
+                f"student labels {labels} and teacher labels {teacher.config.global_labels} must agree and contain "
+                f"{positive_label!r}"
+            )
+        self.student, self.teacher, self.weights = student, teacher.requires_grad_(False).eval(), weights
+        self.positive = labels.index(positive_label)
+        self.register_buffer(
+            "class_weights", None if class_weights is None else class_weights.float(), persistent=False
+        )
+
+    def train(self, mode: bool = True) -> TBDistiller:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            teacher_output = self.teacher(batch["views"][self.teacher.config.image_size], return_features=True)
+            teacher_cam = self.teacher.class_activation_maps(teacher_output.features)[:, self.positive]  # (B, h, w)
+        output = self.student(batch["views"][self.student.config.image_size], return_features=True)
+        student_cam = self.student.class_activation_maps(output.features)[:, self.positive]
+        terms = {
+            "global_ce": F.cross_entropy(output.global_logits, batch["global"], weight=self.class_weights),
+            "soft_kd": soft_target_kd(output.global_logits, teacher_output.global_logits, self.weights.temperature),
+            "cam_alignment": cam_alignment(student_cam, teacher_cam),
+        }
+        loss = terms["global_ce"] + self.weights.kd * terms["soft_kd"] + self.weights.cam * terms["cam_alignment"]
         return loss, terms
 
 
@@ -184,13 +321,23 @@ class TeacherOutputCache:
 
 
 def cache_teacher_outputs(
-    distiller: MLCAKDistiller, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], size: int
+    distiller: MLCAKDistiller,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    size: int,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TeacherOutputCache:
-    """Run the teacher once over ``(indices, teacher images)`` batches covering a dataset of ``size`` images."""
+    """Run the teacher once over ``(indices, teacher images)`` batches covering a dataset of ``size`` images.
+
+    Under several processes each can take a share of the batches: ``gather`` (``accelerator.gather``) collects
+    every process's indices and outputs, so each process ends with the whole cache (an index seen twice, as a
+    padded last batch repeats some, is written twice with the same values).
+    """
+    gather = gather or (lambda tensor: tensor)
     global_logits = local_logits = None
     attentions: dict[int, torch.Tensor] = {}
     for indices, images in batches:
         targets = distiller.teacher_targets(images)
+        indices = gather(indices.to(images.device)).cpu()
         if global_logits is None:
             global_logits = torch.zeros(size, targets.global_logits.shape[1])
             local_logits = torch.zeros(size, targets.local_logits.shape[1])
@@ -198,10 +345,10 @@ def cache_teacher_outputs(
                 layer: torch.zeros(size, *maps.shape[1:], dtype=torch.float16)
                 for layer, maps in targets.attentions.items()
             }
-        global_logits[indices] = targets.global_logits.float().cpu()
-        local_logits[indices] = targets.local_logits.float().cpu()
+        global_logits[indices] = gather(targets.global_logits.float()).cpu()
+        local_logits[indices] = gather(targets.local_logits.float()).cpu()
         for layer, maps in targets.attentions.items():
-            attentions[layer][indices] = maps.cpu().to(torch.float16)
+            attentions[layer][indices] = gather(maps.to(torch.float16)).cpu()
     if global_logits is None:
         raise ValueError("no batches to cache")
     return TeacherOutputCache(global_logits, local_logits, attentions)

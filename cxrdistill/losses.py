@@ -31,6 +31,7 @@ def task_loss(
     local_targets: torch.Tensor,
     local_mask: torch.Tensor,
     local_weight: float = 1.0,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy on the global class + masked BCE on the local findings.
 
@@ -38,11 +39,12 @@ def task_loss(
         global_logits: ``(B, K)``; global_targets: ``(B, K)`` one-hot (or soft) targets.
         local_logits, local_targets, local_mask: ``(B, L)``; the mask is 1 where a local label is known.
         local_weight: weight of the local term.
+        class_weights: ``(K,)`` weights of the global classes in the cross-entropy, or ``None``.
 
     Returns:
         ``(loss, {"global_ce": ..., "local_bce": ...})``.
     """
-    global_ce = F.cross_entropy(global_logits, global_targets)
+    global_ce = F.cross_entropy(global_logits, global_targets, weight=class_weights)
     known = local_mask.sum()
     if local_logits.shape[1] and known > 0:
         per_label = F.binary_cross_entropy_with_logits(local_logits, local_targets, reduction="none")

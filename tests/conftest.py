@@ -35,6 +35,12 @@ def hub():
     return LOOPBACK_HUB
 
 
+@pytest.fixture(scope="session")
+def tiny_tbx11k(tmp_path_factory):
+    """A synthetic TBX11K (see :func:`write_synthetic_tbx11k`): 24 images, learnable in a few steps."""
+    return write_synthetic_tbx11k(tmp_path_factory.mktemp("tbx11k"))
+
+
 def shared_path(*parts: str) -> Path:
     """Path under the shared data folder, or skip the test saying what is missing."""
     path = SHARED_DATA.joinpath(*parts)

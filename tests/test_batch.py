@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,17 +105,19 @@ def test_resume_skips_done_rows_and_redoes_a_half_written_line(archive, tmp_path
         assert len(list(csv.reader(handle))) == len(files) + 1
 
 
-def test_two_processes_under_accelerate_launch_give_the_same_rows_as_one(archive, tmp_path):
-    pytest.importorskip("accelerate")
+def test_two_processes_under_torchrun_split_the_files_and_give_the_same_rows_as_one(archive, tmp_path):
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     args = ["predict", str(archive), "--model", str(STUDENT), "--workers", "0", "--quiet"]
     assert main([*args, "--out", str(one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrdistill"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cxrdistill"]
     result = subprocess.run([*launch, *args, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # each process prints its counts as one JSON object (the two may share a line of stderr)
+    stats = [json.loads(found) for found in re.findall(r'\{"ok"[^{}]*\}', result.stderr)]
+    assert sorted((s["process"], s["processes"]) for s in stats) == [(0, 2), (1, 2)], result.stderr[-3000:]
     rows_one, rows_two = read_rows(one), read_rows(two)
+    assert sum(s["images"] for s in stats) == len(rows_one) and all(s["images"] > 0 for s in stats)
     assert [r["path"] for r in rows_two] == [r["path"] for r in rows_one]
     for a, b in zip(rows_one, rows_two, strict=True):
         assert a["status"] == b["status"] and a["error"] == b["error"]

@@ -97,11 +97,14 @@ def pair():
 def batch(teacher_size=56, student_size=28):
     generator = torch.Generator().manual_seed(3)
     return {
-        "teacher": torch.rand(4, 1, teacher_size, teacher_size, generator=generator),
-        "student": torch.rand(4, 1, student_size, student_size, generator=generator),
+        "views": {
+            teacher_size: torch.rand(4, 1, teacher_size, teacher_size, generator=generator),
+            student_size: torch.rand(4, 1, student_size, student_size, generator=generator),
+        },
         "global": torch.eye(2)[[0, 1, 1, 0]],
         "local": torch.zeros(4, 3),
-        "mask": torch.ones(4, 3),
+        "local_mask": torch.ones(4, 3),
+        "index": torch.arange(4),
     }
 
 
@@ -110,7 +113,8 @@ def test_gradients_reach_the_student_only_and_the_teacher_stays_frozen(pair):
     distiller = MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2)).train()
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
     b = batch()
-    loss, terms = distiller(b["student"], b["global"], b["local"], b["mask"], teacher_images=b["teacher"])
+    loss, terms = distiller(b)
+    assert distiller.teacher_mode == "online"
     assert set(terms) == {"global_ce", "local_bce", "local_kd", "global_kd", "attention_kd"}
     assert all(torch.isfinite(v) and v >= 0 for v in terms.values())
     loss.backward()
@@ -122,18 +126,21 @@ def test_cached_teacher_targets_equal_online_ones(pair):
     teacher, student = pair
     distiller = MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2)).train()
     b = batch()
+    teacher_images = b["views"][56]
     cache = cache_teacher_outputs(
-        distiller, [(torch.tensor([2, 3]), b["teacher"][2:]), (torch.tensor([0, 1]), b["teacher"][:2])], size=4
+        distiller, [(torch.tensor([2, 3]), teacher_images[2:]), (torch.tensor([0, 1]), teacher_images[:2])], size=4
     )
     cached = cache.lookup(torch.tensor([0, 1, 2, 3]))
-    online = distiller.teacher_targets(b["teacher"])
+    online = distiller.teacher_targets(teacher_images)
     torch.testing.assert_close(cached.global_logits, online.global_logits)
     for layer in online.attentions:
         torch.testing.assert_close(cached.attentions[layer], online.attentions[layer], atol=1e-3, rtol=0)
     torch.manual_seed(0)
-    from_cache, _ = distiller(b["student"], b["global"], b["local"], b["mask"], teacher_targets=cached)
+    from_teacher, _ = distiller(b)
+    distiller.use_cache(cache)
+    assert distiller.teacher_mode == "cache" and distiller.teacher is None
     torch.manual_seed(0)
-    from_teacher, _ = distiller(b["student"], b["global"], b["local"], b["mask"], teacher_images=b["teacher"])
+    from_cache, _ = distiller(b)
     torch.testing.assert_close(from_cache, from_teacher, atol=1e-4, rtol=1e-4)
 
 
@@ -141,10 +148,10 @@ def test_student_alone_needs_no_teacher(pair):
     _, student = pair
     distiller = MLCAKDistiller(student, None, ablation_weights("none", MLCAKWeights()), [(1, 1)])
     b = batch()
-    _, terms = distiller(b["student"], b["global"], b["local"], b["mask"])
-    assert set(terms) == {"global_ce", "local_bce"}
-    with pytest.raises(ValueError, match="needs teacher_images"):
-        MLCAKDistiller(student, None, MLCAKWeights(), [(1, 1)])(b["student"], b["global"], b["local"], b["mask"])
+    _, terms = distiller(b)
+    assert set(terms) == {"global_ce", "local_bce"} and distiller.teacher_mode == "none"
+    with pytest.raises(ValueError, match="needs a teacher or cached teacher targets"):
+        MLCAKDistiller(student, None, MLCAKWeights(), [(1, 1)])(b)
 
 
 def test_soft_target_kd_is_zero_on_agreement_and_positive_otherwise():
@@ -174,3 +181,30 @@ def test_cam_alignment_resamples_and_ignores_scale():
     elsewhere[:, 3, 0] = 0.3
     assert cam_alignment(elsewhere, teacher) > aligned
     assert cam_alignment(teacher * 3 + 1, teacher) < 1e-10
+
+
+def test_tb_distiller_trains_the_student_only_and_its_buffers_follow_the_module():
+    from cxrdistill.distill import SupervisedTask, TBDistiller, TBLossWeights
+    from cxrdistill.models import CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig
+
+    labels = dict(global_labels=("not_tb", "tb"), local_labels=())
+    torch.manual_seed(0)
+    teacher = CNNTeacher(CNNTeacherConfig(timm_name="resnet10t", image_size=56, **labels))
+    student = CNNStudent(CNNStudentConfig(timm_name="resnet10t", image_size=28, **labels))
+    weights = torch.tensor([2.0, 0.5])
+    task = TBDistiller(student, teacher, TBLossWeights(), class_weights=weights).train()
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    loss, terms = task(batch())
+    assert set(terms) == {"global_ce", "soft_kd", "cam_alignment"} and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.global_head.weight.grad.abs().sum() > 0
+    # the class weights weigh the cross-entropy and move with the module (a buffer, not a closure's tensor)
+    unweighted = TBDistiller(student, teacher, TBLossWeights())(batch())[1]["global_ce"]
+    assert not torch.isclose(terms["global_ce"], unweighted)
+    assert "class_weights" not in task.state_dict()  # derived from the data, not trained state
+    with pytest.raises(ValueError, match="must agree"):
+        TBDistiller(student, CNNTeacher(CNNTeacherConfig(global_labels=("a", "b"), local_labels=())), TBLossWeights())
+    supervised = SupervisedTask(teacher.requires_grad_(True), 56, class_weights=weights)
+    assert set(supervised(batch())[1]) == {"global_ce", "local_bce"}
+    assert task.double().class_weights.dtype == torch.float64

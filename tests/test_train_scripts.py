@@ -9,18 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, write_synthetic_tbx11k
-
-sys.path.insert(0, str(REPO_ROOT))
+from conftest import REPO_ROOT
 
 from cxrdistill.models import StudentViT, TeacherViT
-from train import distill_student, train_teacher
-from train.common import latest_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_tbx11k(tmp_path_factory):
-    return write_synthetic_tbx11k(tmp_path_factory.mktemp("tbx11k"))
+from cxrdistill_train import distill_student, train_teacher
+from cxrdistill_train.common import latest_checkpoint
 
 
 def common_args(root, output, cache) -> list[str]:
@@ -104,55 +97,69 @@ def test_distillation_without_a_teacher_is_refused(tiny_tbx11k, tmp_path):
         distill_student.main([*common_args(tiny_tbx11k, tmp_path, tmp_path / "cache"), "--ablation", "all"])
 
 
-def test_resume_continues_where_a_killed_run_stopped_and_matches_an_uninterrupted_run(
-    tiny_tbx11k, tmp_path, monkeypatch
-):
+def resume_args(root, output, cache, epochs: int = 3) -> list[str]:
+    return [
+        *common_args(root, output, cache),
+        *("--epochs", str(epochs), "--depth", "2", "--embed-dim", "24", "--ablation", "none", "--warmup-epochs", "1"),
+    ]
+
+
+def assert_same_checkpoint_weights(folder, reference) -> None:
     from safetensors.torch import load_file
 
-    from train import common
+    expected = load_file(reference / "checkpoint" / "model.safetensors")
+    got = load_file(folder / "checkpoint" / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)
 
-    def run(output, resume=False):
-        args = [
-            *common_args(tiny_tbx11k, output, tmp_path / "cache"),
-            "--epochs",
-            "3",
-            "--depth",
-            "2",
-            "--embed-dim",
-            "24",
-            "--ablation",
-            "none",
-            "--warmup-epochs",
-            "1",
-        ]
-        return distill_student.main([*args, "--resume"] if resume else args)
 
-    run(tmp_path / "straight")
-    # Kill the second run right after its second checkpoint, as a SIGKILL between epochs would.
+@pytest.fixture(scope="module")
+def straight_run(tiny_tbx11k, tmp_path_factory):
+    """An uninterrupted 3-epoch run of the student alone, to compare resumed runs with."""
+    folder = tmp_path_factory.mktemp("straight")
+    distill_student.main(resume_args(tiny_tbx11k, folder, folder / "cache"))
+    return folder
+
+
+@pytest.mark.parametrize("swap_interrupted", [False, True], ids=["checkpoint", "checkpoint.old"])
+def test_resume_continues_where_a_killed_run_stopped_and_matches_an_uninterrupted_run(
+    tiny_tbx11k, tmp_path, monkeypatch, straight_run, swap_interrupted
+):
+    """Killed after its second checkpoint, then ``--resume``: it starts at epoch 2, runs only epoch 3 and ends with
+    the uninterrupted weights. With ``swap_interrupted`` the kill came inside the checkpoint swap, after the old
+    checkpoint was moved aside and before the new one took its place: only ``checkpoint.old`` is left."""
+    from cxrdistill_train import common
+
+    output = tmp_path / "interrupted"
     real_save, saves = common.save_checkpoint, []
 
-    def save_then_die(accelerator, output_dir):
-        real_save(accelerator, output_dir)
+    def save_then_die(accelerator, output_dir, progress=None):
+        real_save(accelerator, output_dir, progress)
         saves.append(output_dir)
         if len(saves) == 2:
             raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(common, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "interrupted")
+        distill_student.main(resume_args(tiny_tbx11k, output, tmp_path / "cache"))
     monkeypatch.setattr(common, "save_checkpoint", real_save)
-    assert latest_checkpoint(tmp_path / "interrupted") is not None
-    run(tmp_path / "interrupted", resume=True)
-    history = json.loads((tmp_path / "interrupted" / "history.json").read_text())
+    if swap_interrupted:
+        (output / "checkpoint").rename(output / "checkpoint.old")
+    checkpoint = latest_checkpoint(output)
+    assert checkpoint.name == ("checkpoint.old" if swap_interrupted else "checkpoint")
+    assert common.checkpoint_progress(checkpoint)["epoch"] == 2
+
+    result = distill_student.main([*resume_args(tiny_tbx11k, output, tmp_path / "cache"), "--resume"])
+    training = result["final"]["training"]
+    assert training["start_epoch"] == 2 and training["epochs_run"] == 1, training
+    history = json.loads((output / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [1, 2, 3]
-    straight = load_file(tmp_path / "straight" / "checkpoint" / "model.safetensors")
-    interrupted = load_file(tmp_path / "interrupted" / "checkpoint" / "model.safetensors")
-    for key in straight:
-        torch.testing.assert_close(interrupted[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+    assert_same_checkpoint_weights(output, straight_run)
 
 
 def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_path):
-    from train import evaluate
+    from cxrdistill_train import evaluate
 
     report_path = tmp_path / "eval.json"
     assert (
@@ -192,16 +199,16 @@ def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_pa
 
 def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
     from cxrdistill.models import CNNStudent, CNNTeacher
-    from train import tb_localize
+    from cxrdistill_train import tb_localize
 
     result = tb_localize.main(
         [
             *common_args(tiny_tbx11k, tmp_path / "tb", tmp_path / "cache"),
             "--epochs",
             "1",
-            "--teacher-size",
+            "--teacher-image-size",
             "64",
-            "--student-size",
+            "--student-image-size",
             "28",
         ]
     )
@@ -213,7 +220,7 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
         tb_localize.main([*common_args(tiny_tbx11k, tmp_path / "x", tmp_path / "cache"), "--stage", "student"])
 
     # the release step: calibrated thresholds, a heatmap threshold from the boxes, localisation on the card
-    from train.experiments import release
+    from cxrdistill_train.experiments import release
 
     target = tmp_path / "models" / "tb-student-28"
     source = tmp_path / "tb" / "student" / "best"
@@ -234,7 +241,7 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
 
 
 def test_class_weights_balance_the_classes():
-    from train.tb_localize import class_weight_tensor
+    from cxrdistill_train.tb_localize import class_weight_tensor
 
     targets = torch.tensor([[1.0, 0.0]] * 1 + [[0.0, 1.0]] * 3)
     torch.testing.assert_close(class_weight_tensor(targets, "balanced"), torch.tensor([2.0, 2 / 3]))
@@ -246,7 +253,7 @@ def test_a_full_disk_at_save_time_keeps_the_previous_checkpoint_and_says_so(tmp_
 
     from accelerate import Accelerator
 
-    from train.common import save_checkpoint
+    from cxrdistill_train.common import save_checkpoint
 
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(torch.nn.Linear(3, 2))
@@ -271,34 +278,45 @@ def test_a_full_disk_at_save_time_keeps_the_previous_checkpoint_and_says_so(tmp_
 
 def test_sigkill_at_a_random_moment_then_resume_ends_with_the_uninterrupted_weights(tiny_tbx11k, tmp_path):
     """A real ``kill -9`` of the training process (not an exception inside it), at a random moment after the first
-    checkpoint, then ``--resume``: the final weights match a run that was never interrupted."""
+    checkpoint, then ``--resume``: it starts at the surviving checkpoint's epoch, runs only the epochs after it, and
+    the final weights match a run that was never interrupted."""
     import random
     import signal
     import subprocess
     import time
 
-    from safetensors.torch import load_file
-
     script = str(REPO_ROOT / "train" / "distill_student.py")
-    options = ["--epochs", "8", "--depth", "2", "--embed-dim", "24", "--ablation", "none", "--warmup-epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
     def command(output):
-        return [sys.executable, script, *common_args(tiny_tbx11k, output, tmp_path / "cache"), *options]
+        return [sys.executable, script, *resume_args(tiny_tbx11k, output, tmp_path / "cache", epochs=8)]
 
     subprocess.run(command(tmp_path / "straight"), env=env, check=True, capture_output=True, timeout=600)
     victim = subprocess.Popen(
         command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    from cxrdistill_train.common import checkpoint_progress
+
+    def reached(epoch: int) -> bool:
+        checkpoint = latest_checkpoint(tmp_path / "killed")
+        try:
+            return checkpoint is not None and checkpoint_progress(checkpoint)["epoch"] >= epoch
+        except (OSError, ValueError):  # the marker vanished in a swap, or is being written
+            return False
+
+    chance = random.Random()
+    target = chance.randint(1, 6)  # an epoch of the 8; then a random moment of the next, maybe mid-checkpoint
     deadline = time.monotonic() + 300
-    while latest_checkpoint(tmp_path / "killed") is None and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.Random().uniform(0.0, 1.0))  # somewhere in a later epoch, maybe mid-checkpoint
+    while not reached(target) and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(chance.uniform(0.0, 0.05))
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
-    assert latest_checkpoint(tmp_path / "killed") is not None  # a complete checkpoint survived the kill
+    survivor = latest_checkpoint(tmp_path / "killed")
+    assert survivor is not None  # a complete checkpoint survived the kill
+    epoch = checkpoint_progress(survivor)["epoch"]
+    assert target <= epoch < 8, (target, epoch)
     subprocess.run([*command(tmp_path / "killed"), "--resume"], env=env, check=True, capture_output=True, timeout=600)
-    straight = load_file(tmp_path / "straight" / "checkpoint" / "model.safetensors")
-    resumed = load_file(tmp_path / "killed" / "checkpoint" / "model.safetensors")
-    for key in straight:
-        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
+    training = json.loads((tmp_path / "killed" / "best" / "metrics.json").read_text())["training"]
+    assert training["start_epoch"] == epoch and training["epochs_run"] == 8 - epoch, (epoch, training)
+    assert_same_checkpoint_weights(tmp_path / "killed", tmp_path / "straight")

@@ -1,19 +1,26 @@
 """What the training scripts share: data, the Accelerate loop, evaluation, and crash-safe checkpoints.
 
-Scripts stay thin: each parses its config, builds a model and a loss function ``loss_fn(batch) -> (loss, terms)``,
-and calls :func:`fit`. Checkpoints are Accelerate states written to a temporary folder and swapped into place, so a
-run killed at any moment resumes (``--resume``) from the last complete epoch.
+Scripts stay thin: each parses its config, builds a model and the task module that owns its loss
+(``task(batch) -> (loss, terms)``, from :mod:`cxrdistill.distill`), and calls :func:`fit_and_save_best`. The loop
+calls the task *as Accelerate prepared it*, so under several processes the forward pass goes through
+DistributedDataParallel and the gradients are averaged. :func:`make_accelerator` makes a CPU-only launch of several
+processes (``torchrun``, ``accelerate launch --multi_gpu``) a real gloo run. Checkpoints are Accelerate states
+written to a temporary folder and swapped into place, so a run killed at any moment resumes (``--resume``) from the
+last complete epoch; only the main process writes files.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import math
 import os
+import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -30,26 +37,39 @@ from tqdm.auto import tqdm
 from cxrdistill.data import AugmentConfig, CachedDataset, MultiResolutionViews, ViewDataset, collate_views
 from cxrdistill.evaluation import EvalData, classification_metrics, load_train_val
 from cxrdistill.evaluation import to_jsonable as jsonable
+from cxrdistill.models.presets import preset_config, presets_for
 
 logger = logging.getLogger("cxrdistill.train")
 
 
 @dataclass
 class DataConfig:
-    """Which data, how it is split and cached."""
+    """Which data, how it is split and cached.
 
-    dataset: str = "tbx11k"  # "tbx11k" (TB vs not-TB + TB types) or "nih" (nih1000: normal/abnormal + 14 findings)
+    Attributes:
+        dataset: "tbx11k" (TB vs not TB + TB types) or "nih" (nih1000: normal / abnormal + 14 findings).
+        root: the dataset's folder (official layout).
+        val_fraction: share of the training images held out for validation (patient-grouped, source-stratified).
+        split_seed: seed of the train / validation split (the same split as ``cxrdistill evaluate``).
+        cache_size: side in pixels of the letterboxed tensor cache every view is made from.
+        cache_dir: where the tensor cache lives (default: the user cache folder).
+        limit: use only N evenly spaced images of each split (smoke tests); none: all.
+        num_workers: DataLoader worker processes per training process.
+    """
+
+    dataset: str = "tbx11k"
     root: str = "../shared/data/tbx11k"
     val_fraction: float = 0.25
     split_seed: int = 0
     cache_size: int = 256
     cache_dir: str | None = None
-    limit: int | None = None  # use only the first N images of each split (smoke tests)
+    limit: int | None = None
     num_workers: int = 1
 
 
-def build_datasets(config: DataConfig):
-    """``(train, validation)`` datasets of records (nothing decoded yet), split as ``cxrdistill evaluate`` does."""
+def build_datasets(config: DataConfig, accelerator: Accelerator | None = None):
+    """``(train, validation)`` datasets of records, split as ``cxrdistill evaluate`` does, with their tensor caches
+    built (by the main process first; the others then open them)."""
     train, validation = load_train_val(
         EvalData(config.dataset, config.root, None, "all", config.val_fraction, config.split_seed)
     )
@@ -58,12 +78,22 @@ def build_datasets(config: DataConfig):
             d.subset(np.unique(np.linspace(0, len(d) - 1, config.limit).astype(int)).tolist())
             for d in (train, validation)
         )
+    if accelerator is not None:
+        with accelerator.main_process_first():
+            for dataset in (train, validation):
+                CachedDataset(dataset, size=config.cache_size, cache_dir=config.cache_dir)
     return train, validation
 
 
+def script_command(script: str, argv) -> str:
+    """The command line of a run, for its card."""
+    return f"python {script} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
 def make_loader(dataset, config: DataConfig, views: MultiResolutionViews, batch_size: int, shuffle: bool) -> DataLoader:
-    # No generator of its own: the shuffle order and worker seeds come from the global RNG, which fit() re-seeds
-    # at every epoch, so a resumed run sees the same order as an uninterrupted one.
+    # A shuffling loader gets a generator of its own, which fit() re-seeds at every epoch: it draws the order and
+    # the workers' augmentation seeds, so a resumed run replays the order an uninterrupted one used, under any
+    # number of processes (Accelerate shards the batches of that one order and keeps the generator in sync).
     cached = CachedDataset(dataset, size=config.cache_size, cache_dir=config.cache_dir)
     return DataLoader(
         ViewDataset(cached, views),
@@ -72,6 +102,7 @@ def make_loader(dataset, config: DataConfig, views: MultiResolutionViews, batch_
         drop_last=shuffle and len(dataset) > batch_size,
         num_workers=config.num_workers,
         collate_fn=collate_views,
+        generator=torch.Generator() if shuffle else None,
     )
 
 
@@ -89,7 +120,7 @@ def predict(forward: Callable[[dict], Any], loader: DataLoader, accelerator: Acc
         global_targets.append(accelerator.gather_for_metrics(batch["global"]).cpu())
         local_targets.append(accelerator.gather_for_metrics(batch["local"]).cpu())
         local_masks.append(accelerator.gather_for_metrics(batch["local_mask"]).cpu())
-        sources += batch["source"]
+        sources += accelerator.gather_for_metrics(list(batch["source"]))  # strings: gathered as objects
     return {
         "global_probs": torch.cat(global_probs).numpy(),
         "local_probs": torch.cat(local_probs).numpy(),
@@ -100,12 +131,37 @@ def predict(forward: Callable[[dict], Any], loader: DataLoader, accelerator: Acc
     }
 
 
+def view_forward(model: torch.nn.Module) -> Callable[[dict], Any]:
+    """``batch -> model(the batch's view at the model's input size)``."""
+    return lambda batch: model(batch["views"][model.config.image_size])
+
+
 # ------------------------------------------------------------------------------------------------- training
 
 
 @dataclass
 class LoopConfig:
-    """The optimisation schedule shared by every script."""
+    """The optimisation schedule shared by every script.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: images per optimiser step in each process (N processes: N x this per step).
+        lr: peak AdamW learning rate, after the warm-up.
+        weight_decay: AdamW weight decay of the weight matrices (none on biases and norms).
+        warmup_epochs: epochs of linear warm-up before the cosine decay to zero.
+        grad_clip: clip the gradient norm to this (0: no clipping).
+        mixed_precision: "auto" (bf16 on a GPU that supports it, else full precision), "no", "bf16" or "fp16".
+        cpu: train on the CPU even where a GPU is present.
+        eval_every: validate every N epochs (and after the last).
+        select_metric: the validation metric that picks the best epoch.
+        seed: seed of initialisation, shuffling and augmentation.
+        output_dir: where checkpoints, the best model, history.json and the TensorBoard log go.
+        resume: continue from OUTPUT_DIR's last complete checkpoint.
+        max_steps: stop after N optimiser steps (smoke tests); none: run every epoch.
+        push_to_hub: publish the best model to this Hub repo id at the end.
+        bootstrap: bootstrap resamples for the confidence intervals of the final evaluation.
+        extra: the script's own settings, recorded in the TensorBoard config (not a flag).
+    """
 
     epochs: int = 60
     batch_size: int = 32
@@ -113,44 +169,138 @@ class LoopConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 5.0
     grad_clip: float = 1.0
-    mixed_precision: str = "auto"  # "auto": bf16 on a GPU that supports it, else full precision
+    mixed_precision: str = "auto"
+    cpu: bool = False
     eval_every: int = 1
     select_metric: str = "same_hospital_auroc"
     seed: int = 0
     output_dir: str = "runs/unnamed"
     resume: bool = False
-    max_steps: int | None = None  # stop early (smoke tests)
+    max_steps: int | None = None
     push_to_hub: str | None = None
     bootstrap: int = 1000
     extra: dict = field(default_factory=dict)
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, *configs) -> None:
-    """``--field-name`` options for every field of the given config dataclasses (defaults from them)."""
-    for config in configs:
-        for f in dataclasses.fields(config):
-            if f.name == "extra":
-                continue
-            value = getattr(config, f.name)
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-            elif isinstance(value, (tuple, list)):
-                parser.add_argument(flag, nargs="+", type=type(value[0]) if value else str, default=value)
+# ------------------------------------------------------------------------------------------ command lines
+
+
+def field_help(cls) -> dict[str, str]:
+    """Each field's help text, from the ``Attributes:`` sections of ``cls``'s and its bases' docstrings
+    (``name: text`` or ``name1, name2: text``; indented lines continue it)."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        lines = inspect.cleandoc(klass.__dict__.get("__doc__") or "").splitlines()
+        if "Attributes:" not in lines:
+            continue
+        names: list[str] = []
+        for line in lines[lines.index("Attributes:") + 1 :]:
+            if not line.strip():
+                break
+            entry = re.match(r"^ {4}([a-z_][a-z0-9_, ]*):\s*(.*)$", line)
+            if entry:
+                names = [name.strip() for name in entry.group(1).split(",")]
+                for name in names:
+                    helps[name] = entry.group(2)
             else:
-                kind = type(value) if value is not None else str
-                parser.add_argument(flag, type=_optional(kind) if value is None else kind, default=value)
+                for name in names:
+                    helps[name] += " " + line.strip()
+    return helps
 
 
-def _optional(kind):
+def _value_parser(annotation: str):
+    """An argparse ``type`` from a field's annotation text (``int``, ``float | None``, ...)."""
+    optional = "None" in annotation
+    base = {"int": int, "float": float}.get(annotation.replace("| None", "").strip(), str)
+
     def parse(text: str):
-        return None if text.lower() in ("none", "") else (int(text) if text.isdigit() else text)
+        return None if optional and text.lower() in ("none", "") else base(text)
 
+    parse.__name__ = annotation  # argparse names the type in its error messages
     return parse
 
 
-def fill_dataclass(cls, namespace: argparse.Namespace):
-    return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)})
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, config, prefix: str = "", skip: tuple[str, ...] = ("extra",)
+) -> None:
+    """``--PREFIX-field-name`` options for the fields of the dataclass instance ``config`` (defaults from it, help
+    from its ``Attributes:`` docstring: a field without help is a ``TypeError``, so every flag says what it does)."""
+    helps = field_help(type(config))
+    for f in dataclasses.fields(config):
+        if f.name in skip:
+            continue
+        if f.name not in helps:
+            raise TypeError(f"{type(config).__name__}.{f.name} has no help: document it under Attributes")
+        value = getattr(config, f.name)
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        shown = f"{helps[f.name]} (default: %(default)s)"
+        common = dict(default=value, dest=prefix + f.name, help=shown)
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif isinstance(value, (tuple, list)):
+            parser.add_argument(flag, nargs="+", type=_value_parser(str(f.type).split("[")[-1].rstrip("]")), **common)
+        else:
+            parser.add_argument(flag, type=_value_parser(str(f.type)), **common)
+
+
+def fill_dataclass(cls, namespace: argparse.Namespace, prefix: str = ""):
+    values = vars(namespace)
+    return cls(**{f.name: values[prefix + f.name] for f in dataclasses.fields(cls) if prefix + f.name in values})
+
+
+# fields of a model config that a training script takes from the data, calibration or another flag (--pretrained)
+NOT_FLAGS = (
+    "model_type",
+    "preset",
+    "in_chans",
+    "global_labels",
+    "local_labels",
+    "global_thresholds",
+    "local_thresholds",
+    "heatmap_threshold",
+    "pretrained_weights",
+    "mean",
+    "std",
+)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, config_class, default_preset: str, prefix: str = "") -> None:
+    """``--PREFIX-preset`` and one override option per architecture field of ``config_class``, defaulting to the
+    preset's value (any override that changes the architecture makes the saved config say ``custom``)."""
+    model_type = config_class.model_type_default()
+    what = model_type.removeprefix("cxrdistill-")
+    parser.add_argument(
+        "--" + (prefix + "preset").replace("_", "-"),
+        dest=prefix + "preset",
+        default=default_preset,
+        choices=presets_for(model_type),
+        help=f"the {what}'s named architecture (cxrdistill.models.presets; default: %(default)s)",
+    )
+    helps = field_help(config_class)
+    for f in dataclasses.fields(config_class):
+        if f.name in NOT_FLAGS:
+            continue
+        parser.add_argument(
+            "--" + (prefix + f.name).replace("_", "-"),
+            dest=prefix + f.name,
+            type=_value_parser(str(f.type) + " | None"),
+            default=None,
+            help=f"{what}: {helps[f.name]} (default: the preset's, else {f.default!r})",
+        )
+
+
+def model_config_from_args(namespace: argparse.Namespace, config_class, prefix: str = ""):
+    """The model config the ``add_model_arguments`` options describe (labels: the config's defaults)."""
+    values = vars(namespace)
+    overrides = {
+        f.name: values[prefix + f.name]
+        for f in dataclasses.fields(config_class)
+        if f.name not in NOT_FLAGS and values.get(prefix + f.name) is not None
+    }
+    try:
+        return preset_config(config_class, values[prefix + "preset"], **overrides)
+    except ValueError as error:
+        raise SystemExit(f"invalid model configuration: {error}") from error
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
@@ -178,10 +328,11 @@ class TrainerState:
         self.epoch, self.step, self.best, self.history = state["epoch"], state["step"], state["best"], state["history"]
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path) -> None:
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict | None = None) -> None:
     """Write the full training state to ``output_dir/checkpoint`` atomically (temporary folder, then renames).
 
-    Every process calls it (Accelerate saves per-process RNG states); only the main process renames.
+    Every process calls it (Accelerate saves per-process RNG states); only the main process renames. The folder's
+    ``COMPLETE`` marker, written last, holds ``progress`` (the epoch and step it was taken at) as JSON.
     """
     final, temporary, old = output_dir / "checkpoint", output_dir / "checkpoint.tmp", output_dir / "checkpoint.old"
     if accelerator.is_main_process:
@@ -190,7 +341,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path) -> None:
     try:
         accelerator.save_state(str(temporary))
         if accelerator.is_main_process:
-            (temporary / "COMPLETE").write_text("ok")
+            (temporary / "COMPLETE").write_text(json.dumps(progress or {}))
     except OSError as error:  # a full disk, a quota, a vanished mount: keep the last good checkpoint
         shutil.rmtree(temporary, ignore_errors=True)
         kept = latest_checkpoint(output_dir)
@@ -211,43 +362,66 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path) -> None:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint, including one left as ``checkpoint.old`` by a crash mid-swap."""
-    for name in ("checkpoint", "checkpoint.old"):
+    """The newest complete checkpoint: ``checkpoint``, else what a crash in the middle of the swap left (a complete
+    ``checkpoint.tmp``, newer, or ``checkpoint.old``)."""
+    for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):
         candidate = output_dir / name
         if (candidate / "COMPLETE").is_file():
             return candidate
     return None
 
 
-def fit(
-    model: torch.nn.Module,
-    loss_fn: Callable[[dict], tuple[torch.Tensor, dict]],
-    forward_eval: Callable[[dict], Any],
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    loop: LoopConfig,
-    accelerator: Accelerator,
-    on_best: Callable[[dict], None],
-    global_labels,
-    local_labels,
-) -> dict:
-    """Train ``model`` with AdamW + warm-up/cosine, clipping, periodic evaluation and crash-safe checkpoints.
+def checkpoint_progress(checkpoint: Path) -> dict:
+    """The epoch and step a complete checkpoint was taken at (its ``COMPLETE`` marker)."""
+    return json.loads((checkpoint / "COMPLETE").read_text())
 
-    ``on_best(metrics)`` is called (main process) whenever the selection metric improves, to save the best model.
-    Returns the final state's history entry of the best epoch.
+
+@dataclass
+class TrainingRun:
+    """What :func:`fit` trains and what it keeps.
+
+    Attributes:
+        task: ``task(batch) -> (loss, {term: value})``, an ``nn.Module`` holding ``model`` (and a frozen teacher,
+            buffers); the loop optimises its trainable parameters through the prepared (DDP) wrapper.
+        model: the model inside ``task`` that is evaluated every epoch and saved as the best model.
+        train_loader, val_loader: data loaders (not yet prepared).
+        data: the data configuration (for the card).
+        command: the command line that made this run (for the card).
+        extra: more facts for the card's training record.
+    """
+
+    task: torch.nn.Module
+    model: torch.nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    data: DataConfig
+    command: str
+    extra: dict = field(default_factory=dict)
+
+
+def fit(run: TrainingRun, loop: LoopConfig, accelerator: Accelerator, on_best: Callable[[dict], None]) -> dict:
+    """Train ``run.task`` with AdamW + warm-up/cosine, clipping, periodic evaluation and crash-safe checkpoints.
+
+    ``on_best(metrics)`` is called (main process only) whenever the selection metric improves, to save the best
+    model. Returns ``{"best": the best epoch's history entry, "loss_terms": the loss terms used, "start_epoch": the
+    epoch it started from (a checkpoint's after --resume), "epochs_run": the epochs this call ran,
+    "train_images_per_s": training images per second over all processes, evaluation and checkpoints excluded}``.
     """
     output_dir = Path(loop.output_dir)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in run.task.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim > 1]
     no_decay = [p for p in trainable if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": loop.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=loop.lr
     )
-    steps_per_epoch = max(1, len(train_loader))
+    # Counted on the unsplit loader: Accelerate's prepared scheduler steps once per process per optimiser step,
+    # so the schedule spans the same epochs under any number of processes.
+    steps_per_epoch = max(1, len(run.train_loader))
     total_steps = loop.max_steps or loop.epochs * steps_per_epoch
     scheduler = warmup_cosine(optimizer, int(loop.warmup_epochs * steps_per_epoch), total_steps)
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
+    shuffle_generator = run.train_loader.generator  # the same object inside the prepared loader
+    task, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        run.task, optimizer, run.train_loader, run.val_loader, scheduler
     )
     state = TrainerState()
     accelerator.register_for_checkpointing(state)
@@ -258,29 +432,36 @@ def fit(
         else:
             accelerator.load_state(str(checkpoint))
             logger.info("resumed from %s at epoch %d", checkpoint, state.epoch)
+            accelerator.print(f"resumed from {checkpoint} at epoch {state.epoch} (step {state.step})")
 
-    start = time.perf_counter()
+    start, first_epoch, loss_terms = time.perf_counter(), state.epoch, set()
+    loop_seconds, images_seen = 0.0, 0  # the optimisation alone (no evaluation, no checkpoints), all processes
     while state.epoch < loop.epochs and (loop.max_steps is None or state.step < loop.max_steps):
-        model.train()
+        task.train()
         # A fresh, epoch-seeded shuffle: resuming replays the same order an uninterrupted run would have used.
         set_seed(loop.seed + state.epoch)
+        if shuffle_generator is not None:
+            shuffle_generator.manual_seed(loop.seed + state.epoch)
         progress = tqdm(
             train_loader,
             desc=f"epoch {state.epoch + 1}/{loop.epochs}",
             disable=not accelerator.is_local_main_process,
             leave=False,
         )
+        epoch_start = time.perf_counter()
         for batch in progress:
+            images_seen += len(batch["index"]) * accelerator.num_processes
             with accelerator.autocast():
-                loss, terms = loss_fn(batch)
+                loss, terms = task(batch)  # the prepared module: DDP averages the gradients
             accelerator.backward(loss)
             loss = loss.detach()
             if loop.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), loop.grad_clip)
+                accelerator.clip_grad_norm_(task.parameters(), loop.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             state.step += 1
+            loss_terms.update(terms)
             logged = {
                 "train/loss": loss.item(),
                 **{f"train/{k}": float(v.detach()) for k, v in terms.items()},
@@ -290,11 +471,14 @@ def fit(
             progress.set_postfix(loss=f"{loss.item():.4f}")
             if loop.max_steps is not None and state.step >= loop.max_steps:
                 break
+        loop_seconds += time.perf_counter() - epoch_start
         state.epoch += 1
+        share_main_buffers(run.task, accelerator)
         if state.epoch % loop.eval_every == 0 or state.epoch == loop.epochs:
-            model.eval()
-            predictions = predict(forward_eval, val_loader, accelerator)
-            metrics = classification_metrics(predictions, global_labels, local_labels)
+            task.eval()
+            predictions = predict(view_forward(run.model), val_loader, accelerator)
+            config = run.model.config
+            metrics = classification_metrics(predictions, config.global_labels, config.local_labels)
             metrics.update(epoch=state.epoch, step=state.step, elapsed_s=round(time.perf_counter() - start, 1))
             accelerator.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.step)
             score = _score(metrics, loop.select_metric)
@@ -306,10 +490,29 @@ def fit(
                 state.best = score
                 if accelerator.is_main_process:
                     on_best(jsonable(metrics))
-        save_checkpoint(accelerator, output_dir)
+        save_checkpoint(accelerator, output_dir, {"epoch": state.epoch, "step": state.step})
     if accelerator.is_main_process:
         (output_dir / "history.json").write_text(json.dumps(state.history, indent=2))
-    return max(state.history, key=lambda h: _score(h, loop.select_metric)) if state.history else {}
+    best = max(state.history, key=lambda h: _score(h, loop.select_metric)) if state.history else {}
+    return {
+        "best": best,
+        "loss_terms": sorted(loss_terms),
+        "start_epoch": first_epoch,
+        "epochs_run": state.epoch - first_epoch,
+        "train_images_per_s": round(images_seen / loop_seconds, 1) if loop_seconds else None,
+    }
+
+
+def share_main_buffers(module: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Copy the main process's buffers (BatchNorm running statistics) to every process, in place.
+
+    DDP broadcasts them at the start of each training forward, so after the last step every process holds its own
+    batch's update; sharing the main process's (the one that is saved) makes evaluation and the checkpoint agree
+    everywhere.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
 
 
 def _score(entry: dict, metric: str) -> float:
@@ -321,30 +524,22 @@ def _score(entry: dict, metric: str) -> float:
     return -1.0
 
 
-def evaluate_best(
-    folder: Path,
-    val_loader,
-    accelerator: Accelerator,
-    data: DataConfig,
-    loop: LoopConfig,
-    command: str,
-    model_class,
-    view_size: int,
-    training_extra: dict | None = None,
-) -> dict:
-    """Re-evaluate the saved best model with bootstrap intervals and rewrite its card with them (and with
-    ``training_extra`` in its training record)."""
-    model = model_class.from_pretrained(folder)
+def evaluate_best(folder: Path, run: TrainingRun, loop: LoopConfig, accelerator: Accelerator, extra: dict) -> dict:
+    """Re-evaluate the saved best model with bootstrap intervals and rewrite its card with them (and with ``extra``
+    in its training record). Every process evaluates its share; the main process writes."""
+    accelerator.wait_for_everyone()  # the main process wrote the best model
+    model = type(run.model).from_pretrained(folder).to(accelerator.device)
     selected = json.loads((folder / "metrics.json").read_text())["raw"]  # written when this epoch was the best
-    predictions = predict(lambda batch: model(batch["views"][view_size]), val_loader, accelerator)
+    predictions = predict(view_forward(model), accelerator.prepare(run.val_loader), accelerator)
     metrics = classification_metrics(
         predictions, model.config.global_labels, model.config.local_labels, bootstrap=loop.bootstrap
     )
     metrics.update(epoch=selected.get("epoch"), step=selected.get("step"))
-    card = card_metrics(metrics, data, command)
-    card["training"].update(training_extra or {})
+    card = card_metrics(metrics, run.data, run.command)
+    card["training"].update(extra)
     if accelerator.is_main_process:
         model.save_pretrained(folder, metrics=card)
+    accelerator.wait_for_everyone()
     return card
 
 
@@ -364,48 +559,41 @@ def card_result(kind: str, name: str, value: float, ci95=None) -> dict:
     return entry
 
 
-def fit_and_save_best(
-    trained: torch.nn.Module,
-    saved: torch.nn.Module,
-    loss_fn: Callable[[dict], tuple[torch.Tensor, dict]],
-    view_size: int,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    loop: LoopConfig,
-    accelerator: Accelerator,
-    data: DataConfig,
-    command: str,
-    training_extra: dict | None = None,
-) -> dict:
-    """The end of every training script: :func:`fit` ``trained`` (which contains ``saved``), keep the best
-    ``saved`` model in ``OUTPUT_DIR/best`` with its card, re-evaluate it with bootstrap CIs, push it if asked.
+def fit_and_save_best(run: TrainingRun, loop: LoopConfig, accelerator: Accelerator) -> dict:
+    """The end of every training script: :func:`fit` ``run.task``, keep the best ``run.model`` in
+    ``OUTPUT_DIR/best`` with its card, re-evaluate it with bootstrap CIs, push it if asked.
 
-    Returns the final metrics.json dict (its ``training`` record holds ``train_s`` and ``training_extra``).
+    Returns the final metrics.json dict; its ``training`` record holds ``train_s``, ``processes``, the loss terms
+    used, ``epochs_run`` and ``run.extra``.
     """
     best_dir = Path(loop.output_dir) / "best"
 
     def on_best(metrics):
-        saved.save_pretrained(best_dir, metrics=card_metrics(metrics, data, command))
+        run.model.save_pretrained(best_dir, metrics=card_metrics(metrics, run.data, run.command))
 
     start = time.perf_counter()
-    fit(
-        trained,
-        loss_fn,
-        lambda batch: saved(batch["views"][view_size]),
-        train_loader,
-        val_loader,
-        loop,
-        accelerator,
-        on_best,
-        saved.config.global_labels,
-        saved.config.local_labels,
-    )
-    extra = {"train_s": round(time.perf_counter() - start, 1), **(training_extra or {})}
-    final = evaluate_best(best_dir, val_loader, accelerator, data, loop, command, type(saved), view_size, extra)
+    result = fit(run, loop, accelerator, on_best)
+    extra = {
+        "train_s": round(time.perf_counter() - start, 1),
+        "processes": accelerator.num_processes,
+        "loss_terms": result["loss_terms"],
+        "start_epoch": result["start_epoch"],
+        "epochs_run": result["epochs_run"],
+        "train_images_per_s": result["train_images_per_s"],
+        **run.extra,
+    }
+    final = evaluate_best(best_dir, run, loop, accelerator, extra)
     if loop.push_to_hub and accelerator.is_main_process:
-        type(saved).from_pretrained(best_dir).push_to_hub(loop.push_to_hub, metrics=final)
-    accelerator.end_training()
+        type(run.model).from_pretrained(best_dir).push_to_hub(loop.push_to_hub, metrics=final)
+    for tracker in accelerator.trackers:  # not end_training(): a script may train a second model in this process group
+        tracker.finish()
+    accelerator.wait_for_everyone()
     return final
+
+
+def end_processes() -> None:
+    """The end of a script: leave the process group (a no-op in a single process)."""
+    PartialState().destroy_process_group()
 
 
 def card_metrics(metrics: dict, data: DataConfig, command: str) -> dict:
@@ -428,12 +616,37 @@ def card_metrics(metrics: dict, data: DataConfig, command: str) -> dict:
     }
 
 
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun / accelerate launch / MPI set these), 1 if none."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def has_accelerator_device() -> bool:
+    """A GPU (or another torch accelerator) is visible."""
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
 def make_accelerator(loop: LoopConfig, project: str) -> Accelerator:
+    """The run's ``Accelerator``: bf16 on a GPU that has it (``--mixed-precision auto``); several processes on a
+    machine without a GPU become a gloo CPU run (Accelerate alone would give each process a separate, undistributed
+    run that thinks it is the main one); ``--cpu`` forces the CPU."""
     mixed = loop.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    Path(loop.output_dir).mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=mixed, log_with="tensorboard", project_dir=loop.output_dir)
+    cpu = loop.cpu or (launched_processes() > 1 and not has_accelerator_device())
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, log_with="tensorboard", project_dir=loop.output_dir)
+    if accelerator.is_main_process:
+        Path(loop.output_dir).mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if launched_processes() != accelerator.num_processes:
+        raise RuntimeError(
+            f"the launcher started {launched_processes()} processes but Accelerate set up {accelerator.num_processes}"
+            f" ({accelerator.distributed_type}); refusing to train copies of one run"
+        )
     accelerator.init_trackers(project, config=_flat_config(loop))
     set_seed(loop.seed)
     return accelerator

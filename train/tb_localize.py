@@ -3,172 +3,179 @@
     python train/tb_localize.py --root ../shared/data/tbx11k --output-dir runs/tb --stage both
 
 Both models learn from image labels only (TB vs not TB): boxes are never used for training, and neither are the
-TB-type labels that come from the boxes' categories. The teacher (``CNNTeacher``, ResNet18 at 224 px by default;
-``--teacher-backbone resnet50`` for the paper's) is trained with class-weighted cross-entropy; the student
-(``CNNStudent``, a low-resolution ResNet18 at 28 px by default) with cross-entropy + ``kd_weight`` x soft-target
-KD (temperature ``--temperature``) + ``cam_weight`` x CAM alignment (its TB class activation map against the
-teacher's, both min-max normalised, on the teacher's grid). The teacher runs on the same augmented view as the
-student, at its own resolution. Localisation (mIoU, pointing game against the radiologists' boxes) is measured
-with ``cxrdistill evaluate`` on the saved models.
+TB-type labels that come from the boxes' categories. The teacher (``CNNTeacher``, preset ``tb-resnet10t`` at
+224 px by default; ``--teacher-preset tb-resnet50`` for the paper's) is trained with class-weighted cross-entropy;
+the student (``CNNStudent``, ``tb-resnet10t-lowres`` at 28 px by default) with :class:`cxrdistill.distill.TBDistiller`:
+cross-entropy + ``kd_weight`` x soft-target KD (temperature ``--temperature``) + ``cam_weight`` x CAM alignment
+(its TB class activation map against the teacher's, both min-max normalised, on the teacher's grid). The teacher
+runs on the same augmented view as the student, at its own resolution. Localisation (mIoU, pointing game against
+the radiologists' boxes) is measured with ``cxrdistill evaluate`` on the saved models.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
-import torch.nn.functional as F
 
-from cxrdistill.losses import cam_alignment, soft_target_kd
+from cxrdistill.distill import SupervisedTask, TBDistiller, TBLossWeights
 from cxrdistill.models import CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig
-from train.common import (
+from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
+    TrainingRun,
     add_dataclass_arguments,
+    add_model_arguments,
     build_datasets,
+    end_processes,
     fill_dataclass,
     fit_and_save_best,
     make_accelerator,
     make_loader,
+    model_config_from_args,
+    script_command,
     views_for,
 )
 
 STAGES = ("teacher", "student", "both")
+CLASS_WEIGHTS = ("balanced", "none")
 
 
 @dataclass
 class TBConfig:
-    """The two models and the distillation loss."""
+    """The stages and the distillation loss.
+
+    Attributes:
+        stage: teacher, student (needs --teacher) or both (the teacher, then a student distilled from it).
+        teacher: a trained CNNTeacher (folder or Hub repo id) for --stage student.
+        pretrained: start the teacher from timm's ImageNet weights (needs a network).
+        class_weights: balanced (inverse class frequency in the cross-entropy) or none.
+        temperature: temperature of the soft-target KD term.
+        kd_weight: weight of the soft-target KD term.
+        cam_weight: weight of the CAM alignment term.
+        augment: augment the training views.
+    """
 
     stage: str = "both"
-    teacher: str | None = None  # a trained CNNTeacher (folder or repo id) for --stage student
-    teacher_backbone: str = "resnet18"
-    teacher_size: int = 224
-    student_backbone: str = "resnet18"
-    student_size: int = 28
-    student_stem: str = "lowres"
+    teacher: str | None = None
     pretrained: bool = False
-    class_weights: str = "balanced"  # "balanced" (inverse class frequency) or "none"
+    class_weights: str = "balanced"
     temperature: float = 2.0
     kd_weight: float = 1.0
     cam_weight: float = 1.0
     augment: bool = True
 
 
-def parse(argv=None) -> tuple[DataConfig, LoopConfig, TBConfig]:
+@dataclass
+class TBTrainConfig:
+    """Everything a TB run is: both models' own configs (labels from the data), data, loop, loss."""
+
+    teacher_model: CNNTeacherConfig
+    student_model: CNNStudentConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(output_dir="runs/tb", epochs=40, lr=1e-3))
+    tb: TBConfig = field(default_factory=TBConfig)
+
+
+def parse(argv=None) -> TBTrainConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_dataclass_arguments(parser, DataConfig(), LoopConfig(output_dir="runs/tb", epochs=40, lr=1e-3), TBConfig())
+    defaults = TBTrainConfig(CNNTeacherConfig(), CNNStudentConfig())
+    add_model_arguments(parser, CNNTeacherConfig, "tb-resnet10t", prefix="teacher_")
+    add_model_arguments(parser, CNNStudentConfig, "tb-resnet10t-lowres", prefix="student_")
+    for config in (defaults.data, defaults.loop, defaults.tb):
+        add_dataclass_arguments(parser, config)
     args = parser.parse_args(argv)
-    return fill_dataclass(DataConfig, args), fill_dataclass(LoopConfig, args), fill_dataclass(TBConfig, args)
+    config = TBTrainConfig(
+        model_config_from_args(args, CNNTeacherConfig, "teacher_"),
+        model_config_from_args(args, CNNStudentConfig, "student_"),
+        fill_dataclass(DataConfig, args),
+        fill_dataclass(LoopConfig, args),
+        fill_dataclass(TBConfig, args),
+    )
+    if config.tb.stage not in STAGES:
+        raise SystemExit(f"--stage must be one of {STAGES}, got {config.tb.stage!r}")
+    if config.tb.class_weights not in CLASS_WEIGHTS:
+        raise SystemExit(f"--class-weights must be one of {CLASS_WEIGHTS}, got {config.tb.class_weights!r}")
+    if config.tb.stage == "student" and not config.tb.teacher:
+        raise SystemExit("--stage student needs --teacher (a trained CNNTeacher folder or repo id)")
+    return config
 
 
 def class_weight_tensor(targets: torch.Tensor, mode: str) -> torch.Tensor | None:
     """Inverse-frequency weights of the one-hot ``targets`` ``(N, K)`` (``None`` for ``mode="none"``)."""
     if mode == "none":
         return None
-    if mode != "balanced":
-        raise SystemExit(f"--class-weights must be 'balanced' or 'none', got {mode!r}")
     counts = targets.sum(0).clamp_min(1)
     return (counts.sum() / (len(counts) * counts)).float()
 
 
 def main(argv=None) -> dict:
-    data, loop, settings = parse(argv)
-    if settings.stage not in STAGES:
-        raise SystemExit(f"--stage must be one of {STAGES}, got {settings.stage!r}")
-    if settings.stage == "student" and not settings.teacher:
-        raise SystemExit("--stage student needs --teacher (a trained CNNTeacher folder or repo id)")
-    output_dir = Path(loop.output_dir)
-    command = "python train/tb_localize.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    config = parse(argv)
+    output_dir = Path(config.loop.output_dir)
+    command = script_command("train/tb_localize.py", argv)
     results = {}
-    teacher_source = settings.teacher
-    if settings.stage in ("teacher", "both"):
-        results["teacher"] = train_teacher(data, loop, settings, output_dir / "teacher", command)
+    teacher_source = config.tb.teacher
+    if config.tb.stage in ("teacher", "both"):
+        results["teacher"] = train_teacher(config, output_dir / "teacher", command)
         teacher_source = str(output_dir / "teacher" / "best")
-    if settings.stage in ("student", "both"):
-        results["student"] = train_student(data, loop, settings, output_dir / "student", command, teacher_source)
+    if config.tb.stage in ("student", "both"):
+        results["student"] = train_student(config, output_dir / "student", command, teacher_source)
+    end_processes()
     return results
 
 
-def _stage_loop(loop: LoopConfig, output_dir: Path, extra: dict) -> LoopConfig:
-    return LoopConfig(**{**vars(loop), "output_dir": str(output_dir), "extra": extra})
+def _stage_loop(config: TBTrainConfig, output_dir: Path, model_config) -> LoopConfig:
+    extra = {**vars(config.data), **vars(config.tb), "preset": model_config.preset}
+    return dataclasses.replace(config.loop, output_dir=str(output_dir), extra=extra)
 
 
-def train_teacher(data: DataConfig, loop: LoopConfig, settings: TBConfig, output_dir: Path, command: str) -> dict:
-    stage_loop = _stage_loop(loop, output_dir, {**vars(data), **vars(settings)})
-    accelerator = make_accelerator(stage_loop, "tb_teacher")
-    train_set, val_set = build_datasets(data)
-    size = settings.teacher_size
-    model = CNNTeacher(
-        CNNTeacherConfig(
-            timm_name=settings.teacher_backbone,
-            image_size=size,
-            global_labels=train_set.global_space.names,
-            local_labels=(),
-        ),
-        pretrained=settings.pretrained,
+def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict:
+    loop = _stage_loop(config, output_dir, config.teacher_model)
+    accelerator = make_accelerator(loop, "tb_teacher")
+    train_set, val_set = build_datasets(config.data, accelerator)
+    model_config = dataclasses.replace(
+        config.teacher_model, global_labels=train_set.global_space.names, local_labels=()
     )
-    weights = class_weight_tensor(torch.from_numpy(train_set.global_targets()), settings.class_weights)
-    train_loader = make_loader(train_set, data, views_for(size, (), settings.augment), stage_loop.batch_size, True)
-    val_loader = make_loader(val_set, data, views_for(size, (), False), stage_loop.batch_size, False)
-
-    def loss_fn(batch):
-        output = model(batch["views"][size])
-        loss = F.cross_entropy(output.global_logits, batch["global"], weight=weights)
-        return loss, {"global_ce": loss.detach()}
-
-    return fit_and_save_best(
-        model, model, loss_fn, size, train_loader, val_loader, stage_loop, accelerator, data, command
+    model = CNNTeacher(model_config, pretrained=config.tb.pretrained)
+    weights = class_weight_tensor(torch.from_numpy(train_set.global_targets()), config.tb.class_weights)
+    size, batch, augment = model_config.image_size, loop.batch_size, config.tb.augment
+    run = TrainingRun(
+        task=SupervisedTask(model, size, class_weights=weights),
+        model=model,
+        train_loader=make_loader(train_set, config.data, views_for(size, (), augment), batch, True),
+        val_loader=make_loader(val_set, config.data, views_for(size, (), False), batch, False),
+        data=config.data,
+        command=command,
     )
+    return fit_and_save_best(run, loop, accelerator)
 
 
-def train_student(
-    data: DataConfig, loop: LoopConfig, settings: TBConfig, output_dir: Path, command: str, teacher_source: str
-) -> dict:
-    stage_loop = _stage_loop(loop, output_dir, {**vars(data), **vars(settings)})
-    accelerator = make_accelerator(stage_loop, "tb_student")
-    train_set, val_set = build_datasets(data)
-    teacher = CNNTeacher.from_pretrained(teacher_source).requires_grad_(False).eval()
-    teacher_size, size = teacher.config.image_size, settings.student_size
+def train_student(config: TBTrainConfig, output_dir: Path, command: str, teacher_source: str) -> dict:
+    loop = _stage_loop(config, output_dir, config.student_model)
+    accelerator = make_accelerator(loop, "tb_student")
+    train_set, val_set = build_datasets(config.data, accelerator)
+    teacher = CNNTeacher.from_pretrained(teacher_source)
     student = CNNStudent(
-        CNNStudentConfig(
-            timm_name=settings.student_backbone,
-            image_size=size,
-            stem=settings.student_stem,
-            global_labels=teacher.config.global_labels,
-            local_labels=(),
-        )
+        dataclasses.replace(config.student_model, global_labels=teacher.config.global_labels, local_labels=())
     )
-    weights = class_weight_tensor(torch.from_numpy(train_set.global_targets()), settings.class_weights)
+    weights = class_weight_tensor(torch.from_numpy(train_set.global_targets()), config.tb.class_weights)
+    loss_weights = TBLossWeights(config.tb.kd_weight, config.tb.cam_weight, config.tb.temperature)
+    teacher_size, size, batch = teacher.config.image_size, student.config.image_size, loop.batch_size
     base = max(teacher_size, size)
-    train_loader = make_loader(
-        train_set, data, views_for(base, (teacher_size, size), settings.augment), stage_loop.batch_size, True
+    run = TrainingRun(
+        task=TBDistiller(student, teacher, loss_weights, class_weights=weights),
+        model=student,
+        train_loader=make_loader(
+            train_set, config.data, views_for(base, (teacher_size, size), config.tb.augment), batch, True
+        ),
+        val_loader=make_loader(val_set, config.data, views_for(base, (size,), False), batch, False),
+        data=config.data,
+        command=command,
     )
-    val_loader = make_loader(val_set, data, views_for(base, (size,), False), stage_loop.batch_size, False)
-
-    def loss_fn(batch):
-        with torch.no_grad():
-            teacher_output = teacher(batch["views"][teacher_size], return_features=True)
-            teacher_cam = teacher.class_activation_maps(teacher_output.features)[:, -1]  # (B, h, w), positive class
-        output = student(batch["views"][size], return_features=True)
-        student_cam = accelerator.unwrap_model(student).class_activation_maps(output.features)[:, -1]
-        terms = {
-            "global_ce": F.cross_entropy(output.global_logits, batch["global"], weight=weights),
-            "soft_kd": soft_target_kd(output.global_logits, teacher_output.global_logits, settings.temperature),
-            "cam_alignment": cam_alignment(student_cam, teacher_cam),
-        }
-        loss = terms["global_ce"] + settings.kd_weight * terms["soft_kd"] + settings.cam_weight * terms["cam_alignment"]
-        return loss, {k: v.detach() for k, v in terms.items()}
-
-    return fit_and_save_best(
-        student, student, loss_fn, size, train_loader, val_loader, stage_loop, accelerator, data, command
-    )
+    return fit_and_save_best(run, loop, accelerator)
 
 
 if __name__ == "__main__":

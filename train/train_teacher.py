@@ -2,7 +2,9 @@
 
     python train/train_teacher.py --root ../shared/data/tbx11k --output-dir runs/teacher-224 --epochs 60
 
-Accelerate runs it on a CPU, a GPU or several (``accelerate launch train/train_teacher.py ...``). The best
+Accelerate runs it on a CPU, a GPU or several (``accelerate launch --multi_gpu train/train_teacher.py ...``), and
+several CPU processes under ``torchrun --nproc_per_node N``. The architecture is a preset
+(``--preset mlcak-teacher-conv6``, the released teacher) with per-field overrides (``--depth 4``). The best
 checkpoint by the validation metric (``--select-metric``) is saved with ``save_pretrained`` in
 ``OUTPUT_DIR/best`` (config.json, model.safetensors, metrics.json, model card); ``--resume`` continues a killed
 run from its last complete epoch; ``--push-to-hub REPO_ID`` publishes the best model at the end.
@@ -11,86 +13,94 @@ run from its last complete epoch; ``--push-to-hub REPO_ID`` publishes the best m
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import dataclass
-from pathlib import Path
+import dataclasses
+from dataclasses import dataclass, field
 
-if __package__ in (None, ""):  # run as a script: make `train.common` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrdistill.losses import task_loss
+from cxrdistill.distill import SupervisedTask
 from cxrdistill.models import TeacherViT, TeacherViTConfig
-from train.common import (
+from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
+    TrainingRun,
     add_dataclass_arguments,
+    add_model_arguments,
     build_datasets,
+    end_processes,
     fill_dataclass,
     fit_and_save_best,
     make_accelerator,
     make_loader,
+    model_config_from_args,
+    script_command,
     views_for,
 )
 
+DEFAULT_PRESET = "mlcak-teacher-conv6"
+
 
 @dataclass
-class TeacherModelConfig:
-    """The teacher's architecture (see cxrdistill.models.TeacherViTConfig)."""
+class TeacherTaskConfig:
+    """What the teacher learns from.
 
-    image_size: int = 224
-    stem: str = "conv"
-    patch_size: int = 16
-    embed_dim: int = 192
-    depth: int = 6
-    num_heads: int = 3
-    drop_path_rate: float = 0.1
-    pretrained: bool = False
+    Attributes:
+        local_weight: weight of the local findings' BCE beside the global cross-entropy.
+        augment: augment the training views (affine warp; see cxrdistill.data.AugmentConfig).
+        pretrained: start from timm's ImageNet weights (needs a network and the vit-tiny-patch16 preset).
+    """
+
     local_weight: float = 1.0
     augment: bool = True
+    pretrained: bool = False
 
 
-def parse(argv=None) -> tuple[DataConfig, LoopConfig, TeacherModelConfig]:
+@dataclass
+class TeacherTrainConfig:
+    """Everything a teacher run is: the model's own config (labels filled in from the data), data, loop, task."""
+
+    model: TeacherViTConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(output_dir="runs/teacher"))
+    task: TeacherTaskConfig = field(default_factory=TeacherTaskConfig)
+
+
+def parse(argv=None) -> TeacherTrainConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_dataclass_arguments(parser, DataConfig(), LoopConfig(output_dir="runs/teacher"), TeacherModelConfig())
+    defaults = TeacherTrainConfig(model=TeacherViTConfig())
+    add_model_arguments(parser, TeacherViTConfig, DEFAULT_PRESET)
+    for config in (defaults.data, defaults.loop, defaults.task):
+        add_dataclass_arguments(parser, config)
     args = parser.parse_args(argv)
-    return fill_dataclass(DataConfig, args), fill_dataclass(LoopConfig, args), fill_dataclass(TeacherModelConfig, args)
+    model = model_config_from_args(args, TeacherViTConfig)
+    if args.pretrained and not model.pretrained_weights:
+        model = dataclasses.replace(model, pretrained_weights="vit_tiny_patch16_224")
+    return TeacherTrainConfig(
+        model,
+        fill_dataclass(DataConfig, args),
+        fill_dataclass(LoopConfig, args),
+        fill_dataclass(TeacherTaskConfig, args),
+    )
 
 
 def main(argv=None) -> dict:
-    data, loop, arch = parse(argv)
-    loop.extra = {**vars(data), **vars(arch)}
-    accelerator = make_accelerator(loop, "train_teacher")
-    train_set, val_set = build_datasets(data)
-    config = TeacherViTConfig(
-        image_size=arch.image_size,
-        stem=arch.stem,
-        patch_size=arch.patch_size,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        drop_path_rate=arch.drop_path_rate,
-        global_labels=train_set.global_space.names,
-        local_labels=train_set.local_space.names,
+    config = parse(argv)
+    config.loop.extra = {**vars(config.data), **vars(config.task), "preset": config.model.preset}
+    accelerator = make_accelerator(config.loop, "train_teacher")
+    train_set, val_set = build_datasets(config.data, accelerator)
+    model_config = dataclasses.replace(
+        config.model, global_labels=train_set.global_space.names, local_labels=train_set.local_space.names
     )
-    model = TeacherViT(config, pretrained=arch.pretrained)
-    train_loader = make_loader(train_set, data, views_for(arch.image_size, (), arch.augment), loop.batch_size, True)
-    val_loader = make_loader(val_set, data, views_for(arch.image_size, (), False), loop.batch_size, False)
-
-    def loss_fn(batch):
-        output = model(batch["views"][arch.image_size])
-        return task_loss(
-            output.global_logits,
-            output.local_logits,
-            batch["global"],
-            batch["local"],
-            batch["local_mask"],
-            arch.local_weight,
-        )
-
-    command = "python train/train_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    final = fit_and_save_best(
-        model, model, loss_fn, arch.image_size, train_loader, val_loader, loop, accelerator, data, command
+    model = TeacherViT(model_config, pretrained=config.task.pretrained)
+    size, batch = model_config.image_size, config.loop.batch_size
+    run = TrainingRun(
+        task=SupervisedTask(model, size, config.task.local_weight),
+        model=model,
+        train_loader=make_loader(train_set, config.data, views_for(size, (), config.task.augment), batch, True),
+        val_loader=make_loader(val_set, config.data, views_for(size, (), False), batch, False),
+        data=config.data,
+        command=script_command("train/train_teacher.py", argv),
     )
+    final = fit_and_save_best(run, config.loop, accelerator)
+    end_processes()
     return {"final": final}
 
 

@@ -18,14 +18,10 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-
-if __package__ in (None, ""):  # run as a script from a checkout: the repository root holds cxrdistill and train
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxrdistill.evaluation import (
     EvalData,
@@ -39,7 +35,7 @@ from cxrdistill.evaluation import (
     to_jsonable,
 )
 from cxrdistill.hub import load_model
-from train.common import CARD_RESULTS, card_result
+from cxrdistill_train.common import CARD_RESULTS, card_result
 
 COMPARED = ("global_auroc", "same_hospital_auroc", "local_macro_auroc")
 

@@ -12,15 +12,11 @@ cxrdistill.render, through the same Predictor code as the app.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxrdistill.evaluation import EvalData, load_dataset, load_train_val, location_prior
 from cxrdistill.explain import heatmap_mask

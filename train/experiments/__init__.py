@@ -1,0 +1,1 @@
+"""Experiment drivers: release, reports and figures behind the README's tables."""
