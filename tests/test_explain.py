@@ -43,6 +43,45 @@ def test_cls_attention_and_rollout_shapes_and_mass():
     assert rollout.shape == (2, 4, 4) and torch.all(rollout >= 0)
 
 
+def _two_layer_attentions():
+    """Two layers of one head over a class token and a 2 x 2 grid (5 tokens), rows summing to 1. Layer 1's class
+    token looks at patch 0; layer 2's class token looks at patch 3, and patch 3 looks at patch 1."""
+    first = torch.full((5, 5), 0.05)
+    first[0] = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0])
+    first[1:] = torch.eye(5)[1:] * 0.8 + 0.04
+    second = torch.eye(5)
+    second[0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])
+    second[4] = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0])
+    return [first[None, None], second[None, None]]  # each (B=1, heads=1, 5, 5)
+
+
+def test_attention_rollout_matches_a_hand_computed_two_layer_case():
+    first, second = (a[0, 0] for a in _two_layer_attentions())
+    # rollout (Abnar & Zuidema 2020): R = A2' @ A1' with A' = (I + A) / 2 (rows still sum to 1): the class token
+    # reaches layer 1's inputs through layer 2, so R[0] = sum_j A2'[0, j] * A1'[j].
+    half = lambda a: (torch.eye(5) + a) / 2  # noqa: E731
+    a1, a2 = half(first), half(second)
+    expected_row = torch.zeros(5)
+    for j in range(5):
+        expected_row += a2[0, j] * a1[j]
+    # by hand: A2'[0] = (0.5, 0, 0, 0, 0.5), so R[0] = 0.5 * A1'[0] + 0.5 * A1'[4]
+    #   A1'[0] = (0.5, 0.5, 0, 0, 0); A1'[4] = (0.02, 0.02, 0.02, 0.02, 0.92)
+    torch.testing.assert_close(expected_row, torch.tensor([0.26, 0.26, 0.01, 0.01, 0.46]))
+    rollout = attention_rollout(_two_layer_attentions())
+    torch.testing.assert_close(rollout[0], expected_row[1:].reshape(2, 2))
+    reversed_product = (a1 @ a2)[0, 1:].reshape(2, 2)  # the wrong order gives another map
+    assert not torch.allclose(rollout[0], reversed_product, atol=1e-3)
+
+
+def test_cls_attention_map_reads_the_layer_it_is_asked_for():
+    attentions = _two_layer_attentions()
+    torch.testing.assert_close(cls_attention_map(attentions)[0], torch.tensor([[0.0, 0.0], [0.0, 1.0]]))  # last
+    torch.testing.assert_close(cls_attention_map(attentions, layer=0)[0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    # several heads are averaged
+    two_heads = [torch.cat([a, a.roll(1, dims=-1)], dim=1) for a in attentions]
+    torch.testing.assert_close(cls_attention_map(two_heads)[0], torch.tensor([[0.0, 0.0], [0.0, 0.5]]))
+
+
 def test_heatmap_maps_back_onto_the_source_image():
     image = np.zeros((300, 200), np.float32)
     sample = {
