@@ -25,7 +25,7 @@ STUDENT = REPO_ROOT / "models" / "mlcak-student-28"
 
 @pytest.fixture
 def archive(tmp_path):
-    """A folder of good and broken X-rays, with a subfolder; real TBX11K images where available."""
+    """A folder of good and broken X-rays, with a subfolder."""
     folder = tmp_path / "archive"
     (folder / "sub").mkdir(parents=True)
     chest = (synthetic_chest(300, 260) * 255).astype(np.uint8)
@@ -35,10 +35,6 @@ def archive(tmp_path):
     (folder / "d_truncated.png").write_bytes(png_bytes(chest)[:200])
     (folder / "e_ct.dcm").write_bytes(make_dicom(np.full((64, 64), 900, dtype=np.uint16), modality="CT"))
     (folder / "notes.md").write_text("ignored: not an X-ray file type")
-    real = REPO_ROOT.parent / "shared" / "data" / "tbx11k" / "imgs" / "tb"
-    for name in ("tb0005.png", "tb0007.png"):
-        if (real / name).exists():
-            shutil.copy(real / name, folder / f"f_{name}")
     return folder
 
 
@@ -72,21 +68,42 @@ def test_every_input_gets_a_row_and_bad_files_are_error_rows(archive, tmp_path, 
     assert float(ok["p_tb"]) + float(ok["p_not_tb"]) == pytest.approx(1.0, abs=1e-5)
     assert str(ok["call_tb"]) in ("True", "False")  # calibrated thresholds in the released model
     assert int(ok["height"]) == 300 and int(ok["width"]) == 260
-    if "f_tb0005.png" in rows:  # a real TB image: the released student calls it TB
-        assert str(rows["f_tb0005.png"]["call_tb"]) == "True"
 
 
-def test_tb_boxes_are_written_in_original_pixels(archive, tmp_path):
+def test_real_tb_films_in_an_archive_are_called_tb(archive, tmp_path):
+    real = shared_path("tbx11k", "imgs", "tb")
+    for name in ("tb0005.png", "tb0007.png"):
+        shutil.copy(real / name, archive / f"f_{name}")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(archive), "--model", str(STUDENT), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    rows = {os.path.basename(r["path"]): r for r in read_rows(out)}
+    assert rows["f_tb0005.png"]["status"] == rows["f_tb0007.png"]["status"] == "ok"
+    assert str(rows["f_tb0005.png"]["call_tb"]) == "True"  # the released student calls this TB film TB
+
+
+def test_tb_boxes_are_written_in_original_pixels(tmp_path):
+    """A 1024 x 880 film (twice the display size) and its exact 2 x 2 average (512 x 440, the display size itself)
+    give the model the same display image, so the big film's boxes must be the small one's, doubled."""
+    from cxrdistill.inference import DISPLAY_SIZE
+
+    assert DISPLAY_SIZE == 512
+    big = synthetic_chest(1024, 880)
+    big[300:420, 200:330] = 1.0  # a bright lesion for the CAM to find
+    big8 = np.round(big * 255).astype(np.uint8)
+    small = big8.reshape(512, 2, 440, 2).mean(axis=(1, 3)) / 255  # what the display sees of the big film
+    (tmp_path / "big.png").write_bytes(png_bytes(big8))
+    (tmp_path / "small.png").write_bytes(png_bytes(np.round(small * 65535).astype(np.uint16)))
     tb_folder = tmp_path / "tb-model"
     tb_model().save_pretrained(tb_folder)
     out = tmp_path / "out.jsonl"
     options = ["--model", str(STUDENT), "--tb-model", str(tb_folder), "--out", str(out), "--workers", "0", "--quiet"]
-    assert main(["predict", str(archive / "a_synthetic.png"), *options]) == 0
-    (row,) = read_rows(out)
-    assert 0.0 <= row["tb_probability"] <= 1.0 and row["tb_call"] is None  # an uncalibrated model: no call
-    assert row["tb_boxes"], "a CAM always has a hottest region"
-    for x0, y0, x1, y1, _score in row["tb_boxes"]:
-        assert 0 <= x0 < x1 <= 260 and 0 <= y0 < y1 <= 300
+    assert main(["predict", str(tmp_path / "big.png"), str(tmp_path / "small.png"), *options]) == 0
+    rows = {os.path.basename(r["path"]): r for r in read_rows(out)}
+    assert rows["big.png"]["tb_call"] is None  # an uncalibrated model: no call
+    big_boxes, small_boxes = (np.array(rows[name]["tb_boxes"])[:, :4] for name in ("big.png", "small.png"))
+    assert len(small_boxes), "a CAM always has a hottest region"
+    np.testing.assert_allclose(big_boxes, 2 * small_boxes, atol=2.0)
+    assert (big_boxes[:, [0, 2]] <= 880).all() and (big_boxes[:, [1, 3]] <= 1024).all() and big_boxes.max() > 512
 
 
 def test_resume_skips_done_rows_and_redoes_a_half_written_line(archive, tmp_path):
@@ -110,7 +127,16 @@ def test_two_processes_under_torchrun_split_the_files_and_give_the_same_rows_as_
     args = ["predict", str(archive), "--model", str(STUDENT), "--workers", "0", "--quiet"]
     assert main([*args, "--out", str(one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cxrdistill"]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cxrdistill",
+    ]
     result = subprocess.run([*launch, *args, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     # each process prints its counts as one JSON object (the two may share a line of stderr)
@@ -152,18 +178,43 @@ def exported(tmp_path_factory):
     return folder
 
 
+def varied_chests(count: int = 16, size: int = 28) -> torch.Tensor:
+    """``(count, 1, size, size)`` synthetic chests of other shapes, exposures and bright lesions: inputs on which the
+    released student's answers differ (uniform noise gets the same answer every time)."""
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(count):
+        height, width = int(rng.integers(200, 320)), int(rng.integers(180, 300))
+        chest = synthetic_chest(height, width) * rng.uniform(0.6, 1.0) + rng.uniform(0.0, 0.2)
+        for _ in range(int(rng.integers(0, 4))):
+            y, x = int(rng.integers(height // 5, height * 3 // 5)), int(rng.integers(width // 6, width * 2 // 3))
+            side = int(rng.integers(10, 40))
+            chest[y : y + side, x : x + side] = rng.uniform(0.6, 1.0)
+        chest = np.clip(chest + rng.normal(0, 0.03, chest.shape), 0, 1)
+        image = torch.tensor(chest, dtype=torch.float32)[None, None]
+        images.append(torch.nn.functional.interpolate(image, size=(size, size), mode="area"))
+    return torch.cat(images)
+
+
 def test_exported_student_matches_torch(exported):
+    from scipy.stats import spearmanr
+
     from cxrdistill.export import OnnxClassifier
 
     model = load_model(STUDENT)
-    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    images = varied_chests()
     with torch.inference_mode():
         reference = model(images)
+    reference_tb = reference.global_logits.softmax(-1)[:, 1]
+    assert reference_tb.std() > 0.1 and reference.local_logits.sigmoid().std(0).max() > 0.05, "inputs too alike"
     fp32 = OnnxClassifier(exported)(images)
-    assert torch.allclose(fp32.global_logits, reference.global_logits, atol=1e-4)
-    assert torch.allclose(fp32.local_logits, reference.local_logits, atol=1e-4)
+    torch.testing.assert_close(fp32.global_logits, reference.global_logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fp32.local_logits, reference.local_logits, atol=1e-4, rtol=0)
     int8 = OnnxClassifier(exported, int8=True)(images)
-    assert (int8.global_logits.softmax(-1) - reference.global_logits.softmax(-1)).abs().max() < 0.1
+    int8_tb = int8.global_logits.softmax(-1)[:, 1]
+    assert (int8_tb - reference_tb).abs().max() < 0.1
+    assert (int8.local_logits.sigmoid() - reference.local_logits.sigmoid()).abs().max() < 0.1
+    assert spearmanr(int8_tb, reference_tb).statistic > 0.9  # int8 keeps the order of the films
     assert (exported / "README.md").is_file() and json.loads((exported / "config.json").read_text())["image_size"] == 28
 
 

@@ -11,10 +11,13 @@ CXRDISTILL_FUZZ_REPORT to a JSON path for per-strategy time and memory figures:
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import io
 import json
 import os
 import platform
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -109,26 +112,53 @@ def _synthetic_seeds() -> dict[str, bytes]:
     }
 
 
-def _real_seeds() -> dict[str, bytes]:
-    names = {
-        "tbx11k-png": ("tbx11k", "imgs", "tb", "tb0005.png"),
-        "db-jpeg": ("tbx11k", "imgs", "extra", "da+db", "train", "nx1.jpg"),
-        "nih-dicom": ("dicom_samples", "NIH_DX_mono2_1024_nofinding.dcm"),
-        "j2k-lossy-dicom": ("dicom_samples", "RG1_J2KI.dcm"),
-    }
-    seeds = {}
-    for name, parts in names.items():
-        path = SHARED_DATA.joinpath(*parts)
-        if path.is_file():
-            seeds[name] = path.read_bytes()
-    return seeds
-
-
-SEEDS = {**_synthetic_seeds(), **_real_seeds()}
+REAL_SEEDS = {
+    "tbx11k-png": ("tbx11k", "imgs", "tb", "tb0005.png"),
+    "db-jpeg": ("tbx11k", "imgs", "extra", "da+db", "train", "nx1.jpg"),
+    "nih-dicom": ("dicom_samples", "NIH_DX_mono2_1024_nofinding.dcm"),
+    "j2k-lossy-dicom": ("dicom_samples", "RG1_J2KI.dcm"),
+}
+SYNTHETIC = _synthetic_seeds()
+REAL = {
+    name: SHARED_DATA.joinpath(*parts).read_bytes()
+    for name, parts in REAL_SEEDS.items()
+    if SHARED_DATA.joinpath(*parts).is_file()
+}
+MISSING_REAL = sorted(set(REAL_SEEDS) - set(REAL))
+SEEDS = {**SYNTHETIC, **REAL}
 PREDICTOR = Predictor.from_release(REPO_ROOT / "models")  # the app's models and limits (32 MiB uploads)
 
 
+class InputTimeout(Exception):
+    """One fuzz input ran past PER_INPUT_SECONDS (raised by the watchdog, from outside the call)."""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float):
+    """Bound the block's time from outside it: SIGALRM raises :class:`InputTimeout` into Python code that hangs,
+    and faulthandler, a C thread, dumps every stack and exits the process if the block is stuck inside C code
+    (a decoder looping) for twice as long, so CI fails instead of stalling."""
+
+    def expire(signum, frame):
+        raise InputTimeout(f"one input ran past {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(2 * seconds, exit=True)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _check(data: bytes, strategy: str) -> None:
+    with watchdog(PER_INPUT_SECONDS):
+        _check_unbounded(data, strategy)
+
+
+def _check_unbounded(data: bytes, strategy: str) -> None:
     measure_memory = _reset_peak_rss()
     rss_before = _proc_status_kib("VmRSS") if measure_memory else 0
     start = time.perf_counter()
@@ -155,8 +185,8 @@ def _check(data: bytes, strategy: str) -> None:
 
 
 @st.composite
-def mutated(draw) -> bytes:
-    data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
+def mutated(draw, seeds: dict[str, bytes]) -> bytes:
+    data = bytearray(seeds[draw(st.sampled_from(sorted(seeds)))])
     for _ in range(draw(st.integers(1, 4))):
         operation = draw(st.sampled_from(["flip", "overwrite-header", "truncate", "insert", "zero-run"]))
         if not data:
@@ -200,13 +230,22 @@ def test_valid_magic_with_garbage_never_escapes(magic, tail):
 
 
 @FUZZ_SETTINGS
-@given(mutated())
+@given(mutated(SYNTHETIC))
+def test_mutated_synthetic_files_never_escape_or_hang(data):
+    _check(data, "mutated synthetic files")
+
+
+@pytest.mark.skipif(bool(MISSING_REAL), reason=f"real seed files not in {SHARED_DATA}: {MISSING_REAL}")
+@FUZZ_SETTINGS
+@given(mutated(REAL))
 def test_mutated_real_files_never_escape_or_hang(data):
     _check(data, "mutated real files")
 
 
-@pytest.mark.parametrize("name", sorted(SEEDS))
+@pytest.mark.parametrize("name", sorted(SYNTHETIC) + sorted(REAL_SEEDS))
 def test_every_seed_reads_unmutated(name):
+    if name not in SEEDS:
+        pytest.skip(f"real seed {name!r} not available: {SHARED_DATA.joinpath(*REAL_SEEDS[name])}")
     assert isinstance(load_xray(SEEDS[name]), XRay)
     _check(SEEDS[name], "unmutated seeds")
 
@@ -221,3 +260,17 @@ def test_the_memory_measurement_sees_a_large_allocation():
     grown = (_proc_status_kib("VmHWM") - before) / 1024
     del block
     assert 240 < grown < 400, f"{grown:.0f} MiB"
+
+
+def test_an_input_that_hangs_fails_within_the_bound_instead_of_stalling(monkeypatch):
+    import test_io_fuzz
+
+    def hang(data):
+        time.sleep(3600)
+
+    monkeypatch.setattr(test_io_fuzz, "load_xray", hang)
+    monkeypatch.setattr(test_io_fuzz, "PER_INPUT_SECONDS", 0.5)
+    start = time.perf_counter()
+    with pytest.raises(InputTimeout, match=r"ran past 0\.5 s"):
+        test_io_fuzz._check(b"\x89PNG\r\n\x1a\n", "hang")
+    assert time.perf_counter() - start < 5

@@ -335,3 +335,14 @@ def test_sigkill_at_a_random_moment_then_resume_ends_with_the_uninterrupted_weig
     training = json.loads((tmp_path / "killed" / "best" / "metrics.json").read_text())["training"]
     assert training["start_epoch"] == epoch and training["epochs_run"] == 8 - epoch, (epoch, training)
     assert_same_checkpoint_weights(tmp_path / "killed", tmp_path / "straight")
+
+
+def test_a_card_without_a_measured_result_is_refused_not_filled_with_a_placeholder():
+    from cxrdistill_train.common import DataConfig, card_metrics
+
+    with pytest.raises(ValueError, match="no AUROC could be measured"):
+        card_metrics({"epoch": 1, "global_auroc": float("nan")}, DataConfig(), "python train/x.py")
+    card = card_metrics({"global_auroc": 0.75, "global_auroc_ci95": [0.6, 0.9]}, DataConfig(), "python train/x.py")
+    assert card["results"] == [
+        {"type": "roc_auc", "name": "AUROC, TB vs not TB (all validation images)", "value": 0.75, "ci95": [0.6, 0.9]}
+    ]

@@ -597,12 +597,22 @@ def end_processes() -> None:
 
 
 def card_metrics(metrics: dict, data: DataConfig, command: str) -> dict:
-    """The metrics.json schema of cxrdistill.hub from a classification_metrics dict."""
+    """The metrics.json schema of cxrdistill.hub from a classification_metrics dict.
+
+    Raises:
+        ValueError: no AUROC could be measured (a validation split with one class): a card never shows a placeholder.
+    """
     results = [
         card_result("roc_auc", name, metrics[key], metrics.get(f"{key}_ci95"))
         for key, name in CARD_RESULTS.items()
-        if isinstance(metrics.get(key), float)
+        if isinstance(metrics.get(key), float) and np.isfinite(metrics[key])
     ]
+    if not results:
+        measured = sorted(k for k, v in metrics.items() if isinstance(v, float))
+        raise ValueError(
+            f"no AUROC could be measured on the validation split (measured: {measured}); it needs images of every "
+            "class: use more data (--limit) or another --val-fraction"
+        )
     return {
         "dataset": {
             "name": "TBX11K" if data.dataset == "tbx11k" else "NIH ChestX-ray14",
@@ -610,7 +620,7 @@ def card_metrics(metrics: dict, data: DataConfig, command: str) -> dict:
             "split": f"validation ({data.val_fraction:.0%} of all_train, split seed {data.split_seed})",
             "licence": "research use; see the dataset's terms",
         },
-        "results": results or [{"type": "roc_auc", "name": "AUROC", "value": 0.0}],
+        "results": results,
         "training": {"command": command, "data": f"{data.dataset} at {data.root}", "epoch": metrics.get("epoch")},
         "raw": jsonable(metrics),
     }
