@@ -410,7 +410,18 @@ def main(argv=None) -> None:
         raise SystemExit(f"cannot load the models: {error}") from None
     demo = build_demo(predictor)
     logger.info("models loaded and UI built in %.1f s", time.perf_counter() - started)
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency).launch(
+    demo.queue(**queue_options(args)).launch(**launch_options(args))
+
+
+def queue_options(args: argparse.Namespace) -> dict:
+    """What ``python app.py`` passes to ``Blocks.queue`` (the tests serve the app with these too)."""
+    return dict(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
+
+
+def launch_options(args: argparse.Namespace) -> dict:
+    """What ``python app.py`` passes to ``Blocks.launch``: Gradio refuses uploads over ``MAX_UPLOAD_MIB`` itself,
+    before anything is stored or decoded (the tests serve the app with these too)."""
+    return dict(
         server_name=args.host,
         server_port=args.port,
         max_file_size=f"{MAX_UPLOAD_MIB}mb",

@@ -54,7 +54,11 @@ def run(script: list[str], processes: int, args: argparse.Namespace, workdir: Pa
         raise SystemExit(f"{script[0]} with {processes} processes failed:\n{result.stderr[-3000:]}")
     folder = output / "teacher" if "--stage" in script else output
     training = json.loads((folder / "best" / "metrics.json").read_text())["training"]
-    return {"images_per_s": training["train_images_per_s"], "processes": training["processes"], "wall_s": round(wall, 1)}
+    return {
+        "images_per_s": training["train_images_per_s"],
+        "processes": training["processes"],
+        "wall_s": round(wall, 1),
+    }
 
 
 def main(argv=None) -> dict:

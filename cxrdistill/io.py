@@ -147,7 +147,9 @@ def load_xray(source: XRaySource, *, limits: ReadLimits = DEFAULT_LIMITS) -> XRa
 
 def _read_bytes(source: XRaySource, limits: ReadLimits) -> bytes:
     """Return the whole input as bytes, refusing it before reading if it is over the size limit."""
-    too_big = f"the file is larger than the {limits.max_file_bytes / 2**20:.0f} MiB limit"
+    limit = limits.max_file_bytes
+    shown = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit:,} bytes"
+    too_big = f"the file is larger than the {shown} limit"
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):

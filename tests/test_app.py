@@ -52,15 +52,9 @@ def served(upload_dir):
     if predictor.tb_model is None:
         predictor.tb_model = tb_model()
     demo = app.build_demo(predictor)
-    demo.queue(max_size=16, default_concurrency_limit=2)
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1",
-        server_port=free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        max_file_size=f"{app.MAX_UPLOAD_MIB}mb",
-        css=app.CSS,
-    )
+    args = app.parse_args(["--host", "127.0.0.1", "--port", str(free_port())])
+    demo.queue(**app.queue_options(args))
+    _, url, _ = demo.launch(**app.launch_options(args), prevent_thread_lock=True, quiet=True)
     yield url, predictor
     demo.close()
 
@@ -191,9 +185,11 @@ def test_models_come_from_the_hub_at_a_revision(hub, monkeypatch):
     from cxrdistill.hub import push_folder
 
     push_folder(REPO_ROOT / "models" / "mlcak-student-28", "tester/app-student-28", tag="v1")
+    push_folder(REPO_ROOT / "models" / "mlcak-student-56", "tester/app-student-28")  # main moves on past v1
     args = app.parse_args(["--student", "tester/app-student-28", "--revision", "v1"])
     predictor = app.load_predictor(args)
     assert predictor.resolutions == [28] and predictor.teacher is None and predictor.tb_model is None
+    assert app.load_predictor(app.parse_args(["--student", "tester/app-student-28"])).resolutions == [56]
     monkeypatch.setenv("CXRDISTILL_STUDENTS", "tester/app-student-28")
     monkeypatch.setenv("CXRDISTILL_REVISION", "v1")
     monkeypatch.setenv("CXRDISTILL_TEACHER", str(REPO_ROOT / "models" / "mlcak-teacher-224"))
@@ -264,8 +260,16 @@ def test_space_push_uploads_app_package_and_models(hub):
     assert header["sdk"] == "gradio" and header["app_file"] == "app.py" and header["models"] == ["tester/s28"]
     uploaded_app = Path(api.hf_hub_download("tester/demo", "app.py", repo_type="space")).read_bytes()
     assert uploaded_app == (REPO_ROOT / "app.py").read_bytes()  # the root app itself, not a copy kept in git
-    # a second push replaces the Space's content in one commit
+    # a second push replaces the Space's content in one commit: what the app no longer has is deleted
+    api.upload_file(
+        path_or_fileobj=b"left over", path_in_repo="old_module.py", repo_id="tester/demo", repo_type="space"
+    )
+    assert "old_module.py" in api.list_repo_files("tester/demo", repo_type="space")
+    commits_before = len(api.list_repo_commits("tester/demo", repo_type="space"))
     assert main(["space-push", "tester/demo", "--root", str(REPO_ROOT)]) == 0
+    after = set(api.list_repo_files("tester/demo", repo_type="space"))
+    assert "old_module.py" not in after and {"app.py", "models/mlcak-student-28/model.safetensors"} <= after
+    assert len(api.list_repo_commits("tester/demo", repo_type="space")) == commits_before + 1
 
 
 def test_space_push_outside_a_checkout_fails_clearly(hub, tmp_path, capsys):
@@ -344,13 +348,22 @@ def test_a_full_queue_answers_busy_and_recovers(tmp_path):
         demo.close()
 
 
-def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_serving(client, tmp_path):
+def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_serving(served, client, tmp_path):
+    """Gradio itself refuses the file (the app's launch setting): the client before sending it, the server with HTTP
+    413 before storing it. Without that setting the upload would be stored and the decoder's own "larger than the
+    32 MiB limit" would answer, which these patterns do not match."""
+    import httpx
     from gradio_client import handle_file
 
     huge = tmp_path / "huge.png"
     with huge.open("wb") as handle:  # a PNG signature, then more bytes than the app accepts
         handle.write(b"\x89PNG\r\n\x1a\n")
         handle.truncate(app.MAX_UPLOAD_MIB * 2**20 + 1024)
-    with pytest.raises(Exception, match=r"(?i)size|large|413"):
+    with pytest.raises(Exception, match=rf"exceeds the maximum file size of {app.MAX_UPLOAD_MIB * 2**20} bytes"):
         client.predict(handle_file(str(huge)), 28, api_name="/predict")
+    with huge.open("rb") as handle:  # a client that does not check first
+        response = httpx.post(
+            f"{served[0].rstrip('/')}/gradio_api/upload", files={"files": ("huge.png", handle)}, timeout=60
+        )
+    assert response.status_code == 413 and "maximum allowed size" in response.text, response.text[:300]
     assert client.predict(handle_file(str(write_png(tmp_path, "ok.png"))), 28, api_name="/predict")["student"]

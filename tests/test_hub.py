@@ -178,8 +178,13 @@ def test_every_model_class_round_trips_through_the_hub_by_tag(hub, name):
     from huggingface_hub import HfApi
 
     HfApi().create_tag(repo_id, tag="v1")
+    build(name, seed=12).push_to_hub(repo_id)  # main moves on: v1 is no longer its head
     loaded = type(model).from_pretrained(repo_id, revision="v1")
     assert_same_weights(model, loaded)
+    newer = type(model).from_pretrained(repo_id)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(newer.state_dict().values(), model.state_dict().values(), strict=True)
+    )
     images = images_for(model)
     with torch.no_grad():
         expected, actual = model(images), loaded(images)

@@ -314,13 +314,36 @@ def test_multi_page_tiff_is_refused():
         load_xray(buffer.getvalue())
 
 
-def test_file_size_limit_is_checked_before_reading(tmp_path):
+def test_file_size_limit_is_checked_before_reading(tmp_path, monkeypatch):
+    import cxrdistill.io as xray_io
+
     path = tmp_path / "big.png"
     path.write_bytes(_image_bytes("png-gray8") + b"\0" * 5000)
     limits = ReadLimits(max_file_bytes=4096)
-    for source in (path, path.read_bytes(), io.BytesIO(path.read_bytes())):
-        with pytest.raises(XRayReadError, match="larger than"):
-            load_xray(source, limits=limits)
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("the file was opened although its size is over the limit")
+
+    with monkeypatch.context() as patched:  # a path: refused from its size, never opened
+        patched.setattr(xray_io, "open", no_open, raising=False)
+        with pytest.raises(XRayReadError, match="larger than the 4,096 bytes limit"):
+            load_xray(path, limits=limits)
+
+    class CountingStream(io.BytesIO):
+        def __init__(self, data: bytes) -> None:
+            super().__init__(data)
+            self.requested: list[int] = []
+
+        def read(self, size=-1):
+            self.requested.append(size)
+            return super().read(size)
+
+    stream = CountingStream(path.read_bytes())  # a stream: one bounded read, never the whole of it
+    with pytest.raises(XRayReadError, match="larger than"):
+        load_xray(stream, limits=limits)
+    assert stream.requested == [4097] and stream.tell() == 4097
+    with pytest.raises(XRayReadError, match="larger than"):
+        load_xray(path.read_bytes(), limits=limits)
 
 
 def test_pixel_limit_is_configurable():
