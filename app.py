@@ -62,6 +62,11 @@ CSS = """
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The app's options; each defaults to an environment variable where a Space sets one."""
     env = os.environ.get
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -78,11 +83,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=env("CXRDISTILL_MODELS_DIR", str(HERE / "models")),
         help="folder of released models, used when no --student is given",
     )
-    parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument(
+        "--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to serve on ($GRADIO_SERVER_NAME)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")), help="port ($GRADIO_SERVER_PORT, 7860)"
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default: 2)")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting before 'busy' (default: 64)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def load_predictor(args: argparse.Namespace) -> Predictor:

@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--revision", help="Hub revision of the models")
     predict.add_argument("--out", required=True, help="output .csv or .jsonl (one row per input)")
     predict.add_argument("--resume", action="store_true", help="skip inputs already in --out and append")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     predict.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding files (default 2)")
     predict.add_argument("--threads", type=int, help="torch threads for the models")
     predict.add_argument(
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a model to ONNX (and int8) for ONNX Runtime")
     export.add_argument("model", help="model folder or Hub repo id")
-    export.add_argument("--revision")
+    export.add_argument("--revision", help="Hub tag, branch or commit of the model")
     export.add_argument("--out", required=True, help="folder for model.onnx, model.int8.onnx and config.json")
     export.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 model")
     export.set_defaults(handler=_export)
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     space.set_defaults(handler=_space_push)
 
     pull = commands.add_parser("pull", help="download a model from the Hub and check that it loads")
-    pull.add_argument("repo_id")
+    pull.add_argument("repo_id", help="Hub repo id, e.g. org/cxr-student-28")
     pull.add_argument("--revision", help="tag, branch or commit (default main)")
     pull.add_argument("--local-dir", help="copy the files here instead of only into the Hub cache")
     pull.set_defaults(handler=_pull)
@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         "AUROCs, operating points (all and same-hospital images) and heatmap localisation where there are boxes",
     )
     evaluate.add_argument("--revision", help="Hub tag, branch or commit")
-    evaluate.add_argument("--dataset", required=True, choices=["tbx11k", "nih", "pneumoniamnist"])
+    evaluate.add_argument(
+        "--dataset", required=True, choices=["tbx11k", "nih", "pneumoniamnist"], help="which dataset --root holds"
+    )
     evaluate.add_argument("--root", required=True, help="dataset folder (or .npz for PneumoniaMNIST)")
     evaluate.add_argument("--split", help="official split (TBX11K: all_train, ...; NIH: train/valid)")
     evaluate.add_argument(
@@ -350,10 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["all", "train", "val"],
         help="which side of the training scripts' split (default val; 'all' for the whole split)",
     )
-    evaluate.add_argument("--val-fraction", type=float, default=0.25)
-    evaluate.add_argument("--split-seed", type=int, default=0)
+    evaluate.add_argument(
+        "--val-fraction", type=float, default=0.25, help="validation share of the training scripts' split (0.25)"
+    )
+    evaluate.add_argument("--split-seed", type=int, default=0, help="seed of the training scripts' split (0)")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     evaluate.add_argument("--cache-dir", help="tensor cache folder (default ~/.cache/cxrdistill)")
     evaluate.add_argument("--json", help="also write the report here")
     evaluate.add_argument(

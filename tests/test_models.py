@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from safetensors.torch import load_file, save_file
 
 from cxrdistill.models import (
@@ -322,3 +323,39 @@ def test_a_model_without_local_labels_round_trips(cls, config, tmp_path):
     assert model(images_for(model)).local_logits.shape == (2, 0)
     model.save_pretrained(tmp_path)
     assert cls.from_pretrained(tmp_path).config.local_labels == ()
+
+
+def test_a_config_that_names_a_preset_must_have_its_architecture(tmp_path):
+    from cxrdistill.models import PRESETS, StudentViTConfig, preset_config
+
+    config = preset_config(TeacherViTConfig, "mlcak-teacher-conv6")
+    assert (config.stem, config.depth, config.embed_dim, config.preset) == ("conv", 6, 192, "mlcak-teacher-conv6")
+    assert preset_config(TeacherViTConfig, "mlcak-teacher-conv6", depth=4).preset == "custom"
+    assert preset_config(StudentViTConfig, "mlcak-student-conv6", image_size=112).patch_size == 8
+    with pytest.raises(ValueError, match=r"preset 'mlcak-teacher-conv6' but has depth 4 \(preset: 6\)"):
+        TeacherViTConfig(preset="mlcak-teacher-conv6", stem="conv", depth=4)
+    with pytest.raises(ValueError, match="no cxrdistill-teacher-vit preset 'tb-resnet10t'"):
+        TeacherViTConfig(preset="tb-resnet10t")
+    assert all(p.description for p in PRESETS.values())
+    # a config.json written before presets (it named the timm builder, not the architecture) still loads
+    model = TeacherViT(preset_config(TeacherViTConfig, "mlcak-teacher-conv6", image_size=64))
+    model.save_pretrained(tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    legacy = json.loads(config_path.read_text())
+    legacy.pop("preset"), legacy.pop("pretrained_weights")
+    config_path.write_text(json.dumps({**legacy, "timm_name": "vit_tiny_patch16_224"}))
+    loaded = TeacherViT.from_pretrained(tmp_path / "old")
+    assert loaded.config.preset == "custom" and loaded.config.depth == 6
+
+
+def test_the_released_models_name_their_presets():
+    from cxrdistill.hub import load_model
+
+    expected = {
+        "mlcak-teacher-224": "mlcak-teacher-conv6",
+        "mlcak-student-28": "mlcak-student-conv6",
+        "tb-teacher-224": "tb-resnet10t",
+        "tb-student-28": "tb-resnet10t-lowres",
+    }
+    for folder, preset in expected.items():
+        assert load_model(REPO_ROOT / "models" / folder).config.preset == preset, folder

@@ -346,3 +346,47 @@ def test_a_card_without_a_measured_result_is_refused_not_filled_with_a_placehold
     assert card["results"] == [
         {"type": "roc_auc", "name": "AUROC, TB vs not TB (all validation images)", "value": 0.75, "ci95": [0.6, 0.9]}
     ]
+
+
+def _options(parser):
+    """Every option of ``parser`` and of its subcommands, as ``(command, action)``."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {where}", option) for where, option in _options(sub))
+        elif not isinstance(action, argparse._HelpAction):
+            yield "/".join(action.option_strings) or action.dest, action
+
+
+def test_every_command_line_flag_says_what_it_does():
+    import app
+    from cxrdistill.cli import build_parser
+    from cxrdistill_train import tb_localize
+
+    parsers = {
+        "train_teacher": train_teacher.build_parser(),
+        "distill_student": distill_student.build_parser(),
+        "tb_localize": tb_localize.build_parser(),
+        "cxrdistill": build_parser(),
+        "app.py": app.build_parser(),
+    }
+    silent = [
+        f"{name}: {where}" for name, parser in parsers.items() for where, action in _options(parser) if not action.help
+    ]
+    assert not silent, f"flags without a help text: {silent}"
+    teacher_flags = {o for _, a in _options(parsers["train_teacher"]) for o in a.option_strings}
+    assert {"--preset", "--depth", "--epochs", "--root", "--cpu", "--local-weight"} <= teacher_flags
+
+
+def test_training_configs_nest_the_model_config_and_name_its_preset():
+    config = train_teacher.parse(["--epochs", "3"])
+    assert config.model.preset == "mlcak-teacher-conv6" and config.model.depth == 6 and config.model.stem == "conv"
+    assert config.loop.epochs == 3
+    custom = train_teacher.parse(["--depth", "4"]).model
+    assert custom.preset == "custom" and custom.depth == 4
+    student = distill_student.parse(["--image-size", "56"]).model
+    assert student.preset == "mlcak-student-conv6" and student.patch_size == 4  # input size is not architecture
+    with pytest.raises(SystemExit):
+        train_teacher.parse(["--preset", "tb-resnet10t"])  # a CNN preset is not a ViT teacher's choice

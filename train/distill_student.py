@@ -91,13 +91,17 @@ class DistillTrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
-def parse(argv=None) -> DistillTrainConfig:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = DistillTrainConfig(model=StudentViTConfig())
     add_model_arguments(parser, StudentViTConfig, DEFAULT_PRESET)
     for config in (defaults.data, defaults.loop, defaults.distill):
         add_dataclass_arguments(parser, config)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse(argv=None) -> DistillTrainConfig:
+    args = build_parser().parse_args(argv)
     config = DistillTrainConfig(
         model_config_from_args(args, StudentViTConfig),
         fill_dataclass(DataConfig, args),

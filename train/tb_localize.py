@@ -80,14 +80,18 @@ class TBTrainConfig:
     tb: TBConfig = field(default_factory=TBConfig)
 
 
-def parse(argv=None) -> TBTrainConfig:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = TBTrainConfig(CNNTeacherConfig(), CNNStudentConfig())
     add_model_arguments(parser, CNNTeacherConfig, "tb-resnet10t", prefix="teacher_")
     add_model_arguments(parser, CNNStudentConfig, "tb-resnet10t-lowres", prefix="student_")
     for config in (defaults.data, defaults.loop, defaults.tb):
         add_dataclass_arguments(parser, config)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse(argv=None) -> TBTrainConfig:
+    args = build_parser().parse_args(argv)
     config = TBTrainConfig(
         model_config_from_args(args, CNNTeacherConfig, "teacher_"),
         model_config_from_args(args, CNNStudentConfig, "student_"),

@@ -63,13 +63,17 @@ class TeacherTrainConfig:
     task: TeacherTaskConfig = field(default_factory=TeacherTaskConfig)
 
 
-def parse(argv=None) -> TeacherTrainConfig:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = TeacherTrainConfig(model=TeacherViTConfig())
     add_model_arguments(parser, TeacherViTConfig, DEFAULT_PRESET)
     for config in (defaults.data, defaults.loop, defaults.task):
         add_dataclass_arguments(parser, config)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse(argv=None) -> TeacherTrainConfig:
+    args = build_parser().parse_args(argv)
     model = model_config_from_args(args, TeacherViTConfig)
     if args.pretrained and not model.pretrained_weights:
         model = dataclasses.replace(model, pretrained_weights="vit_tiny_patch16_224")
