@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "cxrdistill"
@@ -24,7 +25,7 @@ def _imports(path) -> set[str]:
 
 
 def test_library_never_imports_app_training_or_ui_packages():
-    forbidden = ("gradio", "accelerate", "train", "app")
+    forbidden = ("gradio", "accelerate", "train", "cxrdistill_train", "app")
     for path in PACKAGE.rglob("*.py"):
         for name in _imports(path):
             assert name.split(".")[0] not in forbidden, f"{path.relative_to(REPO_ROOT)} imports {name}"
@@ -55,3 +56,21 @@ def test_ci_runs_the_readme_test_command():
     ci_lines = [line.strip() for line in ci.splitlines()]
     assert install in ci_lines and test in ci_lines
     assert ci_lines.index(install) < ci_lines.index(test)
+
+
+def test_every_package_is_installed():
+    """pyproject lists its packages by hand (train/ installs as cxrdistill_train): a new subpackage must be added."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    folders = {
+        "cxrdistill": REPO_ROOT / "cxrdistill",
+        "cxrdistill_train": REPO_ROOT / setuptools["package-dir"]["cxrdistill_train"],
+    }
+    found = {
+        ".".join([name, *init.parent.relative_to(root).parts])
+        for name, root in folders.items()
+        for init in root.rglob("__init__.py")
+    }
+    assert found == listed, f"packages on disk {sorted(found)} != pyproject's {sorted(listed)}"
