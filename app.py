@@ -235,7 +235,7 @@ def _tb_outputs(prediction: Prediction):
     boxes = [[v / prediction.scale for v in b.box] for b in tb.boxes]
     labels = [f"{b.score:.2f}" for b in tb.boxes]
     picture = draw_boxes(gray_to_rgb(prediction.image), boxes, labels)
-    p_tb = list(tb.global_probs.values())[-1]
+    p_tb = tb.global_probs[tb.positive_label]
     text = (
         f"TB probability {p_tb:.3f} ({tb.name}, {tb.latency_ms:.1f} ms). {len(boxes)} box(es) around the regions "
         "where the class activation map is above half its maximum; the number on a box is the mean map value inside "

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrdistill.data.transforms import model_input
-from cxrdistill.inference import BASE_SIZE, calls, display_boxes, display_image, grid_to_display, is_cnn
+from cxrdistill.inference import BASE_SIZE, calls, display_boxes, display_image, grid_to_display
 from cxrdistill.io import ReadLimits, XRayReadError, load_xray
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def predict_files(
         FileExistsError: ``out`` exists and ``resume`` is false.
     """
     out = Path(out)
-    if tb_model is not None and not is_cnn(tb_model):
+    if tb_model is not None and getattr(tb_model, "explains_with", None) != "cam":
         raise ValueError(f"the TB model must be a CNN with class activation maps, got {type(tb_model).__name__}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     columns = Columns(student, tb_model)
@@ -222,7 +222,7 @@ def _model_rows(items: list[dict], student, tb_model) -> dict[int, dict[str, Any
     tb = None
     if tb_model is not None:
         tb_views = torch.stack([item["views"][tb_model.config.image_size] for item in items])
-        tb = tb_model(tb_views, return_features=True) if is_cnn(tb_model) else None
+        tb = tb_model.forward_for_maps(tb_views)
     rows = {}
     for k, item in enumerate(items):
         height, width = item["original"]
@@ -237,9 +237,10 @@ def _model_rows(items: list[dict], student, tb_model) -> dict[int, dict[str, Any
                 row[f"call_{label}"] = decided[label]
         if tb is not None:
             tb_config = tb_model.config
-            p_tb = float(tb.global_logits[k].float().softmax(-1)[-1])
-            threshold = tb_config.global_thresholds[-1] if tb_config.global_thresholds is not None else None
-            cam = tb_model.class_activation_maps(tb.features[k : k + 1], "global")[0, -1]
+            positive = tb_model.positive_index
+            p_tb = float(tb.global_logits[k].float().softmax(-1)[positive])
+            threshold = tb_config.global_thresholds[positive] if tb_config.global_thresholds is not None else None
+            cam = next(iter(tb_model.explanation_maps(tb).values()))[k]
             heatmap = grid_to_display(cam, tb_config.image_size, item["shape"]).numpy()
             scale = height / item["shape"][0]
             boxes = display_boxes(heatmap, tb_config, scale)

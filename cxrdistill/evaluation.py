@@ -26,8 +26,6 @@ from cxrdistill.data import (
 )
 from cxrdistill.data.transforms import transform_boxes
 from cxrdistill.explain import (
-    attention_rollout,
-    cls_attention_map,
     heatmap_mask,
     heatmap_to_boxes,
     to_source_frame,
@@ -104,7 +102,7 @@ def predict_dataset(
 
     Images are letterboxed to ``base_size`` and area-averaged to the model's input size, as in training. With
     ``localise``, each image with boxes also gets the IoU and pointing-game hit of the model's explanation maps
-    (:func:`explanation_maps`) and, given a ``prior`` (:func:`location_prior`), of the prior alone.
+    (the model's ``explanation_maps``) and, given a ``prior`` (:func:`location_prior`), of the prior alone.
     """
     size = model.config.image_size
     base = max(base_size, size)
@@ -118,13 +116,11 @@ def predict_dataset(
     model.eval()
     keys = ("global_probs", "local_probs", "global_targets", "local_targets", "local_mask", "source", "id")
     outputs: dict[str, list] = {k: [] for k in (*keys, "localisation")}
-    is_vit = hasattr(model.config, "grid_size")
     for batch in loader:
-        output = model(
-            batch["views"][size], return_attention=localise and is_vit, return_features=localise and not is_vit
-        )
+        images = batch["views"][size]
+        output = model.forward_for_maps(images) if localise else model(images)
         if localise:
-            outputs["localisation"] += _localise(explanation_maps(model, output), batch, base, prior)
+            outputs["localisation"] += _localise(model.explanation_maps(output), batch, base, prior)
         outputs["global_probs"].append(output.global_logits.float().softmax(-1))
         outputs["local_probs"].append(output.local_logits.float().sigmoid())
         outputs["global_targets"].append(batch["global"])
@@ -136,23 +132,6 @@ def predict_dataset(
         k: (v if k == "localisation" else np.array(v) if k in ("source", "id") else torch.cat(v).numpy())
         for k, v in outputs.items()
     }
-
-
-def explanation_maps(model: torch.nn.Module, output) -> dict[str, torch.Tensor]:
-    """``{name: (B, h, w)}`` heatmaps explaining the positive global class.
-
-    ViTs: the class token's last-layer attention and attention rollout (from ``return_attention=True``). CNNs: the
-    exact class activation map of the last global class (TB in a TB-vs-not space; from ``return_features=True``).
-    """
-    if output.attentions is not None:
-        return {
-            "last-layer CLS attention": cls_attention_map(output.attentions),
-            "attention rollout": attention_rollout(output.attentions),
-        }
-    if output.features is not None:
-        label = model.config.global_labels[-1]
-        return {f"CAM ({label})": model.class_activation_maps(output.features, "global")[:, -1]}
-    raise ValueError("explanation maps need return_attention=True (ViT) or return_features=True (CNN)")
 
 
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))  # relative heatmap thresholds scored per image

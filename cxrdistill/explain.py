@@ -83,8 +83,8 @@ def grad_cam_maps(
         model: a cxrdistill model (CNN or ViT); its gradients are used, so call outside ``torch.inference_mode``.
         images: ``(B, 1, H, W)`` in ``[0, 1]``.
         method: a key of :data:`GRAD_CAM_METHODS`.
-        target_layer: the layer whose activations are weighted (default: a timm ResNet's last block, or a ViT's
-            last block's first norm, whose tokens are reshaped back to the patch grid).
+        target_layer: the layer whose activations are weighted (default: the model's ``grad_cam_layer()``: a
+            CNN's last stage, or a ViT's last block's first norm, whose tokens are reshaped back to the patch grid).
     """
     try:
         import pytorch_grad_cam
@@ -96,19 +96,8 @@ def grad_cam_maps(
     labels = list(getattr(model.config, f"{head}_labels"))
     if label not in labels:
         raise ValueError(f"{label!r} is not a {head} label of this model; its {head} labels are {labels}")
-    backbone = model.backbone
-    reshape = None
-    if hasattr(backbone, "blocks"):  # ViT: tokens (B, prefix + grid**2, C) -> (B, C, grid, grid)
-        prefix = backbone.num_prefix_tokens
-        target_layer = target_layer or backbone.blocks[-1].norm1
-
-        def reshape(tokens: torch.Tensor) -> torch.Tensor:
-            patches = tokens[:, prefix:]
-            grid = round(patches.shape[1] ** 0.5)
-            return patches.transpose(1, 2).reshape(len(patches), -1, grid, grid)
-
-    else:
-        target_layer = target_layer or backbone.layer4[-1]
+    default_layer, reshape = model.grad_cam_layer()  # each model family names its layer (and token reshape)
+    target_layer = target_layer or default_layer
     cam_class = getattr(pytorch_grad_cam, GRAD_CAM_METHODS[method])
     was_training = model.training
     with cam_class(

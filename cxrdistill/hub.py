@@ -32,38 +32,6 @@ RELEASE_TEACHER = "mlcak-teacher-224"
 RELEASE_TB = "tb-student-28"
 APP_MODELS = (*RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB)
 
-_SUMMARIES = {
-    "cxrdistill-teacher-vit": (
-        "High-resolution Vision Transformer **teacher** for chest X-rays, with a one-of-K global head and a "
-        "multi-label local-findings head, as in MLCAK (Akhter et al., ISBI 2024, arXiv 2405.13370). It teaches "
-        "low-resolution students through its logits and its attention maps."
-    ),
-    "cxrdistill-student-vit": (
-        "Low-resolution Vision Transformer **student** for chest X-rays. Its token grid matches the teacher's "
-        "(14 x 14), so the teacher's attention maps can be distilled into it layer by layer (MLCAK, Akhter et al., "
-        "ISBI 2024, arXiv 2405.13370)."
-    ),
-    "cxrdistill-cnn-teacher": (
-        "CNN **teacher** for tuberculosis classification whose class activation maps localise TB without box "
-        "labels (Shawkat et al., arXiv 2512.11057)."
-    ),
-    "cxrdistill-cnn-student": (
-        "Low-resolution CNN **student** for tuberculosis classification and weakly supervised localisation, "
-        "distilled from a CNN teacher (Shawkat et al., arXiv 2512.11057)."
-    ),
-}
-_CITATIONS = {
-    "vit": (
-        "Akhter, Y., Ranjan, R., Singh, R., Vatsa, M. *Low-Resolution Chest X-ray Classification via Knowledge "
-        "Distillation and Multi-task Learning.* ISBI 2024. arXiv:2405.13370."
-    ),
-    "cnn": (
-        "Shawkat, Hasan, Hasan. *Weakly Supervised Tuberculosis Localization in Chest X-rays through Knowledge "
-        "Distillation.* arXiv:2512.11057."
-    ),
-}
-
-
 def validate_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Check a metrics dict and return it. Expected shape::
 
@@ -100,7 +68,6 @@ def validate_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) -> ModelCard:
     """The model card of ``model``: Hub YAML metadata + documentation, with ``metrics`` if there are any."""
     config = model.config
-    family = "vit" if "vit" in config.model_type else "cnn"
     title = f"cxrdistill {type(model).__name__} ({config.image_size} px)"
     if metrics is not None:
         validate_metrics(metrics)
@@ -116,10 +83,10 @@ def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) ->
     values = {
         "yaml": card_data.to_yaml(),
         "title": title,
-        "summary": _SUMMARIES[config.model_type],
+        "summary": model.card_summary,
         "class_name": type(model).__name__,
         "model_type": config.model_type,
-        "architecture": _architecture(config),
+        "architecture": model.architecture_summary(),
         "input": f"{config.image_size} x {config.image_size} px, {config.in_chans} channel, values in [0, 1]",
         "mean": f"{config.mean:g}",
         "std": f"{config.std:g}",
@@ -128,7 +95,7 @@ def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) ->
         "how_to_load": _how_to_load(type(model).__name__, config.image_size),
         "training_data": _training_data(metrics),
         "evaluation": _evaluation(metrics),
-        "citation": _CITATIONS[family],
+        "citation": model.card_citation,
     }
     template = resources.files("cxrdistill").joinpath("model_cards", "model_card.md").read_text()
     return ModelCard(Template(template).substitute(values))
@@ -148,21 +115,6 @@ def _eval_results(metrics: dict[str, Any]) -> list[EvalResult]:
         )
         for result in metrics["results"]
     ]
-
-
-def _architecture(config) -> str:
-    name = f"preset `{config.preset}`: " if config.preset != "custom" else "custom: "
-    if hasattr(config, "patch_size"):
-        start = f"from ImageNet `{config.pretrained_weights}`" if config.pretrained_weights else "from scratch"
-        return (
-            f"{name}timm Vision Transformer, `{config.stem}` stem, patch {config.patch_size} ({config.grid_size} x "
-            f"{config.grid_size} tokens + class token), width {config.embed_dim}, depth {config.depth}, "
-            f"{config.num_heads} heads; linear global and local heads on the class token; trained {start}"
-        )
-    return (
-        f"{name}timm `{config.timm_name}`, `{config.stem}` stem ({config.reduction}x reduction); global average "
-        "pooling and linear global and local heads (exact class activation maps)"
-    )
 
 
 def _outputs(config) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from cxrdistill.data.transforms import area_resize, letterbox_matrix, model_input
-from cxrdistill.explain import ScoredBox, attention_rollout, cls_attention_map, heatmap_to_boxes, to_source_frame
+from cxrdistill.explain import ScoredBox, heatmap_to_boxes, to_source_frame
 from cxrdistill.hub import RELEASE_STUDENTS, RELEASE_TB, RELEASE_TEACHER, load_model
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
 from cxrdistill.models.base import CXRModel
@@ -50,6 +50,7 @@ class ModelResult:
         view: ``(size, size)`` in ``[0, 1]``: the input the model saw.
         maps: name -> ``(H, W)`` heatmap over the display image (``Prediction.image``).
         boxes: boxes from the first map, in the original image's pixels, best score first.
+        positive_label: the global class the maps and boxes explain (TB for a TB model).
         mask_threshold: the model's relative mask threshold chosen on validation data for localisation mIoU
             (``None`` when not chosen). Boxes use :data:`BOX_THRESHOLD` instead: a threshold that maximises mask
             IoU can be low enough to box most of the chest.
@@ -66,6 +67,7 @@ class ModelResult:
     view: np.ndarray = field(repr=False)
     maps: dict[str, np.ndarray] = field(repr=False)
     boxes: list[ScoredBox] = field(default_factory=list)
+    positive_label: str = ""
     mask_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +82,7 @@ class ModelResult:
             "latency_ms": round(self.latency_ms, 3),
             "boxes": [{"box": [round(v, 1) for v in b.box], "score": round(b.score, 4)} for b in self.boxes],
             "box_threshold": BOX_THRESHOLD,
+            "positive_label": self.positive_label,
             "mask_threshold": self.mask_threshold,
         }
 
@@ -136,7 +139,7 @@ class Predictor:
         self.students = {size: students[size].eval() for size in sorted(students)}
         self.teacher = teacher.eval() if teacher is not None else None
         self.tb_model = tb_model.eval() if tb_model is not None else None
-        if self.tb_model is not None and not hasattr(self.tb_model, "class_activation_maps"):
+        if self.tb_model is not None and self.tb_model.explains_with != "cam":
             raise ValueError(f"the TB model must be a CNN with class activation maps, got {type(tb_model).__name__}")
         self.limits = limits or ReadLimits(max_file_bytes=32 * 2**20)
         self.min_box_area = min_box_area
@@ -237,8 +240,8 @@ class Predictor:
         config = model.config
         started = time.perf_counter()
         view = model_input(display, config.image_size, BASE_SIZE)  # (1, 1, size, size)
-        output = forward_for_maps(model, view)
-        grids = explanation_grids(model, output, 0, layer, name)
+        output = model.forward_for_maps(view)
+        grids = {key: grid[0] for key, grid in model.explanation_maps(output, layer).items()}
         maps = {key: grid_to_display(grid, config.image_size, display.shape).numpy() for key, grid in grids.items()}
         boxes = display_boxes(next(iter(maps.values())), config, scale, self.min_box_area)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -256,37 +259,12 @@ class Predictor:
             view=view[0, 0].numpy(),
             maps=maps,
             boxes=boxes,
+            positive_label=model.positive_label,
             mask_threshold=config.heatmap_threshold,
         )
 
 
 # ------------------------------------------------------- pieces shared with batch prediction (cxrdistill.batch)
-
-
-def is_cnn(model) -> bool:
-    return hasattr(model, "class_activation_maps")
-
-
-def forward_for_maps(model: CXRModel, views: torch.Tensor):
-    """The forward pass that also returns what the explanation maps need (attention for ViTs, features for CNNs)."""
-    cnn = is_cnn(model)
-    return model(views, return_attention=not cnn, return_features=cnn)
-
-
-def explanation_grids(model: CXRModel, output, index: int, layer: int = -1, name: str = "model") -> dict:
-    """``{name: (h, w)}`` maps of image ``index`` of a batch: CLS attention at ``layer`` and rollout (ViTs), or the
-    exact CAM of the last global class (CNNs: TB in a TB-vs-not space)."""
-    if is_cnn(model):
-        label = model.config.global_labels[-1]
-        return {f"CAM ({label})": model.class_activation_maps(output.features[index : index + 1], "global")[0, -1]}
-    attentions = [a[index : index + 1] for a in output.attentions]
-    depth = len(attentions)
-    if not -depth <= layer < depth:
-        raise ValueError(f"{name} has {depth} layers; layer must be in [{-depth}, {depth - 1}], got {layer}")
-    return {
-        f"CLS attention, layer {layer % depth + 1}": cls_attention_map(attentions, layer)[0],
-        "attention rollout": attention_rollout(attentions)[0],
-    }
 
 
 def grid_to_display(grid: torch.Tensor, image_size: int, display_shape: tuple[int, int]) -> torch.Tensor:

@@ -203,9 +203,9 @@ def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_pa
     )
     report = json.loads(report_path.read_text())
     assert report["images"] == 8 and set(report["global_operating_points"]) == {"not_tb", "tb"}
-    localisation = report["localisation"]["last-layer CLS attention"]
+    localisation = report["localisation"]["CLS attention, layer 2"]
     assert localisation["images"] > 0 and 0 <= localisation["miou"] <= localisation["miou_at_best_threshold"] <= 1
-    maps = {"last-layer CLS attention", "attention rollout"}
+    maps = {"CLS attention, layer 2", "attention rollout"}
     combined = {f"{name} x location prior" for name in maps}  # each map weighted by the prior, labelled as such
     assert set(report["localisation"]) == maps | combined | {"location prior (no model)"}
     calibrated = TeacherViT.from_pretrained(tmp_path / "calibrated")

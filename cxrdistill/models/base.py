@@ -76,6 +76,8 @@ class ModelConfig:
         image_size: side of the square input, in pixels.
         in_chans: input channels (1: X-rays are gray).
         global_labels: names of the one-of-K global classes, in head order.
+        positive_label: the global class that calls, maps and boxes are about (TB in TB-vs-not); ``None``: the last
+            global label.
         local_labels: names of the multi-label local findings, in head order (may be empty).
         global_thresholds: calibrated operating threshold on each global class probability, or ``None`` when the
             model has not been calibrated (then nothing may be called positive).
@@ -91,6 +93,7 @@ class ModelConfig:
     image_size: int = 224
     in_chans: int = 1
     global_labels: tuple[str, ...] = ("not_tb", "tb")
+    positive_label: str | None = None
     local_labels: tuple[str, ...] = ("active_tb", "latent_tb", "uncertain_tb")
     global_thresholds: tuple[float, ...] | None = None
     local_thresholds: tuple[float, ...] | None = None
@@ -111,6 +114,8 @@ class ModelConfig:
         _positive_int(self, "in_chans")
         if len(self.global_labels) < 2:
             raise ValueError(f"global_labels needs at least 2 classes, got {self.global_labels}")
+        if self.positive_label is not None and self.positive_label not in self.global_labels:
+            raise ValueError(f"positive_label {self.positive_label!r} is not one of {self.global_labels}")
         for name in ("global_labels", "local_labels"):
             labels = getattr(self, name)
             if len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
@@ -161,6 +166,37 @@ class CXRModel(PyTorchModelHubMixin):
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     config: ModelConfig
+    # What a family's explanation maps are made of: "attention" (ViTs) or "cam" (class activation maps, CNNs).
+    explains_with: ClassVar[str] = ""
+    card_summary: ClassVar[str] = ""  # the model card's opening paragraph
+    card_citation: ClassVar[str] = ""  # the paper the family comes from
+
+    @property
+    def positive_index(self) -> int:
+        """Index of :attr:`positive_label` among the global labels."""
+        return self.config.global_labels.index(self.positive_label)
+
+    @property
+    def positive_label(self) -> str:
+        """The global class that calls, maps and boxes are about (``config.positive_label``, else the last)."""
+        return self.config.positive_label or self.config.global_labels[-1]
+
+    def forward_for_maps(self, images: torch.Tensor) -> ModelOutput:
+        """The forward pass that also returns what :meth:`explanation_maps` needs."""
+        raise NotImplementedError
+
+    def explanation_maps(self, output: ModelOutput, layer: int = -1) -> dict[str, torch.Tensor]:
+        """``{name: (B, h, w)}`` maps explaining the positive class, from :meth:`forward_for_maps`'s output;
+        the first is the one boxes are drawn from."""
+        raise NotImplementedError
+
+    def grad_cam_layer(self) -> tuple[nn.Module, Any]:
+        """``(target layer, reshape transform or None)`` for the Grad-CAM family (cxrdistill.explain)."""
+        raise NotImplementedError
+
+    def architecture_summary(self) -> str:
+        """One line for the model card."""
+        raise NotImplementedError
 
     @classmethod
     def resolve_config(cls, config: ModelConfig | None) -> ModelConfig:
@@ -339,6 +375,11 @@ class NoLabels(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.new_zeros(features.shape[0], 0)
+
+
+def preset_name(config: ModelConfig) -> str:
+    """``"preset `name`: "`` or ``"custom: "``, the start of a card's architecture line."""
+    return f"preset `{config.preset}`: " if config.preset != CUSTOM else "custom: "
 
 
 def linear_head(width: int, labels: int) -> nn.Module:

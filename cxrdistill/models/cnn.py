@@ -22,6 +22,7 @@ from cxrdistill.models.base import (
     ModelConfig,
     ModelOutput,
     linear_head,
+    preset_name,
 )
 
 STEMS = ("imagenet", "lowres")
@@ -78,6 +79,29 @@ class _CNNClassifier(nn.Module, CXRModel):
     """Shared body of CNNTeacher and CNNStudent."""
 
     config_class = CNNConfig
+    explains_with = "cam"
+    card_citation = (
+        "Shawkat, Hasan, Hasan. *Weakly Supervised Tuberculosis Localization in Chest X-rays through Knowledge "
+        "Distillation.* arXiv:2512.11057."
+    )
+
+    def forward_for_maps(self, images: torch.Tensor) -> ModelOutput:
+        return self(images, return_features=True)
+
+    def explanation_maps(self, output: ModelOutput, layer: int = -1) -> dict[str, torch.Tensor]:
+        """The exact class activation map of the positive class (``layer`` does not apply: one feature map)."""
+        cam = self.class_activation_maps(output.features, "global")[:, self.positive_index]
+        return {f"CAM ({self.positive_label})": cam}
+
+    def grad_cam_layer(self):
+        return self.backbone.layer4[-1], None
+
+    def architecture_summary(self) -> str:
+        c = self.config
+        return (
+            f"{preset_name(c)}timm `{c.timm_name}`, `{c.stem}` stem ({c.reduction}x reduction); global average "
+            "pooling and linear global and local heads (exact class activation maps)"
+        )
 
     def __init__(self, config: CNNConfig | None = None, pretrained: bool = False) -> None:
         super().__init__()
@@ -146,6 +170,10 @@ class CNNTeacher(
     """CNN teacher for TB classification and CAM localisation (ResNet18 at 224 px by default)."""
 
     config_class = CNNTeacherConfig
+    card_summary = (
+        "CNN **teacher** for tuberculosis classification whose class activation maps localise TB without box "
+        "labels (Shawkat et al., arXiv 2512.11057)."
+    )
 
 
 class CNNStudent(
@@ -156,3 +184,7 @@ class CNNStudent(
     """Low-resolution CNN student (ResNet18, low-res stem, 28 px by default)."""
 
     config_class = CNNStudentConfig
+    card_summary = (
+        "Low-resolution CNN **student** for tuberculosis classification and weakly supervised localisation, "
+        "distilled from a CNN teacher (Shawkat et al., arXiv 2512.11057)."
+    )

@@ -24,6 +24,7 @@ from timm.layers import Attention, PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from cxrdistill.explain import attention_rollout, cls_attention_map
 from cxrdistill.models.base import (
     HUB_CLASS_METADATA,
     HUB_TAGS,
@@ -31,6 +32,7 @@ from cxrdistill.models.base import (
     ModelConfig,
     ModelOutput,
     linear_head,
+    preset_name,
 )
 
 _recording = threading.local()
@@ -181,6 +183,43 @@ class _ViTClassifier(nn.Module, CXRModel):
     """Shared body of TeacherViT and StudentViT: timm ViT, class-token features, two linear heads."""
 
     config_class = ViTConfig
+    explains_with = "attention"
+    card_citation = (
+        "Akhter, Y., Ranjan, R., Singh, R., Vatsa, M. *Low-Resolution Chest X-ray Classification via Knowledge "
+        "Distillation and Multi-task Learning.* ISBI 2024. arXiv:2405.13370."
+    )
+
+    def forward_for_maps(self, images: torch.Tensor) -> ModelOutput:
+        return self(images, return_attention=True)
+
+    def explanation_maps(self, output: ModelOutput, layer: int = -1) -> dict[str, torch.Tensor]:
+        """Where the class token looks at ``layer`` (head-averaged) and attention rollout over every layer."""
+        depth = len(output.attentions)
+        if not -depth <= layer < depth:
+            raise ValueError(f"{type(self).__name__} has {depth} layers; layer must be in [{-depth}, {depth - 1}]")
+        return {
+            f"CLS attention, layer {layer % depth + 1}": cls_attention_map(output.attentions, layer),
+            "attention rollout": attention_rollout(output.attentions),
+        }
+
+    def grad_cam_layer(self):
+        prefix = self.backbone.num_prefix_tokens
+
+        def reshape(tokens: torch.Tensor) -> torch.Tensor:  # (B, prefix + grid**2, C) -> (B, C, grid, grid)
+            patches = tokens[:, prefix:]
+            grid = round(patches.shape[1] ** 0.5)
+            return patches.transpose(1, 2).reshape(len(patches), -1, grid, grid)
+
+        return self.backbone.blocks[-1].norm1, reshape
+
+    def architecture_summary(self) -> str:
+        c = self.config
+        start = f"from ImageNet `{c.pretrained_weights}`" if c.pretrained_weights else "from scratch"
+        return (
+            f"{preset_name(c)}timm Vision Transformer, `{c.stem}` stem, patch {c.patch_size} ({c.grid_size} x "
+            f"{c.grid_size} tokens + class token), width {c.embed_dim}, depth {c.depth}, {c.num_heads} heads; "
+            f"linear global and local heads on the class token; trained {start}"
+        )
 
     def __init__(self, config: ViTConfig | None = None, pretrained: bool = False) -> None:
         super().__init__()
@@ -251,6 +290,11 @@ class TeacherViT(
     """High-resolution ViT teacher (default ViT-Tiny/16 at 224 px, one channel)."""
 
     config_class = TeacherViTConfig
+    card_summary = (
+        "High-resolution Vision Transformer **teacher** for chest X-rays, with a one-of-K global head and a "
+        "multi-label local-findings head, as in MLCAK (Akhter et al., ISBI 2024, arXiv 2405.13370). It teaches "
+        "low-resolution students through its logits and its attention maps."
+    )
 
 
 class StudentViT(
@@ -261,3 +305,8 @@ class StudentViT(
     """Low-resolution ViT student (default 28 px, patch 2, a 14 x 14 token grid like the teacher's)."""
 
     config_class = StudentViTConfig
+    card_summary = (
+        "Low-resolution Vision Transformer **student** for chest X-rays. Its token grid matches the teacher's "
+        "(14 x 14), so the teacher's attention maps can be distilled into it layer by layer (MLCAK, Akhter et al., "
+        "ISBI 2024, arXiv 2405.13370)."
+    )

@@ -76,7 +76,7 @@ def main(argv=None) -> None:
             picture = overlay(display, heatmap, colour_bar=False)
             picture = draw_boxes(picture, truth_boxes, colour=TRUTH_COLOUR)
             picture = draw_boxes(picture, [[v / scale for v in b.box] for b in result.boxes])
-            p_tb = list(result.global_probs.values())[-1]
+            p_tb = result.global_probs[result.positive_label]
             cells.append(tile(picture, f"{name}: p(TB) {p_tb:.2f}, IoU {iou:.2f}"))
         rows.append(cells)
     width, height = TILE * len(rows[0]), (TILE + 22) * len(rows)
