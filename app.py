@@ -33,7 +33,7 @@ from cxrdistill.examples import EXAMPLES, example_path
 from cxrdistill.inference import Prediction, Predictor
 from cxrdistill.io import XRay, XRayMeta, XRayReadError
 from cxrdistill.models import ModelLoadError
-from cxrdistill.render import draw_boxes, enlarge, gray_to_rgb, overlay
+from cxrdistill.render import draw_boxes, draw_outline, enlarge, gray_to_rgb, overlay
 
 logger = logging.getLogger("cxrdistill.app")
 
@@ -228,16 +228,48 @@ def _heat(prediction: Prediction, result, index: int) -> np.ndarray | None:
     return overlay(prediction.image, list(result.maps.values())[index])
 
 
+def lung_sentence(prediction) -> str:
+    """What the lung model saw: the outline drawn, or a warning that this upload shows no lungs."""
+    if prediction.lungs is None:
+        return ""
+    if not prediction.lungs_found:
+        return (
+            f"**No lungs found** (the lung model marks {prediction.lung_fraction:.0%} of the image): is this a chest "
+            "X-ray? The TB map below is not kept inside the lungs. "
+        )
+    return (
+        f"Blue: the lungs as the lung model outlines them ({prediction.lung_fraction:.0%} of the image); the TB map "
+        "and boxes are kept inside them. "
+    )
+
+
+def screening_sentence(result) -> str:
+    """Which operating point the call uses, and the call: the screening threshold where the model has one."""
+    if result.screening_threshold is None:
+        return "This model has no screening threshold, so no call is made. "
+    verdict = "above it: TB signal, a screener would refer for testing" if result.screening_call else "below it"
+    return (
+        f"Screening threshold {result.screening_threshold:.3f} (chosen so that at least "
+        f"{result.screening_sensitivity:.0%} of the TB films among same-hospital validation X-rays are above it): "
+        f"{verdict}. "
+    )
+
+
 def _tb_outputs(prediction: Prediction):
     tb = prediction.tb
     if tb is None:
         return None, None, "No TB localisation model is loaded."
     boxes = [[v / prediction.scale for v in b.box] for b in tb.boxes]
     labels = [f"{b.score:.2f}" for b in tb.boxes]
-    picture = draw_boxes(gray_to_rgb(prediction.image), boxes, labels)
+    picture = gray_to_rgb(prediction.image)
+    if prediction.lungs is not None:
+        picture = draw_outline(picture, prediction.lungs)  # the lung model's outline, in blue
+    picture = draw_boxes(picture, boxes, labels)
     p_tb = tb.global_probs[tb.positive_label]
     text = (
-        f"TB probability {p_tb:.3f} ({tb.name}, {tb.latency_ms:.1f} ms). {len(boxes)} box(es) around the regions "
+        f"{lung_sentence(prediction)}TB probability {p_tb:.3f} ({tb.name}, {tb.latency_ms:.1f} ms). "
+        f"{screening_sentence(tb)}"
+        f"{len(boxes)} box(es) around the regions "
         "where the class activation map is above half its maximum; the number on a box is the mean map value inside "
         "it. Boxes are drawn whatever the probability: read them together with it. On validation X-rays these maps "
         "overlap the radiologists' boxes poorly (see the README's localisation table)."

@@ -238,8 +238,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             print("--location-prior needs --part val: the prior is built from the training side", file=sys.stderr)
             return 2
         prior = location_prior(load_train_val(data)[0])
+    lung_model = load_model(args.lung_model, revision=args.revision) if args.lung_model else None
     predictions = predict_dataset(
-        model, dataset, batch_size=args.batch_size, cache_dir=args.cache_dir, localise=True, prior=prior
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        localise=True,
+        prior=prior,
+        lung_model=lung_model,
     )
     global_thresholds, local_thresholds = config.global_thresholds, config.local_thresholds
     if args.calibrate_to:
@@ -363,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--calibrate-to",
         help="choose per-label thresholds (Youden's J) on these images and save the model with them to this folder",
+    )
+    evaluate.add_argument(
+        "--lung-model",
+        help="a LungSegmenter (folder or Hub repo id): also score its lung mask alone (no model) and every heatmap "
+        "and the prior kept inside the lungs",
     )
     evaluate.add_argument(
         "--location-prior",

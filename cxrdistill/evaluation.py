@@ -38,8 +38,10 @@ from cxrdistill.metrics import (
     macro_auroc,
     mask_iou,
     operating_point,
+    operating_point_ci,
     per_label_auroc,
     pointing_game,
+    threshold_for_sensitivity,
     youden_threshold,
 )
 
@@ -97,12 +99,15 @@ def predict_dataset(
     num_workers: int = 0,
     localise: bool = False,
     prior: np.ndarray | None = None,
+    lung_model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Probabilities of ``model`` on every image of ``dataset``, with targets and sources.
 
     Images are letterboxed to ``base_size`` and area-averaged to the model's input size, as in training. With
     ``localise``, each image with boxes also gets the IoU and pointing-game hit of the model's explanation maps
-    (the model's ``explanation_maps``) and, given a ``prior`` (:func:`location_prior`), of the prior alone.
+    (the model's ``explanation_maps``); given a ``prior`` (:func:`location_prior`), of the prior alone and of each
+    map weighted by it; given a ``lung_model`` (``LungSegmenter``), of its lung mask alone and of every map (and the
+    prior) kept inside the lungs.
     """
     size = model.config.image_size
     base = max(base_size, size)
@@ -120,7 +125,15 @@ def predict_dataset(
         images = batch["views"][size]
         output = model.forward_for_maps(images) if localise else model(images)
         if localise:
-            outputs["localisation"] += _localise(model.explanation_maps(output), batch, base, prior)
+            lungs = None
+            if lung_model is not None:
+                lung_size = lung_model.config.image_size
+                lung_view = torch.nn.functional.interpolate(
+                    batch["views"][base], size=(lung_size, lung_size), mode="bilinear"
+                )
+                lungs = lung_model.lung_probability(lung_view.clamp(0, 1))  # (B, S, S) over the base view
+                lungs = (lungs, lung_model.config.mask_threshold)
+            outputs["localisation"] += _localise(model.explanation_maps(output), batch, base, prior, lungs)
         outputs["global_probs"].append(output.global_logits.float().softmax(-1))
         outputs["local_probs"].append(output.local_logits.float().sigmoid())
         outputs["global_targets"].append(batch["global"])
@@ -174,9 +187,12 @@ def _score_heatmap(heatmap: np.ndarray, boxes: np.ndarray, truth: np.ndarray) ->
     }
 
 
-def _localise(maps: dict[str, torch.Tensor], batch: dict, base: int, prior: np.ndarray | None = None) -> list[dict]:
+def _localise(
+    maps: dict[str, torch.Tensor], batch: dict, base: int, prior: np.ndarray | None = None, lungs=None
+) -> list[dict]:
     """Per image with boxes: each heatmap's mask IoU at every threshold, pointing game and best box IoUs, all in
-    the source image's pixels."""
+    the source image's pixels; combinations with the prior and, given ``lungs`` (``((B, S, S) lung probability over
+    the base view, mask threshold)``), with the lung mask."""
     results = []
     for i, view_boxes in enumerate(batch["boxes"][base]):
         if len(view_boxes) == 0:
@@ -191,15 +207,29 @@ def _localise(maps: dict[str, torch.Tensor], batch: dict, base: int, prior: np.n
             resized = torch.nn.functional.interpolate(
                 torch.from_numpy(prior)[None, None].float(), size=source_size, mode="bilinear", align_corners=False
             )[0, 0].numpy()
+        lung_probability = lung_mask = None
+        if lungs is not None:
+            lung_probability = to_source_frame(lungs[0][i], to_view, base, source_size).numpy()
+            lung_mask = (lung_probability > lungs[1]).astype(np.float32)
         for name, heatmaps in maps.items():
             heatmap = to_source_frame(heatmaps[i], to_view, base, source_size).numpy()
             entry[name] = _score_heatmap(heatmap, boxes, truth)
+            low, high = heatmap.min(), heatmap.max()
+            scaled = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
             if resized is not None:  # the model's map weighted by where TB usually is: reported as a combination
-                low, high = heatmap.min(), heatmap.max()
-                scaled = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
                 entry[f"{name} x location prior"] = _score_heatmap(scaled * resized, boxes, truth)
+            if lung_mask is not None:  # the model's map kept inside the lungs
+                entry[f"{name} x lung mask"] = _score_heatmap(scaled * lung_mask, boxes, truth)
+                if resized is not None:
+                    entry[f"{name} x location prior x lung mask"] = _score_heatmap(
+                        scaled * resized * lung_mask, boxes, truth
+                    )
         if resized is not None:
             entry["location prior (no model)"] = _score_heatmap(resized, boxes, truth)
+        if lung_mask is not None:
+            entry["lung mask (no model)"] = _score_heatmap(lung_probability, boxes, truth)
+            if resized is not None:
+                entry["location prior x lung mask (no model)"] = _score_heatmap(resized * lung_mask, boxes, truth)
         results.append(entry)
     return results
 
@@ -284,7 +314,7 @@ def classification_metrics(
     metrics["global_auroc"] = global_auroc(p["global_targets"], p["global_probs"])
     per_global = per_label_auroc(p["global_targets"], p["global_probs"])
     metrics["global_auroc_per_class"] = dict(zip(global_labels, per_global.tolist(), strict=True))
-    same = np.isin(p["source"], SAME_HOSPITAL_SOURCES)
+    same = same_hospital(p)
     metrics["same_hospital_images"] = int(same.sum())
     metrics["same_hospital_auroc"] = (
         global_auroc(p["global_targets"][same], p["global_probs"][same]) if same.any() else math.nan
@@ -342,15 +372,51 @@ def to_jsonable(value):
 def calibrate_thresholds(predictions: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-label operating thresholds (Youden's J) for the global classes and the known local labels.
 
-    A label without both positives and negatives among these images cannot be calibrated: its threshold is set to
-    1.0, so it is never reported positive rather than positive at an arbitrary 0.5.
+    Global thresholds are chosen on the **same-hospital** images (TB and normal from the same place) wherever they
+    hold both classes of a label: on the whole split the source shortcut wins and the thresholds land where the
+    source, not the disease, separates the films. A label without both positives and negatives cannot be
+    calibrated: its threshold is 1.0, so it is never reported positive rather than positive at an arbitrary 0.5.
     """
     p = predictions
-    global_thresholds = tuple(
-        youden_threshold(p["global_targets"][:, k], p["global_probs"][:, k]) for k in range(p["global_probs"].shape[1])
-    )
+    same = same_hospital(p)
+    global_thresholds = []
+    for k in range(p["global_probs"].shape[1]):
+        targets = p["global_targets"][:, k]
+        rows = same if len(np.unique(targets[same])) == 2 else np.ones_like(same)
+        global_thresholds.append(youden_threshold(targets[rows], p["global_probs"][rows, k]))
     local_thresholds = []
     for k in range(p["local_probs"].shape[1]):
         known = p["local_mask"][:, k] > 0.5
         local_thresholds.append(youden_threshold(p["local_targets"][known, k], p["local_probs"][known, k]))
-    return global_thresholds, tuple(local_thresholds)
+    return tuple(global_thresholds), tuple(local_thresholds)
+
+
+def same_hospital(predictions: dict[str, Any]) -> np.ndarray:
+    """``(N,)`` bool: the images from the extra sets, where TB and normal films come from the same hospital."""
+    return np.isin(predictions["source"], SAME_HOSPITAL_SOURCES)
+
+
+def screening_threshold(predictions: dict[str, Any], positive: int, sensitivity: float = 0.9) -> float:
+    """The positive class's screening threshold: the highest at which sensitivity on the same-hospital images (all
+    images where none are positive) is at least ``sensitivity``."""
+    p = predictions
+    same = same_hospital(p)
+    rows = same if (p["global_targets"][same, positive] > 0.5).any() else np.ones_like(same)
+    return threshold_for_sensitivity(
+        p["global_targets"][rows, positive], p["global_probs"][rows, positive], sensitivity
+    )
+
+
+def operating_points_with_ci(
+    predictions: dict[str, Any], positive: int, thresholds: dict[str, float], samples: int = 1000
+) -> dict[str, dict]:
+    """``{name: sensitivity, specificity (and their 95% CIs) on the same-hospital images at that threshold}``."""
+    p = predictions
+    same = same_hospital(p)
+    targets, scores = p["global_targets"][same, positive], p["global_probs"][same, positive]
+    points = {}
+    for name, threshold in thresholds.items():
+        point = operating_point(targets, scores, threshold)
+        intervals = operating_point_ci(targets, scores, threshold, samples) if samples else {}
+        points[name] = {**point, **{f"{k}_ci95": v for k, v in intervals.items()}, "images": int(same.sum())}
+    return points

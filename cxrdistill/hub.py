@@ -30,7 +30,9 @@ RELEASE_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", METRICS_NAME)
 RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")
 RELEASE_TEACHER = "mlcak-teacher-224"
 RELEASE_TB = "tb-student-28"
-APP_MODELS = (*RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB)
+RELEASE_LUNGS = "lung-unet-256"
+APP_MODELS = (*RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB, RELEASE_LUNGS)
+
 
 def validate_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Check a metrics dict and return it. Expected shape::
@@ -73,7 +75,7 @@ def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) ->
         validate_metrics(metrics)
     card_data = ModelCardData(
         library_name="cxrdistill",
-        pipeline_tag="image-classification",
+        pipeline_tag=type(model)._hub_mixin_info.model_card_data.pipeline_tag or "image-classification",
         license="apache-2.0",
         tags=sorted(type(model)._hub_mixin_info.model_card_data.tags or []),
         datasets=[metrics["dataset"]["type"]] if metrics else None,
@@ -91,8 +93,8 @@ def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) ->
         "mean": f"{config.mean:g}",
         "std": f"{config.std:g}",
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
-        "outputs": _outputs(config),
-        "how_to_load": _how_to_load(type(model).__name__, config.image_size),
+        "outputs": model.outputs_summary(),
+        "how_to_load": model.usage_example(),
         "training_data": _training_data(metrics),
         "evaluation": _evaluation(metrics),
         "citation": model.card_citation,
@@ -115,33 +117,6 @@ def _eval_results(metrics: dict[str, Any]) -> list[EvalResult]:
         )
         for result in metrics["results"]
     ]
-
-
-def _outputs(config) -> str:
-    rows = ["| head | label | operating threshold |", "|---|---|---|"]
-    for head, labels, values in (
-        ("global (softmax, one-of-K)", config.global_labels, config.global_thresholds),
-        ("local (sigmoid, multi-label)", config.local_labels, config.local_thresholds),
-    ):
-        shown = [f"{v:.3f}" for v in values] if values is not None else ["not calibrated"] * len(labels)
-        rows += [f"| {head} | {label} | {value} |" for label, value in zip(labels, shown, strict=True)]
-    return "\n".join(rows)
-
-
-def _how_to_load(class_name: str, size: int) -> str:
-    return "\n".join(
-        [
-            f"from cxrdistill.models import {class_name}",
-            "from cxrdistill.io import load_xray",
-            "from cxrdistill.data import model_input",
-            "",
-            f'model = {class_name}.from_pretrained("REPO_ID_OR_FOLDER")  # revision="v1.0" for a tag',
-            'pixels = load_xray("chest.png").pixels  # PNG, JPEG or DICOM -> (H, W) in [0, 1]',
-            f"image = model_input(pixels, {size})  # letterboxed and area-averaged as in training",
-            "probabilities = model(image).global_logits.softmax(-1)[0]",
-            "print(dict(zip(model.config.global_labels, probabilities.tolist())))",
-        ]
-    )
 
 
 def _training_data(metrics: dict[str, Any] | None) -> str:

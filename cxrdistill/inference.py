@@ -24,13 +24,15 @@ import torch
 
 from cxrdistill.data.transforms import area_resize, letterbox_matrix, model_input
 from cxrdistill.explain import ScoredBox, heatmap_to_boxes, to_source_frame
-from cxrdistill.hub import RELEASE_STUDENTS, RELEASE_TB, RELEASE_TEACHER, load_model
+from cxrdistill.hub import RELEASE_LUNGS, RELEASE_STUDENTS, RELEASE_TB, RELEASE_TEACHER, load_model
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
 from cxrdistill.models.base import CXRModel
 
 logger = logging.getLogger(__name__)
 
 BOX_THRESHOLD = 0.5  # boxes surround the regions above half the map's maximum (the README's box-recall protocol)
+# Lung on each side of a frontal chest film's centre line, as a share of the whole image
+LUNG_SHARE = (0.03, 0.30)
 DISPLAY_SIZE = 512  # longest side of the image that maps and overlays are drawn on
 BASE_SIZE = 224  # the square every model input is area-averaged from (as in training)
 # The released folders Predictor.from_release loads (RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB) live in
@@ -51,6 +53,9 @@ class ModelResult:
         maps: name -> ``(H, W)`` heatmap over the display image (``Prediction.image``).
         boxes: boxes from the first map, in the original image's pixels, best score first.
         positive_label: the global class the maps and boxes explain (TB for a TB model).
+        screening_threshold / screening_sensitivity / screening_call: the model's screening operating point on
+            the positive class (chosen for that sensitivity on validation films) and the call at it; ``None`` when
+            the model has none.
         mask_threshold: the model's relative mask threshold chosen on validation data for localisation mIoU
             (``None`` when not chosen). Boxes use :data:`BOX_THRESHOLD` instead: a threshold that maximises mask
             IoU can be low enough to box most of the chest.
@@ -68,6 +73,9 @@ class ModelResult:
     maps: dict[str, np.ndarray] = field(repr=False)
     boxes: list[ScoredBox] = field(default_factory=list)
     positive_label: str = ""
+    screening_threshold: float | None = None
+    screening_sensitivity: float | None = None
+    screening_call: bool | None = None
     mask_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +91,13 @@ class ModelResult:
             "boxes": [{"box": [round(v, 1) for v in b.box], "score": round(b.score, 4)} for b in self.boxes],
             "box_threshold": BOX_THRESHOLD,
             "positive_label": self.positive_label,
+            "screening": None
+            if self.screening_threshold is None
+            else {
+                "threshold": self.screening_threshold,
+                "sensitivity_target": self.screening_sensitivity,
+                "call": self.screening_call,
+            },
             "mask_threshold": self.mask_threshold,
         }
 
@@ -101,6 +116,17 @@ class Prediction:
     student: ModelResult
     teacher: ModelResult | None = None
     tb: ModelResult | None = None
+    lungs: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def lung_fraction(self) -> float | None:
+        """Share of the display image the lung model calls lung (``None`` without a lung model)."""
+        return None if self.lungs is None else float(self.lungs.mean())
+
+    @property
+    def lungs_found(self) -> bool:
+        """The lung model found two lungs (see :func:`two_lungs`)."""
+        return self.lungs is not None and bool(two_lungs(self.lungs))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly results (no arrays): what the API endpoint and ``cxrdistill predict`` return."""
@@ -109,6 +135,9 @@ class Prediction:
             "student": self.student.to_dict(),
             "teacher": self.teacher.to_dict() if self.teacher else None,
             "tb": self.tb.to_dict() if self.tb else None,
+            "lungs": None
+            if self.lungs is None
+            else {"fraction_of_image": round(self.lung_fraction, 4), "found": self.lungs_found},
         }
 
 
@@ -130,6 +159,8 @@ class Predictor:
         tb_model: CXRModel | None = None,
         limits: ReadLimits | None = None,
         min_box_area: float = 0.002,
+        *,
+        lung_model: CXRModel | None = None,
     ) -> None:
         if not students:
             raise ValueError("a Predictor needs at least one student model")
@@ -141,6 +172,7 @@ class Predictor:
         self.tb_model = tb_model.eval() if tb_model is not None else None
         if self.tb_model is not None and self.tb_model.explains_with != "cam":
             raise ValueError(f"the TB model must be a CNN with class activation maps, got {type(tb_model).__name__}")
+        self.lung_model = lung_model.eval() if lung_model is not None else None
         self.limits = limits or ReadLimits(max_file_bytes=32 * 2**20)
         self.min_box_area = min_box_area
 
@@ -153,6 +185,7 @@ class Predictor:
         teacher: str | None = None,
         tb_model: str | None = None,
         revision: str | None = None,
+        lung_model: str | None = None,
         **kwargs,
     ) -> Predictor:
         """Load every model with ``from_pretrained`` (folders or Hub repo ids, all at ``revision``)."""
@@ -161,6 +194,7 @@ class Predictor:
             {model.config.image_size: model for model in loaded},
             teacher=load_model(teacher, revision=revision) if teacher else None,
             tb_model=load_model(tb_model, revision=revision) if tb_model else None,
+            lung_model=load_model(lung_model, revision=revision) if lung_model else None,
             **kwargs,
         )
 
@@ -171,11 +205,12 @@ class Predictor:
         students = [str(folder / name) for name in RELEASE_STUDENTS if (folder / name / "config.json").is_file()]
         if not students:
             raise FileNotFoundError(f"no released student in {folder} (looked for {', '.join(RELEASE_STUDENTS)})")
-        teacher, tb = folder / RELEASE_TEACHER, folder / RELEASE_TB
+        teacher, tb, lungs = folder / RELEASE_TEACHER, folder / RELEASE_TB, folder / RELEASE_LUNGS
         return cls.from_sources(
             students,
             teacher=str(teacher) if (teacher / "config.json").is_file() else None,
             tb_model=str(tb) if (tb / "config.json").is_file() else None,
+            lung_model=str(lungs) if (lungs / "config.json").is_file() else None,
             **kwargs,
         )
 
@@ -222,10 +257,12 @@ class Predictor:
         xray = self.read(source)
         display = xray.pixels
         scale = xray.meta.original_size[0] / display.shape[0]  # original / display pixels
+        lungs = self.lungs(display)
         prediction = Prediction(
             image=display,
             scale=scale,
             meta=xray.meta.to_dict(),
+            lungs=lungs,
             student=self._run(f"student-{resolution}", self.students[resolution], display, scale, layer),
         )
         if teacher and self.teacher is not None:
@@ -233,16 +270,31 @@ class Predictor:
                 f"teacher-{self.teacher.config.image_size}", self.teacher, display, scale, layer
             )
         if tb and self.tb_model is not None:
-            prediction.tb = self._run(f"tb-{self.tb_model.config.image_size}", self.tb_model, display, scale, layer)
+            inside = lungs if prediction.lungs_found else None  # TB maps and boxes are kept inside the lungs
+            name = f"tb-{self.tb_model.config.image_size}"
+            prediction.tb = self._run(name, self.tb_model, display, scale, layer, inside)
         return prediction
 
-    def _run(self, name: str, model: CXRModel, display: np.ndarray, scale: float, layer: int) -> ModelResult:
+    def lungs(self, display: np.ndarray) -> np.ndarray | None:
+        """``(H, W)`` bool lung mask over the display image (``None`` without a lung model)."""
+        if self.lung_model is None:
+            return None
+        size = self.lung_model.config.image_size
+        probability = self.lung_model.lung_probability(model_input(display, size, size))[0]
+        return grid_to_display(probability, size, display.shape).numpy() > self.lung_model.config.mask_threshold
+
+    def _run(
+        self, name: str, model: CXRModel, display: np.ndarray, scale: float, layer: int, inside=None
+    ) -> ModelResult:
         config = model.config
         started = time.perf_counter()
         view = model_input(display, config.image_size, BASE_SIZE)  # (1, 1, size, size)
         output = model.forward_for_maps(view)
         grids = {key: grid[0] for key, grid in model.explanation_maps(output, layer).items()}
         maps = {key: grid_to_display(grid, config.image_size, display.shape).numpy() for key, grid in grids.items()}
+        if inside is not None:  # each map min-max scaled and kept inside the lungs; the kept one comes first
+            kept = {f"{key} inside the lungs": _unit(value) * inside for key, value in maps.items()}
+            maps = {**kept, **maps}
         boxes = display_boxes(next(iter(maps.values())), config, scale, self.min_box_area)
         latency_ms = (time.perf_counter() - started) * 1000
         global_probs = output.global_logits.float().softmax(-1)[0].tolist()
@@ -260,11 +312,40 @@ class Predictor:
             maps=maps,
             boxes=boxes,
             positive_label=model.positive_label,
+            screening_threshold=config.screening_threshold,
+            screening_sensitivity=config.screening_sensitivity,
+            screening_call=None
+            if config.screening_threshold is None
+            else bool(global_probs[model.positive_index] >= config.screening_threshold),
             mask_threshold=config.heatmap_threshold,
         )
 
 
 # ------------------------------------------------------- pieces shared with batch prediction (cxrdistill.batch)
+
+
+def two_lungs(mask: np.ndarray) -> bool:
+    """Whether a lung mask looks like a frontal chest film's: each side of the image's centre line holds
+    :data:`LUNG_SHARE` of the image as lung, and the mask is one or two regions (its two largest cover 80% of it;
+    the lungs can touch behind the heart at this resolution). Uniform noise (lung over most of the image, in pieces)
+    and a blank image (one blob on one side) fail."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return False
+    half = mask.shape[1] // 2
+    low, high = LUNG_SHARE
+    sides = (mask[:, :half].sum() / mask.size, mask[:, half:].sum() / mask.size)
+    if not all(low <= share <= high for share in sides):
+        return False
+    labels, count = ndimage.label(mask)
+    sizes = np.sort(ndimage.sum(mask, labels, range(1, count + 1)))[::-1]
+    return bool(sizes[:2].sum() >= 0.8 * mask.sum())
+
+
+def _unit(heatmap: np.ndarray) -> np.ndarray:
+    low, high = float(heatmap.min()), float(heatmap.max())
+    return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
 
 
 def grid_to_display(grid: torch.Tensor, image_size: int, display_shape: tuple[int, int]) -> torch.Tensor:

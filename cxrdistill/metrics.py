@@ -70,6 +70,32 @@ def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
     return float(np.clip(thresholds[best], 0.0, 1.0))
 
 
+def threshold_for_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivity: float = 0.9) -> float:
+    """The highest threshold at which ``scores >= threshold`` finds at least ``sensitivity`` of the positives
+    (a screening operating point: the WHO target product profile for TB triage asks sensitivity >= 0.90).
+
+    Without positives there is nothing to calibrate on: 1.0 (never positive) is returned.
+    """
+    if not 0.0 < sensitivity <= 1.0:
+        raise ValueError(f"sensitivity must be in (0, 1], got {sensitivity}")
+    positives = np.sort(np.asarray(scores)[np.asarray(targets) > 0.5])[::-1]  # highest first
+    if len(positives) == 0:
+        return 1.0
+    needed = math.ceil(sensitivity * len(positives) - 1e-9)  # positives the call must include
+    return float(positives[needed - 1])
+
+
+def operating_point_ci(
+    targets: np.ndarray, scores: np.ndarray, threshold: float, samples: int = 1000
+) -> dict[str, tuple[float, float]]:
+    """Bootstrap 95% intervals (over images) of the sensitivity and specificity at ``threshold``."""
+    targets, scores = np.asarray(targets), np.asarray(scores)
+    return {
+        name: bootstrap_ci(lambda t, s, n=name: operating_point(t, s, threshold)[n], targets, scores, samples=samples)
+        for name in ("sensitivity", "specificity")
+    }
+
+
 def operating_point(targets: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
     """Sensitivity, specificity, F1 and accuracy of ``scores >= threshold``."""
     targets = np.asarray(targets) > 0.5

@@ -122,3 +122,14 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has a single bitmap size
         return ImageFont.load_default()
+
+
+def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (80, 200, 255)) -> np.ndarray:
+    """``rgb`` with the boundary of the bool ``mask`` (same ``(H, W)``) drawn 2 px wide in ``colour``."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    boundary = mask & ~ndimage.binary_erosion(mask, iterations=2)
+    out = np.array(rgb, copy=True)
+    out[boundary] = colour
+    return out

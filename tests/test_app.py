@@ -367,3 +367,15 @@ def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_serving(serv
         )
     assert response.status_code == 413 and "maximum allowed size" in response.text, response.text[:300]
     assert client.predict(handle_file(str(write_png(tmp_path, "ok.png"))), 28, api_name="/predict")["student"]
+
+
+def test_the_tb_text_says_which_operating_point_the_call_uses():
+    from types import SimpleNamespace
+
+    none = SimpleNamespace(screening_threshold=None, screening_sensitivity=None, screening_call=None)
+    assert "no screening threshold, so no call" in app.screening_sentence(none)
+    above = SimpleNamespace(screening_threshold=0.214, screening_sensitivity=0.9, screening_call=True)
+    text = app.screening_sentence(above)
+    assert "Screening threshold 0.214" in text and "at least 90%" in text and "TB signal" in text
+    below = SimpleNamespace(screening_threshold=0.214, screening_sensitivity=0.9, screening_call=False)
+    assert "below it" in app.screening_sentence(below)

@@ -56,3 +56,40 @@ def test_bootstrap_interval_brackets_the_estimate():
     scores = targets * 0.3 + rng.random(200)
     low, high = bootstrap_ci(auroc, targets, scores, samples=300)
     assert low < auroc(targets, scores) < high and high - low < 0.25
+
+
+def test_threshold_for_sensitivity_is_the_highest_that_finds_enough_positives():
+    from cxrdistill.metrics import operating_point, threshold_for_sensitivity
+
+    targets = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+    scores = np.array([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.1, 0.2, 0.05, 0.65])
+    threshold = threshold_for_sensitivity(targets, scores, 0.9)
+    assert threshold == 0.3  # 9 of the 10 positives score >= 0.3; any higher threshold finds only 8
+    assert operating_point(targets, scores, threshold)["sensitivity"] == 0.9
+    assert threshold_for_sensitivity(targets, scores, 1.0) == 0.1
+    assert threshold_for_sensitivity(np.zeros(3), np.ones(3), 0.9) == 1.0  # no positives: never positive
+
+
+def test_thresholds_are_calibrated_on_same_hospital_films_not_where_the_source_wins():
+    from cxrdistill.evaluation import calibrate_thresholds, operating_points_with_ci, screening_threshold
+
+    # TBX11K TB films (source "tb") all score high; among the same-hospital films TB scores 0.3-0.6, normal 0.1-0.35
+    source = np.array(["tb"] * 20 + ["shenzhen"] * 20)
+    tb = np.r_[np.ones(20), np.ones(10), np.zeros(10)]
+    p_tb = np.r_[np.full(20, 0.97), np.linspace(0.3, 0.6, 10), np.linspace(0.1, 0.35, 10)]
+    predictions = {
+        "source": source,
+        "global_targets": np.stack([1 - tb, tb], 1),
+        "global_probs": np.stack([1 - p_tb, p_tb], 1),
+        "local_probs": np.zeros((40, 0)),
+        "local_targets": np.zeros((40, 0)),
+        "local_mask": np.zeros((40, 0)),
+    }
+    (_, tb_threshold), _ = calibrate_thresholds(predictions)
+    assert 0.3 <= tb_threshold <= 0.4  # separates TB from normal among same-hospital films, not 0.97 from the rest
+    screening = screening_threshold(predictions, 1, 0.9)
+    assert screening == pytest.approx(np.linspace(0.3, 0.6, 10)[1])  # 9 of the 10 same-hospital TB films
+    points = operating_points_with_ci(predictions, 1, {"screening": screening}, samples=50)
+    assert points["screening"]["sensitivity"] == 0.9 and points["screening"]["images"] == 20
+    low, high = points["screening"]["sensitivity_ci95"]
+    assert low <= 0.9 <= high

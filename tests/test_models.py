@@ -182,7 +182,9 @@ def test_config_validation_names_the_bad_value(make, message):
 
 
 def test_every_model_class_is_registered_by_model_type():
-    assert set(MODEL_CLASSES.values()) == {TeacherViT, StudentViT, CNNTeacher, CNNStudent}
+    from cxrdistill.models import LungSegmenter
+
+    assert set(MODEL_CLASSES.values()) == {TeacherViT, StudentViT, CNNTeacher, CNNStudent, LungSegmenter}
 
 
 # ------------------------------------------------------------------------------------------- save and load

@@ -6,6 +6,7 @@ This package never imports :mod:`cxrdistill.models`: data knows nothing of the n
 from cxrdistill.data.base import Record, XRayDataset, scale_boxes
 from cxrdistill.data.cache import CachedDataset, default_cache_dir
 from cxrdistill.data.generic import CSVDataset, FolderDataset
+from cxrdistill.data.lungs import LungOutlines, polygon_mask
 from cxrdistill.data.medmnist import PneumoniaMNIST
 from cxrdistill.data.nih import NIHChestXray14
 from cxrdistill.data.splits import split_indices, train_val_split
@@ -30,6 +31,7 @@ __all__ = [
     "CSVDataset",
     "CachedDataset",
     "FolderDataset",
+    "LungOutlines",
     "MultiResolutionViews",
     "NIHChestXray14",
     "PneumoniaMNIST",
@@ -43,6 +45,7 @@ __all__ = [
     "default_cache_dir",
     "letterbox_matrix",
     "model_input",
+    "polygon_mask",
     "scale_boxes",
     "split_indices",
     "train_val_split",

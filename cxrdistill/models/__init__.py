@@ -2,6 +2,7 @@
 
 from cxrdistill.models.base import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, ModelLoadError, ModelOutput
 from cxrdistill.models.cnn import CNNConfig, CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig
+from cxrdistill.models.lung import LungSegmenter, LungSegmenterConfig
 from cxrdistill.models.presets import CUSTOM, PRESETS, preset_config, presets_for
 from cxrdistill.models.vit import (
     StudentViT,
@@ -12,7 +13,10 @@ from cxrdistill.models.vit import (
     recording_attention,
 )
 
-MODEL_CLASSES = {cls.config_class.model_type_default(): cls for cls in (TeacherViT, StudentViT, CNNTeacher, CNNStudent)}
+MODEL_CLASSES = {
+    cls.config_class.model_type_default(): cls
+    for cls in (TeacherViT, StudentViT, CNNTeacher, CNNStudent, LungSegmenter)
+}
 
 __all__ = [
     "CONFIG_NAME",
@@ -25,6 +29,8 @@ __all__ = [
     "CNNStudentConfig",
     "CNNTeacher",
     "CNNTeacherConfig",
+    "LungSegmenter",
+    "LungSegmenterConfig",
     "ModelConfig",
     "ModelLoadError",
     "ModelOutput",

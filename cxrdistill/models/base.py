@@ -82,6 +82,11 @@ class ModelConfig:
         global_thresholds: calibrated operating threshold on each global class probability, or ``None`` when the
             model has not been calibrated (then nothing may be called positive).
         local_thresholds: likewise for the local findings.
+        screening_threshold: a second operating threshold on the positive class's probability, chosen for
+            screening: the highest at which validation sensitivity is at least ``screening_sensitivity`` (on
+            same-hospital films); ``None`` when not calibrated. Where it is set, the app calls with it.
+        screening_sensitivity: the sensitivity ``screening_threshold`` was chosen for (0.90: the WHO target product
+            profile for TB triage).
         mean, std: input normalisation, applied inside ``forward`` to images in ``[0, 1]``.
         heatmap_threshold: relative threshold (share of the map's maximum) that turns this model's explanation map
             into a mask and boxes, chosen on the validation split for localisation mIoU; ``None`` when it has not
@@ -97,6 +102,8 @@ class ModelConfig:
     local_labels: tuple[str, ...] = ("active_tb", "latent_tb", "uncertain_tb")
     global_thresholds: tuple[float, ...] | None = None
     local_thresholds: tuple[float, ...] | None = None
+    screening_threshold: float | None = None
+    screening_sensitivity: float | None = None
     mean: float = 0.449
     std: float = 0.226
     heatmap_threshold: float | None = None
@@ -128,6 +135,10 @@ class ModelConfig:
                 raise ValueError(f"{name} has {len(thresholds)} values for {len(labels)} labels {labels}")
             if not all(0.0 <= float(t) <= 1.0 for t in thresholds):
                 raise ValueError(f"{name} must be probabilities in [0, 1], got {thresholds}")
+        for name in ("screening_threshold", "screening_sensitivity"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.heatmap_threshold is not None and not 0.0 < float(self.heatmap_threshold) < 1.0:
             raise ValueError(f"heatmap_threshold must be in (0, 1), got {self.heatmap_threshold}")
         if not self.std > 0:
@@ -197,6 +208,35 @@ class CXRModel(PyTorchModelHubMixin):
     def architecture_summary(self) -> str:
         """One line for the model card."""
         raise NotImplementedError
+
+    def outputs_summary(self) -> str:
+        """The model card's table of outputs: each head's labels and calibrated thresholds."""
+        config = self.config
+        rows = ["| head | label | operating threshold |", "|---|---|---|"]
+        for head, labels, values in (
+            ("global (softmax, one-of-K)", config.global_labels, config.global_thresholds),
+            ("local (sigmoid, multi-label)", config.local_labels, config.local_thresholds),
+        ):
+            shown = [f"{v:.3f}" for v in values] if values is not None else ["not calibrated"] * len(labels)
+            rows += [f"| {head} | {label} | {value} |" for label, value in zip(labels, shown, strict=True)]
+        return "\n".join(rows)
+
+    def usage_example(self) -> str:
+        """The model card's code: load the model and classify one X-ray."""
+        name, size = type(self).__name__, self.config.image_size
+        return "\n".join(
+            [
+                f"from cxrdistill.models import {name}",
+                "from cxrdistill.io import load_xray",
+                "from cxrdistill.data import model_input",
+                "",
+                f'model = {name}.from_pretrained("REPO_ID_OR_FOLDER")  # revision="v1.0" for a tag',
+                'pixels = load_xray("chest.png").pixels  # PNG, JPEG or DICOM -> (H, W) in [0, 1]',
+                f"image = model_input(pixels, {size})  # letterboxed and area-averaged as in training",
+                "probabilities = model(image).global_logits.softmax(-1)[0]",
+                "print(dict(zip(model.config.global_labels, probabilities.tolist())))",
+            ]
+        )
 
     @classmethod
     def resolve_config(cls, config: ModelConfig | None) -> ModelConfig:

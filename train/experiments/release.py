@@ -19,6 +19,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,26 +32,49 @@ from cxrdistill.evaluation import (
     load_train_val,
     localisation_metrics,
     location_prior,
+    operating_points_with_ci,
     predict_dataset,
+    screening_threshold,
     to_jsonable,
 )
 from cxrdistill.hub import load_model
+from cxrdistill.models import LungSegmenter
 from cxrdistill_train.common import CARD_RESULTS, card_result
 
 COMPARED = ("global_auroc", "same_hospital_auroc", "local_macro_auroc")
 
 
-def release(
-    source: Path, target: Path, data: EvalData, max_change: float, bootstrap: int, localisation: bool = False
-) -> dict:
+@dataclass(frozen=True)
+class ReleaseOptions:
+    """How a classifier is released: the validation split, the float16 tolerance, the operating points."""
+
+    data: EvalData
+    max_change: float = 0.001
+    bootstrap: int = 1000
+    localisation: bool = False
+    lung_model: str | None = None  # a LungSegmenter: localisation also scored inside the lungs
+    screening_sensitivity: float = 0.9
+
+
+def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
     model = load_model(source)
+    if isinstance(model, LungSegmenter):  # measured by its own script (Dice); released as trained
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
+        return json.loads((source / "metrics.json").read_text())
+    data, localisation, bootstrap, max_change = (
+        options.data,
+        options.localisation,
+        options.bootstrap,
+        options.max_change,
+    )
     dataset = load_dataset(data)
     prior = location_prior(load_train_val(data)[0]) if localisation else None
-    full = predict_dataset(model, dataset, localise=localisation, prior=prior)
+    lungs = load_model(options.lung_model) if options.lung_model and localisation else None
+    full = predict_dataset(model, dataset, localise=localisation, prior=prior, lung_model=lungs)
     with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(scratch, weights_dtype=torch.float16)
         half_model = load_model(scratch)
-    half = predict_dataset(half_model, dataset, localise=localisation, prior=prior)
+    half = predict_dataset(half_model, dataset, localise=localisation, prior=prior, lung_model=lungs)
     labels = (model.config.global_labels, model.config.local_labels)
     full_metrics = classification_metrics(full, *labels)
     half_metrics = classification_metrics(half, *labels)
@@ -58,15 +82,19 @@ def release(
     use_half = all(change <= max_change for change in changes.values())
     chosen, predictions = (half_model, half) if use_half else (model, full)
 
-    global_thresholds, local_thresholds = calibrate_thresholds(predictions)
+    global_thresholds, local_thresholds = calibrate_thresholds(predictions)  # on the same-hospital films
+    positive = chosen.positive_index
+    screening = screening_threshold(predictions, positive, options.screening_sensitivity)
     located = localisation_metrics(predictions["localisation"], bootstrap=bootstrap) if localisation else {}
-    model_maps = [name for name in located if "location prior" not in name]  # the pure map sets the threshold
+    model_maps = [name for name in located if " x " not in name and "no model" not in name]  # the pure map
     heatmap_threshold = located[model_maps[0]]["best_threshold"] if model_maps else None
     chosen.config = dataclasses.replace(
         chosen.config,
         global_thresholds=global_thresholds,
         local_thresholds=local_thresholds,
         heatmap_threshold=heatmap_threshold,
+        screening_threshold=screening,
+        screening_sensitivity=options.screening_sensitivity,
     )
     metrics = classification_metrics(
         predictions,
@@ -80,14 +108,20 @@ def release(
     card["release"] = {
         "weights": "float16" if use_half else "float32",
         "auroc_change_fp16": changes,
-        "thresholds": "Youden's J on the validation split",
+        "thresholds": "global: Youden's J on the same-hospital validation films (all films where they lack a class); "
+        f"screening: the highest threshold with sensitivity >= {options.screening_sensitivity:g} on them",
     }
+    label = chosen.positive_label
+    points = operating_points_with_ci(
+        predictions, positive, {"Youden's J": global_thresholds[positive], "screening": screening}, bootstrap
+    )
+    card["raw"]["same_hospital_calls"] = to_jsonable(points)
     by_name = {name: key for key, name in CARD_RESULTS.items()}
-    card["results"] = [  # keep the card's numbers those of the released weights
+    card["results"] = [  # the training run's AUROCs, re-measured on the released weights; a re-release drops the
+        # operating points and localisation entries of an earlier release, which are measured again below
         card_result("roc_auc", r["name"], metrics[by_name[r["name"]]], metrics.get(f"{by_name[r['name']]}_ci95"))
-        if metrics.get(by_name.get(r["name"], "")) is not None
-        else r
         for r in card["results"]
+        if metrics.get(by_name.get(r["name"], "")) is not None
     ]
     for name, values in located.items():
         card["results"] += [
@@ -104,6 +138,16 @@ def release(
                 values.get("pointing_game_ci95"),
             ),
         ]
+    for name, point in points.items():
+        for measure in ("sensitivity", "specificity"):
+            card["results"].append(
+                card_result(
+                    measure,
+                    f"{measure}, {label}, at the {name} threshold {point['threshold']:.3f} (same-hospital films)",
+                    point[measure],
+                    point.get(f"{measure}_ci95"),
+                )
+            )
     if heatmap_threshold is not None:
         card["release"]["heatmap_threshold"] = f"{heatmap_threshold} (best mIoU on the validation images)"
     shutil.rmtree(target, ignore_errors=True)
@@ -115,22 +159,31 @@ def release(
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pairs", nargs="+", help="SOURCE=TARGET folder pairs")
-    parser.add_argument("--root", default="../shared/data/tbx11k")
-    parser.add_argument("--dataset", default="tbx11k")
-    parser.add_argument("--val-fraction", type=float, default=0.25)
-    parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--max-auroc-change", type=float, default=0.001)
-    parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--budget-mib", type=float, default=40.0)
+    parser.add_argument("--root", default="../shared/data/tbx11k", help="the validation data's folder")
+    parser.add_argument("--dataset", default="tbx11k", help="its dataset (as cxrdistill evaluate --dataset)")
+    parser.add_argument("--val-fraction", type=float, default=0.25, help="the training scripts' validation share")
+    parser.add_argument("--split-seed", type=int, default=0, help="the training scripts' split seed")
+    parser.add_argument(
+        "--max-auroc-change", type=float, default=0.001, help="largest AUROC change float16 may cause (0.001)"
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (1000)")
+    parser.add_argument("--budget-mib", type=float, default=40.0, help="size budget of the release folder (40 MiB)")
     parser.add_argument("--localisation", action="store_true", help="score heatmaps against boxes (TBX11K)")
+    parser.add_argument("--lung-model", help="a LungSegmenter: score the heatmaps inside the lungs too")
+    parser.add_argument(
+        "--screening-sensitivity", type=float, default=0.9, help="sensitivity of the screening threshold (0.90)"
+    )
     args = parser.parse_args(argv)
     data = EvalData(args.dataset, args.root, None, "val", args.val_fraction, args.split_seed)
+    options = ReleaseOptions(
+        data, args.max_auroc_change, args.bootstrap, args.localisation, args.lung_model, args.screening_sensitivity
+    )
     pairs = [(Path(source), Path(target)) for source, target in (pair.split("=", 1) for pair in args.pairs)]
     with tempfile.TemporaryDirectory() as scratch:
         # release into a staging folder; the release folder changes only if the result fits the budget
         staged = {target: Path(scratch) / str(i) for i, (_, target) in enumerate(pairs)}
         for source, target in pairs:
-            release(source, staged[target], data, args.max_auroc_change, args.bootstrap, args.localisation)
+            release(source, staged[target], options)
         total = _release_size(staged) / 2**20
         print(f"release size: {total:.1f} MiB (budget {args.budget_mib} MiB)")
         if total > args.budget_mib:

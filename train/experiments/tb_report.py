@@ -13,6 +13,12 @@ import json
 from pathlib import Path
 
 PRIOR = "location prior (no model)"
+MODEL_FREE = (PRIOR, "lung mask (no model)", "location prior x lung mask (no model)")  # the same for every model
+LABELS = {
+    PRIOR: "**location prior** (mean training box mask, no model)",
+    "lung mask (no model)": "**lung mask** (the lung U-Net's probability, no TB model)",
+    "location prior x lung mask (no model)": "**location prior x lung mask** (no TB model)",
+}
 
 
 def ci(values) -> str:
@@ -31,13 +37,14 @@ def main(argv=None) -> None:
         "| box recall IoU 0.3 / 0.5 | same-hospital AUROC (95% CI) | AUROC all |"
     )
     lines = [header, "|" + "---|" * 8]
-    prior_done = False
+    done = set()
     for name, report in reports.items():
         for heatmap, values in report["localisation"].items():
-            if heatmap == PRIOR:
-                if prior_done:
+            if heatmap in MODEL_FREE:
+                if heatmap in done:
                     continue
-                prior_done, label, auroc = True, "**location prior** (mean training box mask, no model)", ("-", "-")
+                done.add(heatmap)
+                label, auroc = LABELS[heatmap], ("-", "-")
             else:
                 label = f"{name}: {heatmap}"
                 auroc = (
