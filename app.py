@@ -217,8 +217,9 @@ def _probability_table(prediction: Prediction) -> str:
             rows.append(f"<tr><td>{html.escape(label)} <small>({group})</small></td>{''.join(cells)}</tr>")
     return (
         f'<table class="cxr-table" id="cxr-probabilities"><tr><th>label</th>{head}</tr>{"".join(rows)}</table>'
-        "<small>positive / negative at each model's operating threshold, calibrated on the validation split "
-        "(Youden's J); classes are one-of-K (softmax), findings multi-label (sigmoid).</small>"
+        "<small>positive / negative at each model's operating threshold (Youden's J: classes on the same-hospital "
+        "validation films, findings on the validation split); classes are one-of-K (softmax), findings "
+        "multi-label (sigmoid).</small>"
     )
 
 
