@@ -390,3 +390,8 @@ def test_training_configs_nest_the_model_config_and_name_its_preset():
     assert student.preset == "mlcak-student-conv6" and student.patch_size == 4  # input size is not architecture
     with pytest.raises(SystemExit):
         train_teacher.parse(["--preset", "tb-resnet10t"])  # a CNN preset is not a ViT teacher's choice
+    from cxrdistill_train import train_lungs
+
+    lungs = train_lungs.parse(["--decoder-channels", "32", "16", "16", "8", "8"]).model  # a tuple field: several values
+    assert lungs.decoder_channels == (32, 16, 16, 8, 8) and lungs.preset == "custom"
+    assert train_lungs.parse([]).model.preset == "lung-unet-mobilenetv3s"

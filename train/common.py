@@ -258,6 +258,9 @@ NOT_FLAGS = (
     "global_thresholds",
     "local_thresholds",
     "heatmap_threshold",
+    "screening_threshold",
+    "screening_sensitivity",
+    "positive_label",
     "pretrained_weights",
     "mean",
     "std",
@@ -280,13 +283,28 @@ def add_model_arguments(parser: argparse.ArgumentParser, config_class, default_p
     for f in dataclasses.fields(config_class):
         if f.name in NOT_FLAGS:
             continue
+        annotation = str(f.type)
+        several = annotation.startswith("tuple[")  # e.g. decoder_channels: tuple[int, ...]
         parser.add_argument(
             "--" + (prefix + f.name).replace("_", "-"),
             dest=prefix + f.name,
-            type=_value_parser(str(f.type) + " | None"),
+            type=_value_parser(annotation.split("[")[-1].split(",")[0].rstrip("]") if several else annotation),
+            nargs="+" if several else None,
             default=None,
             help=f"{what}: {helps[f.name]} (default: the preset's, else {f.default!r})",
         )
+
+
+def script_parser(doc: str, models, configs, skip: tuple[str, ...] = ("extra",)) -> argparse.ArgumentParser:
+    """A training script's parser: for each ``(config class, default preset, prefix)`` of ``models`` its preset and
+    architecture options (:func:`add_model_arguments`), then the fields of each dataclass instance of ``configs``
+    (:func:`add_dataclass_arguments`, without the fields in ``skip``); described by ``doc``'s first line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for config_class, preset, prefix in models:
+        add_model_arguments(parser, config_class, preset, prefix=prefix)
+    for config in configs:
+        add_dataclass_arguments(parser, config, skip=skip)
+    return parser
 
 
 def model_config_from_args(namespace: argparse.Namespace, config_class, prefix: str = ""):

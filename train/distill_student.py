@@ -30,8 +30,6 @@ from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
     TrainingRun,
-    add_dataclass_arguments,
-    add_model_arguments,
     build_datasets,
     end_processes,
     fill_dataclass,
@@ -40,6 +38,7 @@ from cxrdistill_train.common import (
     make_loader,
     model_config_from_args,
     script_command,
+    script_parser,
     views_for,
 )
 
@@ -92,12 +91,9 @@ class DistillTrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = DistillTrainConfig(model=StudentViTConfig())
-    add_model_arguments(parser, StudentViTConfig, DEFAULT_PRESET)
-    for config in (defaults.data, defaults.loop, defaults.distill):
-        add_dataclass_arguments(parser, config)
-    return parser
+    models = [(StudentViTConfig, DEFAULT_PRESET, "")]
+    return script_parser(__doc__, models, (defaults.data, defaults.loop, defaults.distill))
 
 
 def parse(argv=None) -> DistillTrainConfig:

@@ -27,8 +27,6 @@ from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
     TrainingRun,
-    add_dataclass_arguments,
-    add_model_arguments,
     build_datasets,
     end_processes,
     fill_dataclass,
@@ -37,6 +35,7 @@ from cxrdistill_train.common import (
     make_loader,
     model_config_from_args,
     script_command,
+    script_parser,
     views_for,
 )
 
@@ -82,13 +81,9 @@ class TBTrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = TBTrainConfig(CNNTeacherConfig(), CNNStudentConfig())
-    add_model_arguments(parser, CNNTeacherConfig, "tb-resnet10t", prefix="teacher_")
-    add_model_arguments(parser, CNNStudentConfig, "tb-resnet10t-lowres", prefix="student_")
-    for config in (defaults.data, defaults.loop, defaults.tb):
-        add_dataclass_arguments(parser, config)
-    return parser
+    models = [(CNNTeacherConfig, "tb-resnet10t", "teacher_"), (CNNStudentConfig, "tb-resnet10t-lowres", "student_")]
+    return script_parser(__doc__, models, (defaults.data, defaults.loop, defaults.tb))
 
 
 def parse(argv=None) -> TBTrainConfig:

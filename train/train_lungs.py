@@ -30,13 +30,12 @@ from cxrdistill.metrics import bootstrap_ci
 from cxrdistill.models import LungSegmenter, LungSegmenterConfig
 from cxrdistill_train.common import (
     LoopConfig,
-    add_dataclass_arguments,
-    add_model_arguments,
     end_processes,
     fill_dataclass,
     make_accelerator,
     model_config_from_args,
     script_command,
+    script_parser,
     warmup_cosine,
 )
 
@@ -105,12 +104,10 @@ def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = LungTrainConfig(model=LungSegmenterConfig())
-    add_model_arguments(parser, LungSegmenterConfig, "lung-unet-mobilenetv3s")
-    for config in (defaults.data, defaults.loop):
-        add_dataclass_arguments(parser, config, skip=("extra", "eval_every", "select_metric", "resume", "cpu"))
-    return parser
+    models = [(LungSegmenterConfig, "lung-unet-mobilenetv3s", "")]
+    unused = ("extra", "eval_every", "select_metric", "resume", "cpu")  # the lung loop has no such options
+    return script_parser(__doc__, models, (defaults.data, defaults.loop), skip=unused)
 
 
 def parse(argv=None) -> LungTrainConfig:

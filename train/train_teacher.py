@@ -22,8 +22,6 @@ from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
     TrainingRun,
-    add_dataclass_arguments,
-    add_model_arguments,
     build_datasets,
     end_processes,
     fill_dataclass,
@@ -32,6 +30,7 @@ from cxrdistill_train.common import (
     make_loader,
     model_config_from_args,
     script_command,
+    script_parser,
     views_for,
 )
 
@@ -64,12 +63,9 @@ class TeacherTrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = TeacherTrainConfig(model=TeacherViTConfig())
-    add_model_arguments(parser, TeacherViTConfig, DEFAULT_PRESET)
-    for config in (defaults.data, defaults.loop, defaults.task):
-        add_dataclass_arguments(parser, config)
-    return parser
+    models = [(TeacherViTConfig, DEFAULT_PRESET, "")]
+    return script_parser(__doc__, models, (defaults.data, defaults.loop, defaults.task))
 
 
 def parse(argv=None) -> TeacherTrainConfig:
