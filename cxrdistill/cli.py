@@ -247,6 +247,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         localise=True,
         prior=prior,
         lung_model=lung_model,
+        map_methods=args.map_methods,
     )
     global_thresholds, local_thresholds = config.global_thresholds, config.local_thresholds
     if args.calibrate_to:
@@ -280,6 +281,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cxrdistill.explain import GRADIENT_MAP_METHODS  # light (NumPy, SciPy); grad-cam itself loads on use
+
     parser = argparse.ArgumentParser(prog="cxrdistill", description="Chest X-ray AI at low resolution.")
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="read an X-ray (PNG/JPG/TIFF/BMP/WebP/DICOM) and describe it")
@@ -370,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--calibrate-to",
         help="choose per-label thresholds (Youden's J) on these images and save the model with them to this folder",
+    )
+    evaluate.add_argument(
+        "--map-methods",
+        nargs="+",
+        default=[],
+        choices=sorted(GRADIENT_MAP_METHODS),
+        help="also score these Grad-CAM-family maps of the positive class (grad-cam library; 'finer': the stage one "
+        "reduction before the last, 'multiscale': both fused)",
     )
     evaluate.add_argument(
         "--lung-model",

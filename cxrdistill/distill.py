@@ -5,7 +5,8 @@ so preparing the task with Accelerate wraps all of it: the forward pass goes thr
 gradients are averaged across processes) and ``.to(device)`` moves the teacher and the buffers too (as lerobot's
 policies return ``(loss, loss_dict)`` and open_clip's distillation task holds its frozen teacher).
 
-* :class:`SupervisedTask`: one model, its task loss (the ViT teacher of MLCAK, the TB teacher, a student alone).
+* :class:`SupervisedTask`: one model, its task loss (the ViT teacher of MLCAK, the TB teacher, a student alone),
+  optionally with a :class:`ConditionalSourceAdversary` that makes the source unreadable from its features.
 * :class:`MLCAKDistiller`: MLCAK (Akhter et al., "Low-Resolution Chest X-ray Classification via Knowledge
   Distillation and Multi-task Learning", ISBI 2024): the student's loss is its task loss plus
 
@@ -87,6 +88,62 @@ class TeacherTargets:
     attentions: dict[int, torch.Tensor]
 
 
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by ``-scale`` on the way back (Ganin & Lempitsky, ICML 2015)."""
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return inputs.view_as(inputs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(inputs: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Gradient reversal: ``inputs`` unchanged, their gradient times ``-scale``."""
+    return _ReverseGradient.apply(inputs, scale)
+
+
+class ConditionalSourceAdversary(nn.Module):
+    """A source classifier behind gradient reversal, on the films of one class only (conditional adversarial
+    training, Li et al., "Deep Domain Generalization via Conditional Invariant Adversarial Networks", ECCV 2018).
+
+    Among the positive films (TB), it tries to tell those of ``archive_source`` (the TBX11K archive) from those of
+    every other source (the extra sets' hospitals) from the model's pooled features; the reversed gradient trains
+    the model to make them indistinguishable. Conditioning on the class matters: unconditionally, source and label
+    are confounded (every normal film is from the extra sets) and erasing the source would erase TB too. The loss
+    is the adversary's class-balanced binary cross-entropy (each source group weighs half), so it is ``log 2``
+    (0.693) when the features carry no source.
+
+    Args:
+        width: the model's feature channels.
+        positive: index of the global class the adversary looks at.
+        archive_source: the source name that is one side (every other source is the other).
+        scale: gradient-reversal strength.
+    """
+
+    def __init__(self, width: int, positive: int, archive_source: str = "tbx11k", scale: float = 1.0) -> None:
+        super().__init__()
+        self.positive, self.archive_source, self.scale = positive, archive_source, scale
+        self.head = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Linear(128, 1))
+
+    def forward(self, features: torch.Tensor, global_targets: torch.Tensor, sources: Sequence[str]) -> torch.Tensor:
+        """The adversary's loss on a batch: ``features`` ``(B, C, h, w)`` or ``(B, C)``, one-hot ``global_targets``
+        ``(B, K)``, ``sources`` ``B`` names. Zero (with a graph) when the batch has no positive film."""
+        pooled = features.mean(dim=(2, 3)) if features.ndim == 4 else features
+        logits = self.head(reverse_gradient(pooled, self.scale)).squeeze(1)  # (B,)
+        archive = torch.tensor([s == self.archive_source for s in sources], device=logits.device)
+        positive = global_targets[:, self.positive] > 0.5  # only the positive films count
+        in_archive, elsewhere = (positive & archive).sum(), (positive & ~archive).sum()
+        # each source group weighs half, however few of its films this batch has
+        weight = positive * torch.where(archive, 0.5 / in_archive.clamp_min(1), 0.5 / elsewhere.clamp_min(1))
+        loss = F.binary_cross_entropy_with_logits(logits, archive.float(), reduction="none")
+        # + 0 x logits: the head takes part in every step (DDP needs a gradient for each parameter)
+        return (loss * weight).sum() / weight.sum().clamp_min(1e-8) + 0.0 * logits.sum()
+
+
 class SupervisedTask(nn.Module):
     """One model and its task loss (:func:`cxrdistill.losses.task_loss`) on the ``view_size`` view.
 
@@ -96,20 +153,30 @@ class SupervisedTask(nn.Module):
         local_weight: weight of the local-findings BCE.
         class_weights: ``(K,)`` weights of the global classes' cross-entropy (a buffer: it follows the device), or
             ``None`` for equal weights.
+        adversary: a :class:`ConditionalSourceAdversary` on the model's features (a CNN's last feature map), or
+            ``None``; its loss is added times ``adversary_weight`` as the ``source_adversary`` term.
     """
 
     def __init__(
-        self, model: nn.Module, view_size: int, local_weight: float = 1.0, class_weights: torch.Tensor | None = None
+        self,
+        model: nn.Module,
+        view_size: int,
+        local_weight: float = 1.0,
+        class_weights: torch.Tensor | None = None,
+        adversary: ConditionalSourceAdversary | None = None,
+        adversary_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.model, self.view_size, self.local_weight = model, view_size, local_weight
+        self.adversary, self.adversary_weight = adversary, adversary_weight
         self.register_buffer(
             "class_weights", None if class_weights is None else class_weights.float(), persistent=False
         )
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        output = self.model(batch["views"][self.view_size])
-        return task_loss(
+        images = batch["views"][self.view_size]
+        output = self.model(images, return_features=True) if self.adversary else self.model(images)
+        loss, terms = task_loss(
             output.global_logits,
             output.local_logits,
             batch["global"],
@@ -118,6 +185,10 @@ class SupervisedTask(nn.Module):
             self.local_weight,
             self.class_weights,
         )
+        if self.adversary is not None:
+            terms["source_adversary"] = self.adversary(output.features, batch["global"], batch["source"])
+            loss = loss + self.adversary_weight * terms["source_adversary"]
+        return loss, terms
 
 
 class MLCAKDistiller(nn.Module):

@@ -7,6 +7,7 @@ passes, so a number in a model card and a number from the command line are compu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from cxrdistill.data import (
 )
 from cxrdistill.data.transforms import transform_boxes
 from cxrdistill.explain import (
+    gradient_maps,
     heatmap_mask,
     heatmap_to_boxes,
     to_source_frame,
@@ -89,7 +91,6 @@ def load_dataset(data: EvalData):
     return train if data.part == "train" else validation
 
 
-@torch.inference_mode()
 def predict_dataset(
     model: torch.nn.Module,
     dataset,
@@ -100,6 +101,7 @@ def predict_dataset(
     localise: bool = False,
     prior: np.ndarray | None = None,
     lung_model: torch.nn.Module | None = None,
+    map_methods: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Probabilities of ``model`` on every image of ``dataset``, with targets and sources.
 
@@ -107,7 +109,8 @@ def predict_dataset(
     ``localise``, each image with boxes also gets the IoU and pointing-game hit of the model's explanation maps
     (the model's ``explanation_maps``); given a ``prior`` (:func:`location_prior`), of the prior alone and of each
     map weighted by it; given a ``lung_model`` (``LungSegmenter``), of its lung mask alone and of every map (and the
-    prior) kept inside the lungs.
+    prior) kept inside the lungs. ``map_methods`` (keys of :data:`cxrdistill.explain.GRADIENT_MAP_METHODS`) adds the
+    Grad-CAM family's maps of the positive class beside the model's own.
     """
     size = model.config.image_size
     base = max(base_size, size)
@@ -123,17 +126,22 @@ def predict_dataset(
     outputs: dict[str, list] = {k: [] for k in (*keys, "localisation")}
     for batch in loader:
         images = batch["views"][size]
-        output = model.forward_for_maps(images) if localise else model(images)
-        if localise:
+        with torch.no_grad():
+            output = model.forward_for_maps(images) if localise else model(images)
+        if localise and any(len(boxes) for boxes in batch["boxes"][base]):
             lungs = None
             if lung_model is not None:
                 lung_size = lung_model.config.image_size
                 lung_view = torch.nn.functional.interpolate(
                     batch["views"][base], size=(lung_size, lung_size), mode="bilinear"
                 )
-                lungs = lung_model.lung_probability(lung_view.clamp(0, 1))  # (B, S, S) over the base view
+                with torch.no_grad():
+                    lungs = lung_model.lung_probability(lung_view.clamp(0, 1))  # (B, S, S) over the base view
                 lungs = (lungs, lung_model.config.mask_threshold)
-            outputs["localisation"] += _localise(model.explanation_maps(output), batch, base, prior, lungs)
+            with torch.no_grad():
+                maps = model.explanation_maps(output)
+            maps.update(gradient_maps(model, images, map_methods))
+            outputs["localisation"] += _localise(maps, batch, base, prior, lungs)
         outputs["global_probs"].append(output.global_logits.float().softmax(-1))
         outputs["local_probs"].append(output.local_logits.float().sigmoid())
         outputs["global_targets"].append(batch["global"])

@@ -76,6 +76,7 @@ def grad_cam_maps(
     head: str = "global",
     method: str = "gradcam",
     target_layer: torch.nn.Module | None = None,
+    reshape=None,
 ) -> np.ndarray:
     """``(B, H, W)`` maps in ``[0, 1]``, at the input's size, of where ``label`` (one of ``head``'s labels) comes from.
 
@@ -85,6 +86,7 @@ def grad_cam_maps(
         method: a key of :data:`GRAD_CAM_METHODS`.
         target_layer: the layer whose activations are weighted (default: the model's ``grad_cam_layer()``: a
             CNN's last stage, or a ViT's last block's first norm, whose tokens are reshaped back to the patch grid).
+        reshape: the reshape transform of ``target_layer`` (default: the model's for its default layer).
     """
     try:
         import pytorch_grad_cam
@@ -96,8 +98,9 @@ def grad_cam_maps(
     labels = list(getattr(model.config, f"{head}_labels"))
     if label not in labels:
         raise ValueError(f"{label!r} is not a {head} label of this model; its {head} labels are {labels}")
-    default_layer, reshape = model.grad_cam_layer()  # each model family names its layer (and token reshape)
-    target_layer = target_layer or default_layer
+    default_layer, default_reshape = model.grad_cam_layer()  # each model family names its layer (and token reshape)
+    if target_layer is None:
+        target_layer, reshape = default_layer, default_reshape
     cam_class = getattr(pytorch_grad_cam, GRAD_CAM_METHODS[method])
     was_training = model.training
     with cam_class(
@@ -105,6 +108,54 @@ def grad_cam_maps(
     ) as cam:
         maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(labels.index(label))] * len(images))
     model.train(was_training)
+    return maps
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each ``(h, w)`` map of ``(B, h, w)`` scaled to ``[0, 1]`` (a flat map becomes zeros)."""
+    low = maps.flatten(1).min(dim=1).values[:, None, None]
+    high = maps.flatten(1).max(dim=1).values[:, None, None]
+    return torch.where(high > low, (maps - low) / (high - low).clamp_min(1e-12), torch.zeros_like(maps))
+
+
+# Map methods beyond a model's own maps, for evaluation: name -> (grad-cam method, the model's stages it weighs).
+# Several stages are fused as the LayerCAM paper fuses its layers: the mean of the min-max scaled maps.
+GRADIENT_MAP_METHODS = {
+    "gradcam": ("gradcam", ("last",)),
+    "hirescam": ("hirescam", ("last",)),
+    "layercam": ("layercam", ("last",)),
+    "hirescam-finer": ("hirescam", ("finer",)),
+    "layercam-finer": ("layercam", ("finer",)),
+    "layercam-multiscale": ("layercam", ("finer", "last")),
+}
+
+
+def gradient_maps(model: torch.nn.Module, images: torch.Tensor, methods) -> dict[str, torch.Tensor]:
+    """``{method: (B, H, W) map in [0, 1]}`` of the model's positive class for each name in ``methods`` (keys of
+    :data:`GRADIENT_MAP_METHODS`), at the input's size; call outside ``torch.inference_mode``.
+
+    ``"finer"`` stages (one reduction before the last feature map: 14 x 14 instead of 7 x 7 at 224 px) trade the
+    last stage's class specificity for resolution; ``layercam-multiscale`` fuses both.
+    """
+    unknown = sorted(set(methods) - set(GRADIENT_MAP_METHODS))
+    if unknown:
+        raise ValueError(f"unknown map methods {unknown}; choose from {sorted(GRADIENT_MAP_METHODS)}")
+    stages = model.grad_cam_stages()
+    maps = {}
+    for name in methods:
+        method, wanted = GRADIENT_MAP_METHODS[name]
+        missing = [stage for stage in wanted if stage not in stages]
+        if missing:
+            raise ValueError(f"{type(model).__name__} has no {missing} stage for {name!r}; it has {sorted(stages)}")
+        fused = []
+        for stage in wanted:
+            layer, reshape = stages[stage]
+            with torch.enable_grad():
+                result = grad_cam_maps(
+                    model, images, model.positive_label, method=method, target_layer=layer, reshape=reshape
+                )
+            fused.append(_min_max(torch.from_numpy(np.asarray(result, dtype=np.float32))))
+        maps[name] = torch.stack(fused).mean(dim=0)
     return maps
 
 

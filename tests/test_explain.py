@@ -204,3 +204,30 @@ def test_grad_cam_works_for_a_vit_and_refuses_unknown_labels():
     assert maps.shape == (1, 28, 28)
     with pytest.raises(ValueError, match="not a global label"):
         grad_cam_maps(model, torch.rand(1, 1, 28, 28), "pneumonia")
+
+
+def test_gradient_map_methods_weigh_the_stages_each_family_names():
+    pytest.importorskip("pytorch_grad_cam")
+    import torch
+
+    from cxrdistill.explain import GRADIENT_MAP_METHODS, gradient_maps
+    from cxrdistill.models import CNNTeacher, CNNTeacherConfig, StudentViT, StudentViTConfig
+
+    torch.manual_seed(0)
+    config = CNNTeacherConfig(image_size=64, global_labels=("not_tb", "tb"), local_labels=(), timm_name="resnet10t")
+    model = CNNTeacher(config).eval()
+    images = torch.rand(2, 1, 64, 64)
+    maps = gradient_maps(model, images, list(GRADIENT_MAP_METHODS))
+    assert set(maps) == set(GRADIENT_MAP_METHODS)
+    for heatmap in maps.values():
+        assert heatmap.shape == (2, 64, 64) and heatmap.min() >= 0 and heatmap.max() <= 1
+    # the finer stage (layer3, 4 x 4 at 64 px) is not the last one (layer4, 2 x 2): different maps
+    assert not torch.allclose(maps["layercam-finer"], maps["layercam"])
+    fused = (maps["layercam-finer"] + maps["layercam"]) / 2
+    torch.testing.assert_close(maps["layercam-multiscale"], fused)
+    with pytest.raises(ValueError, match="unknown map methods"):
+        gradient_maps(model, images, ["scorecam"])
+    vit = StudentViT(StudentViTConfig(image_size=28, depth=2, embed_dim=48, num_heads=2))
+    with pytest.raises(ValueError, match="no \\['finer'\\] stage"):
+        gradient_maps(vit, torch.rand(1, 1, 28, 28), ["layercam-finer"])
+    assert gradient_maps(vit, torch.rand(1, 1, 28, 28), ["hirescam"])["hirescam"].shape == (1, 28, 28)

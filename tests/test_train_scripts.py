@@ -395,3 +395,66 @@ def test_training_configs_nest_the_model_config_and_name_its_preset():
     lungs = train_lungs.parse(["--decoder-channels", "32", "16", "16", "8", "8"]).model  # a tuple field: several values
     assert lungs.decoder_channels == (32, 16, 16, 8, 8) and lungs.preset == "custom"
     assert train_lungs.parse([]).model.preset == "lung-unet-mobilenetv3s"
+
+
+def test_tb_teacher_trains_source_aware(tiny_tbx11k, tmp_path):
+    from cxrdistill.models import CNNTeacher
+    from cxrdistill_train import tb_localize
+
+    output = tmp_path / "tb"
+    args = [*common_args(tiny_tbx11k, output, tmp_path / "cache"), "--epochs", "1", "--stage", "teacher"]
+    result = tb_localize.main(
+        [
+            *args,
+            "--teacher-image-size",
+            "64",
+            "--sampling",
+            "source-balanced",
+            "--source-adversary",
+            "0.5",
+            "--harmonise",
+        ]
+    )
+    assert "source_adversary" in result["teacher"]["training"]["loss_terms"]
+    model = CNNTeacher.from_pretrained(output / "teacher" / "best")  # the adversary is not part of the model
+    assert not any("adversary" in name for name in model.state_dict())
+    command = json.loads((output / "teacher" / "best" / "metrics.json").read_text())["training"]["command"]
+    assert "--sampling source-balanced" in command and "--harmonise" in command  # the card says how it was trained
+    with pytest.raises(SystemExit, match="--sampling must be one of"):
+        tb_localize.main([*args, "--sampling", "by-hospital"])
+
+
+def test_source_balanced_sampling_draws_every_source_and_class_equally_and_replays_per_seed(tiny_tbx11k):
+    import numpy as np
+
+    from cxrdistill.data import TBX11K
+    from cxrdistill.labels import TB_BINARY
+    from cxrdistill_train.common import DataConfig, make_loader, source_balanced_weights, views_for
+    from cxrdistill_train.tb_localize import class_weight_tensor
+
+    dataset = TBX11K(tiny_tbx11k, "all_train", global_space=TB_BINARY)
+    weights = source_balanced_weights(dataset)
+    classes = dataset.global_targets().argmax(axis=1)
+    cells = {(r.source, int(c)) for r, c in zip(dataset.records, classes, strict=True)}
+    assert len(cells) > 2  # the tiny set has several sources
+    totals = [
+        weights[[i for i, r in enumerate(dataset.records) if (r.source, int(classes[i])) == cell]].sum()
+        for cell in cells
+    ]
+    np.testing.assert_allclose(totals, 1 / len(cells))
+    # the cross-entropy's class weights follow the frequencies the sampler draws, not the dataset's
+    targets = torch.from_numpy(dataset.global_targets())
+    drawn = (targets * torch.from_numpy(weights)[:, None].float()).sum(0)
+    expected = drawn.sum() / (2 * drawn)
+    torch.testing.assert_close(class_weight_tensor(targets, "balanced", weights), expected.float())
+
+    config = DataConfig(root=str(tiny_tbx11k), cache_size=64, num_workers=0)
+    loader = make_loader(dataset, config, views_for(32, (), False), 4, True, weights)
+
+    def epoch(seed: int) -> list[int]:
+        loader.generator.manual_seed(seed)  # what fit() does at every epoch
+        return [int(i) for batch in loader for i in batch["index"]]
+
+    assert epoch(1) == epoch(1) and epoch(1) != epoch(2)
+    with pytest.raises(ValueError, match="sample weights for"):
+        make_loader(dataset, config, views_for(32, (), False), 4, True, weights[:-1])

@@ -193,3 +193,52 @@ def test_model_input_matches_the_evaluation_views():
     image = synthetic_chest(300, 240)
     expected = MultiResolutionViews(224, (28,))(_sample(image))["views"][28]
     torch.testing.assert_close(model_input(image, 28), expected[None])
+
+
+# ---------------------------------------------------------------------------------------------- harmonisation
+
+
+def test_histogram_equalisation_flattens_the_intensity_distribution_and_keeps_order():
+    from cxrdistill.data.transforms import equalize_histogram
+
+    image = torch.rand(128, 128) ** 4  # a dark film: most values near 0
+    equalised = equalize_histogram(image)
+    counts = torch.histc(equalised, bins=4, min=0, max=1)
+    assert counts.min() > 0.15 * image.numel()  # each quarter of the range holds about a quarter of the pixels
+    flat = image.flatten()
+    order = flat.argsort()
+    assert (equalised.flatten()[order].diff() >= 0).all()  # monotone: brighter stays brighter
+
+
+def test_resolution_and_jpeg_round_trips_lose_detail_but_keep_the_film():
+    from cxrdistill.data.transforms import jpeg_round_trip, resample_round_trip
+
+    image = torch.from_numpy(synthetic_chest(128, 128)).float()
+    image = (0.9 * image + 0.1 * torch.rand_like(image)).clamp(0, 1)  # fine detail the round trips must lose
+    for changed in (resample_round_trip(image, 0.25), jpeg_round_trip(image, 20)):
+        assert changed.shape == image.shape and -0.01 <= changed.min() and changed.max() <= 1.01
+        assert 0.005 < (changed - image).abs().mean() < 0.1
+
+
+def test_harmonisation_is_off_by_default_and_then_draws_no_random_numbers():
+    from cxrdistill.data.transforms import harmonise
+
+    image = torch.rand(64, 64)
+    generator = torch.Generator().manual_seed(3)
+    state = generator.get_state()
+    assert torch.equal(harmonise(image, AugmentConfig(), generator), image)
+    assert torch.equal(generator.get_state(), state)  # existing augmentation streams are unchanged
+    config = AugmentConfig.harmonising(equalize_p=1.0, resample_p=0.0, jpeg_p=0.0)
+    views = MultiResolutionViews(64, (), augment=config)
+    sample = _sample(np.asarray(image))
+    first, again = (views(sample, torch.Generator().manual_seed(0))["views"][64] for _ in range(2))
+    assert torch.equal(first, again) and torch.histc(first, bins=4, min=0, max=1).min() > 0.15 * first.numel()
+
+
+def test_harmonisation_settings_are_validated():
+    with pytest.raises(ValueError, match="jpeg_p"):
+        AugmentConfig(jpeg_p=1.5)
+    with pytest.raises(ValueError, match="resample_scale"):
+        AugmentConfig(resample_scale=(0.5, 2.0))
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        AugmentConfig(jpeg_quality=(0, 50))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from cxrdistill.data import AugmentConfig, CachedDataset, MultiResolutionViews, ViewDataset, collate_views
@@ -90,20 +90,54 @@ def script_command(script: str, argv) -> str:
     return f"python {script} " + " ".join(argv if argv is not None else sys.argv[1:])
 
 
-def make_loader(dataset, config: DataConfig, views: MultiResolutionViews, batch_size: int, shuffle: bool) -> DataLoader:
-    # A shuffling loader gets a generator of its own, which fit() re-seeds at every epoch: it draws the order and
-    # the workers' augmentation seeds, so a resumed run replays the order an uninterrupted one used, under any
-    # number of processes (Accelerate shards the batches of that one order and keeps the generator in sync).
+def make_loader(
+    dataset,
+    config: DataConfig,
+    views: MultiResolutionViews,
+    batch_size: int,
+    shuffle: bool,
+    sample_weights: np.ndarray | None = None,
+) -> DataLoader:
+    """A loader of ``views`` of ``dataset`` from its tensor cache; shuffled, or (given ``sample_weights``, one per
+    image) drawn with replacement in proportion to them (:func:`source_balanced_weights`), as many as one epoch."""
+    # A shuffling loader gets a generator of its own, which fit() re-seeds at every epoch: it draws the order (the
+    # weighted sampler draws with the same generator) and the workers' augmentation seeds, so a resumed run replays
+    # the order an uninterrupted one used, under any number of processes (Accelerate shards the batches of that
+    # one order and keeps the generator in sync).
     cached = CachedDataset(dataset, size=config.cache_size, cache_dir=config.cache_dir)
+    generator = torch.Generator() if shuffle or sample_weights is not None else None
+    sampler = None
+    if sample_weights is not None:
+        if len(sample_weights) != len(dataset):
+            raise ValueError(f"{len(sample_weights)} sample weights for {len(dataset)} images")
+        weights = torch.as_tensor(sample_weights, dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
     return DataLoader(
         ViewDataset(cached, views),
         batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle and len(dataset) > batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        drop_last=(shuffle or sampler is not None) and len(dataset) > batch_size,
         num_workers=config.num_workers,
         collate_fn=collate_views,
-        generator=torch.Generator() if shuffle else None,
+        generator=generator,
     )
+
+
+def source_balanced_weights(dataset) -> np.ndarray:
+    """``(N,)`` sampling weights that make every (sub-source, global class) cell of ``dataset`` equally likely.
+
+    In TBX11K the source alone predicts the label (every TBX11K-archive film is TB, every normal film comes from the
+    extra sets); drawing each source's TB and normal films equally often leaves the archive's own TB films no more
+    common than any hospital's, so recognising the archive pays less.
+    """
+    classes = dataset.global_targets().argmax(axis=1)
+    cells = [(record.source, int(label)) for record, label in zip(dataset.records, classes, strict=True)]
+    counts: dict[tuple[str, int], int] = {}
+    for cell in cells:
+        counts[cell] = counts.get(cell, 0) + 1
+    weights = np.array([1.0 / counts[cell] for cell in cells])
+    return weights / weights.sum()
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -690,5 +724,8 @@ def _flat_config(loop: LoopConfig) -> dict:
     return flat
 
 
-def views_for(teacher_size: int, student_sizes, augment: bool) -> MultiResolutionViews:
-    return MultiResolutionViews(teacher_size, tuple(student_sizes), augment=AugmentConfig() if augment else None)
+def views_for(teacher_size: int, student_sizes, augment: bool, harmonise: bool = False) -> MultiResolutionViews:
+    """Views at ``teacher_size`` and ``student_sizes``: augmented (with the harmonisation augmentations too where
+    ``harmonise``) or the plain letterbox."""
+    config = (AugmentConfig.harmonising() if harmonise else AugmentConfig()) if augment else None
+    return MultiResolutionViews(teacher_size, tuple(student_sizes), augment=config)

@@ -19,9 +19,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from cxrdistill.distill import SupervisedTask, TBDistiller, TBLossWeights
+from cxrdistill.distill import ConditionalSourceAdversary, SupervisedTask, TBDistiller, TBLossWeights
 from cxrdistill.models import CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig
 from cxrdistill_train.common import (
     DataConfig,
@@ -36,11 +37,13 @@ from cxrdistill_train.common import (
     model_config_from_args,
     script_command,
     script_parser,
+    source_balanced_weights,
     views_for,
 )
 
 STAGES = ("teacher", "student", "both")
 CLASS_WEIGHTS = ("balanced", "none")
+SAMPLING = ("shuffle", "source-balanced")
 
 
 @dataclass
@@ -57,6 +60,12 @@ class TBConfig:
         kd_weight: weight of the soft-target KD term.
         cam_weight: weight of the CAM alignment term.
         augment: augment the training views.
+        harmonise: add the harmonisation augmentations (histogram equalisation, resolution and JPEG round trips)
+            to the training views, so films from different archives look alike.
+        sampling: shuffle (each training film once an epoch) or source-balanced (every sub-source's TB and normal
+            films drawn equally often, with replacement).
+        source_adversary: weight of a conditional source adversary on the teacher's features (among TB films,
+            TBX11K-archive vs extra-set films, through gradient reversal); 0: none.
     """
 
     stage: str = "both"
@@ -67,6 +76,9 @@ class TBConfig:
     kd_weight: float = 1.0
     cam_weight: float = 1.0
     augment: bool = True
+    harmonise: bool = False
+    sampling: str = "shuffle"
+    source_adversary: float = 0.0
 
 
 @dataclass
@@ -99,17 +111,33 @@ def parse(argv=None) -> TBTrainConfig:
         raise SystemExit(f"--stage must be one of {STAGES}, got {config.tb.stage!r}")
     if config.tb.class_weights not in CLASS_WEIGHTS:
         raise SystemExit(f"--class-weights must be one of {CLASS_WEIGHTS}, got {config.tb.class_weights!r}")
+    if config.tb.sampling not in SAMPLING:
+        raise SystemExit(f"--sampling must be one of {SAMPLING}, got {config.tb.sampling!r}")
+    if config.tb.source_adversary < 0:
+        raise SystemExit(f"--source-adversary must be >= 0, got {config.tb.source_adversary}")
     if config.tb.stage == "student" and not config.tb.teacher:
         raise SystemExit("--stage student needs --teacher (a trained CNNTeacher folder or repo id)")
     return config
 
 
-def class_weight_tensor(targets: torch.Tensor, mode: str) -> torch.Tensor | None:
-    """Inverse-frequency weights of the one-hot ``targets`` ``(N, K)`` (``None`` for ``mode="none"``)."""
+def class_weight_tensor(
+    targets: torch.Tensor, mode: str, sample_weights: np.ndarray | None = None
+) -> torch.Tensor | None:
+    """Inverse-frequency weights of the one-hot ``targets`` ``(N, K)`` (``None`` for ``mode="none"``), the
+    frequencies being those the sampler draws (``sample_weights`` per film; uniform by default)."""
     if mode == "none":
         return None
-    counts = targets.sum(0).clamp_min(1)
+    draws = torch.ones(len(targets)) if sample_weights is None else torch.as_tensor(sample_weights).float()
+    counts = (targets.float() * draws[:, None]).sum(0)
+    counts = counts.clamp_min(counts.sum() * 1e-6)
     return (counts.sum() / (len(counts) * counts)).float()
+
+
+def training_sampling(config: TBTrainConfig, train_set) -> tuple[np.ndarray | None, torch.Tensor | None]:
+    """``(sample weights or None, class weights)`` of the training loader and its cross-entropy."""
+    sample_weights = source_balanced_weights(train_set) if config.tb.sampling == "source-balanced" else None
+    targets = torch.from_numpy(train_set.global_targets())
+    return sample_weights, class_weight_tensor(targets, config.tb.class_weights, sample_weights)
 
 
 def main(argv=None) -> dict:
@@ -140,12 +168,19 @@ def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict
         config.teacher_model, global_labels=train_set.global_space.names, local_labels=()
     )
     model = CNNTeacher(model_config, pretrained=config.tb.pretrained)
-    weights = class_weight_tensor(torch.from_numpy(train_set.global_targets()), config.tb.class_weights)
+    sample_weights, weights = training_sampling(config, train_set)
     size, batch, augment = model_config.image_size, loop.batch_size, config.tb.augment
+    adversary = None
+    if config.tb.source_adversary > 0:
+        adversary = ConditionalSourceAdversary(model.backbone.num_features, model.positive_index)
     run = TrainingRun(
-        task=SupervisedTask(model, size, class_weights=weights),
+        task=SupervisedTask(
+            model, size, class_weights=weights, adversary=adversary, adversary_weight=config.tb.source_adversary
+        ),
         model=model,
-        train_loader=make_loader(train_set, config.data, views_for(size, (), augment), batch, True),
+        train_loader=make_loader(
+            train_set, config.data, views_for(size, (), augment, config.tb.harmonise), batch, True, sample_weights
+        ),
         val_loader=make_loader(val_set, config.data, views_for(size, (), False), batch, False),
         data=config.data,
         command=command,
@@ -162,7 +197,7 @@ def train_student(config: TBTrainConfig, output_dir: Path, command: str, teacher
         dataclasses.replace(config.student_model, global_labels=teacher.config.global_labels, local_labels=()),
         pretrained=config.tb.pretrained,
     )
-    weights = class_weight_tensor(torch.from_numpy(train_set.global_targets()), config.tb.class_weights)
+    sample_weights, weights = training_sampling(config, train_set)
     loss_weights = TBLossWeights(config.tb.kd_weight, config.tb.cam_weight, config.tb.temperature)
     teacher_size, size, batch = teacher.config.image_size, student.config.image_size, loop.batch_size
     base = max(teacher_size, size)
@@ -170,7 +205,12 @@ def train_student(config: TBTrainConfig, output_dir: Path, command: str, teacher
         task=TBDistiller(student, teacher, loss_weights, class_weights=weights),
         model=student,
         train_loader=make_loader(
-            train_set, config.data, views_for(base, (teacher_size, size), config.tb.augment), batch, True
+            train_set,
+            config.data,
+            views_for(base, (teacher_size, size), config.tb.augment, config.tb.harmonise),
+            batch,
+            True,
+            sample_weights,
         ),
         val_loader=make_loader(val_set, config.data, views_for(base, (size,), False), batch, False),
         data=config.data,

@@ -10,10 +10,16 @@ Without augmentation the matrix is a *letterbox*: the image is scaled so its lon
 square, keeping its aspect ratio. Augmentation adds a small random zoom, aspect change, rotation and shift, and
 gamma / contrast / brightness jitter. There is no horizontal flip by default: the heart is on the left and a
 flipped film is a different (rare, pathological) anatomy.
+
+*Harmonisation* augmentations (off by default; :meth:`AugmentConfig.harmonising`) blur what tells one archive from
+another, so a classifier cannot win by recognising where a film came from: histogram equalisation (every film gets
+the same intensity distribution), a round trip through a lower resolution (films digitised or stored at different
+sizes), and JPEG re-encoding at a random quality (archives compressed differently).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.data
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,11 @@ class AugmentConfig:
         contrast: range of the contrast factor around mid-grey.
         brightness: maximum absolute brightness offset.
         min_box_visibility: a box is dropped when less than this share of it stays inside the view.
+        equalize_p: probability of histogram equalisation (harmonisation; 0 by default).
+        resample_p: probability of a round trip through a lower resolution (harmonisation; 0 by default).
+        resample_scale: range of that lower resolution as a share of the view's side.
+        jpeg_p: probability of JPEG re-encoding (harmonisation; 0 by default).
+        jpeg_quality: range of the JPEG quality.
     """
 
     zoom: tuple[float, float] = (0.9, 1.15)
@@ -49,17 +61,36 @@ class AugmentConfig:
     contrast: tuple[float, float] = (0.85, 1.15)
     brightness: float = 0.05
     min_box_visibility: float = 0.25
+    equalize_p: float = 0.0
+    resample_p: float = 0.0
+    resample_scale: tuple[float, float] = (0.25, 0.75)
+    jpeg_p: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 90)
 
     def __post_init__(self) -> None:
-        for name in ("zoom", "aspect", "gamma", "contrast"):
+        for name in ("zoom", "aspect", "gamma", "contrast", "resample_scale"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"AugmentConfig.{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
-        for name in ("hflip_p", "min_box_visibility"):
+        if self.resample_scale[1] > 1:
+            raise ValueError(f"AugmentConfig.resample_scale must stay <= 1, got {self.resample_scale}")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 95:
+            raise ValueError(f"AugmentConfig.jpeg_quality must be (low, high) in [1, 95], got {self.jpeg_quality}")
+        for name in ("hflip_p", "min_box_visibility", "equalize_p", "resample_p", "jpeg_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.rotate_degrees < 0 or self.translate < 0 or self.brightness < 0:
             raise ValueError("AugmentConfig.rotate_degrees, translate and brightness must be >= 0")
+
+    @classmethod
+    def harmonising(cls, **overrides) -> AugmentConfig:
+        """The default augmentation plus the harmonisation ones (equalisation 0.5, resolution round trip 0.5, JPEG
+        0.5): inputs from different archives look alike."""
+        return cls(**{"equalize_p": 0.5, "resample_p": 0.5, "jpeg_p": 0.5, **overrides})
+
+    @property
+    def harmonises(self) -> bool:
+        return max(self.equalize_p, self.resample_p, self.jpeg_p) > 0
 
 
 # ------------------------------------------------------------------------------------------------------ geometry
@@ -189,6 +220,51 @@ def jitter_intensity(
     return ((image.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
 
 
+def equalize_histogram(image: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Histogram equalisation of an image in ``[0, 1]``: each value becomes the share of pixels at or below its bin
+    (the empirical CDF), so every film ends with a near-uniform intensity distribution."""
+    levels = (image.clamp(0, 1) * (bins - 1)).round().long()
+    cdf = torch.bincount(levels.flatten(), minlength=bins).cumsum(0).float()
+    cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0]).clamp_min(1)
+    return cdf[levels]
+
+
+def resample_round_trip(image: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(H, W)`` image area-averaged to ``scale`` of its size, then enlarged back bilinearly (detail lost as in a
+    film stored at a lower resolution)."""
+    height, width = image.shape
+    small = area_resize(image, (max(1, round(height * scale)), max(1, round(width * scale))))
+    return F.interpolate(small[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+
+
+def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """``(H, W)`` image in ``[0, 1]`` encoded as an 8-bit JPEG at ``quality`` and decoded (PIL)."""
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=int(quality))
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"), dtype=np.float32)
+    return torch.from_numpy(decoded / 255.0)
+
+
+def harmonise(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The harmonisation augmentations of ``config`` on an ``(H, W)`` image in ``[0, 1]``, each with its own
+    probability: equalisation, resolution round trip, JPEG round trip. Draws no random numbers when all are off."""
+
+    def happens(probability: float) -> bool:
+        return probability > 0 and float(torch.rand((), generator=generator)) < probability
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    if happens(config.equalize_p):
+        image = equalize_histogram(image)
+    if happens(config.resample_p):
+        image = resample_round_trip(image, uniform(*config.resample_scale))
+    if happens(config.jpeg_p):
+        image = jpeg_round_trip(image, round(uniform(*config.jpeg_quality)))
+    return image
+
+
 # --------------------------------------------------------------------------------------------------------- views
 
 
@@ -240,6 +316,8 @@ class MultiResolutionViews:
             image = jitter_intensity(image, self.augment, generator)
             min_visibility = self.augment.min_box_visibility
         base = warp(image, matrix, self.base_size)
+        if self.augment is not None and self.augment.harmonises:
+            base = harmonise(base, self.augment, generator)
         base_boxes, keep = transform_boxes(sample["boxes"], matrix, self.base_size, min_visibility)
 
         views, boxes = {}, {}

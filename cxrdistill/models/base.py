@@ -205,6 +205,11 @@ class CXRModel(PyTorchModelHubMixin):
         """``(target layer, reshape transform or None)`` for the Grad-CAM family (cxrdistill.explain)."""
         raise NotImplementedError
 
+    def grad_cam_stages(self) -> dict[str, tuple[nn.Module, Any]]:
+        """``{stage: (target layer, reshape)}`` the Grad-CAM family can weigh: ``"last"`` (:meth:`grad_cam_layer`)
+        and, where the family has one, ``"finer"``: the stage one reduction earlier (a 2x finer map)."""
+        return {"last": self.grad_cam_layer()}
+
     def architecture_summary(self) -> str:
         """One line for the model card."""
         raise NotImplementedError

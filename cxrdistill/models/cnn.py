@@ -60,16 +60,23 @@ def _lowres_efficientnet(backbone: nn.Module, in_chans: int) -> None:
 
 @dataclass(frozen=True)
 class _Family:
-    """What differs between CNN families: the timm names, the low-resolution stem, the layer Grad-CAM weighs."""
+    """What differs between CNN families: the timm names, the low-resolution stem, the layer Grad-CAM weighs, and
+    the stage one reduction before it (a 2x finer map: ResNet ``layer3``, EfficientNet ``blocks[4]``)."""
 
     prefixes: tuple[str, ...]
     make_lowres: Callable[[nn.Module, int], None]
     grad_cam_layer: Callable[[nn.Module], nn.Module]
+    finer_layer: Callable[[nn.Module], nn.Module]
 
 
 FAMILIES = {
-    "resnet": _Family(("resnet", "resnext", "seresnet", "wide_resnet"), _lowres_resnet, lambda b: b.layer4[-1]),
-    "efficientnet-lite": _Family(("efficientnet_lite",), _lowres_efficientnet, lambda b: b.bn2),
+    "resnet": _Family(
+        ("resnet", "resnext", "seresnet", "wide_resnet"),
+        _lowres_resnet,
+        lambda b: b.layer4[-1],
+        lambda b: b.layer3[-1],
+    ),
+    "efficientnet-lite": _Family(("efficientnet_lite",), _lowres_efficientnet, lambda b: b.bn2, lambda b: b.blocks[4]),
 }
 
 
@@ -151,6 +158,13 @@ class _CNNClassifier(nn.Module, CXRModel):
 
     def grad_cam_layer(self):
         return FAMILIES[cnn_family(self.config.timm_name)].grad_cam_layer(self.backbone), None
+
+    def grad_cam_stages(self):
+        family = FAMILIES[cnn_family(self.config.timm_name)]
+        return {
+            "last": (family.grad_cam_layer(self.backbone), None),
+            "finer": (family.finer_layer(self.backbone), None),
+        }
 
     def architecture_summary(self) -> str:
         c = self.config
