@@ -33,7 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrdistill.losses import attention_mse, cam_alignment, head_average, logit_mse, soft_target_kd, task_loss
+from cxrdistill.losses import (
+    attention_mse,
+    cam_alignment,
+    head_average,
+    logit_mse,
+    min_max_normalise,
+    soft_target_kd,
+    task_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -320,13 +328,16 @@ class TBDistiller(nn.Module):
 
     Loss: class-weighted cross-entropy + ``kd`` x soft-target KD + ``cam`` x CAM alignment (the student's class
     activation map of ``positive_label`` against the teacher's, both min-max normalised, on the teacher's grid).
-    The teacher runs on the batch's view at its own resolution, the student on its own.
+    The teacher runs on the batch's view at its own resolution, the student on its own. Given a ``lung_model``
+    (a frozen ``LungSegmenter``), the teacher's map is kept inside the lungs before it is aligned (lung-guided
+    distillation): the student learns the teacher's map where TB can be, not where the teacher also looked.
 
     Args:
         student, teacher: ``CNNStudent`` and a trained ``CNNTeacher`` with the same global labels.
         weights: :class:`TBLossWeights`.
         class_weights: ``(K,)`` cross-entropy class weights (a buffer) or ``None``.
         positive_label: the global class whose map is aligned.
+        lung_model: a ``LungSegmenter`` run on the teacher's view, or ``None``.
     """
 
     def __init__(
@@ -336,6 +347,7 @@ class TBDistiller(nn.Module):
         weights: TBLossWeights,
         class_weights: torch.Tensor | None = None,
         positive_label: str = "tb",
+        lung_model: nn.Module | None = None,
     ) -> None:
         super().__init__()
         labels = student.config.global_labels
@@ -346,6 +358,7 @@ class TBDistiller(nn.Module):
             )
         self.student, self.teacher, self.weights = student, teacher.requires_grad_(False).eval(), weights
         self.positive = labels.index(positive_label)
+        self.lung_model = None if lung_model is None else lung_model.requires_grad_(False).eval()
         self.register_buffer(
             "class_weights", None if class_weights is None else class_weights.float(), persistent=False
         )
@@ -353,12 +366,26 @@ class TBDistiller(nn.Module):
     def train(self, mode: bool = True) -> TBDistiller:
         super().train(mode)
         self.teacher.eval()
+        if self.lung_model is not None:
+            self.lung_model.eval()
         return self
+
+    @torch.no_grad()
+    def lungs_on_grid(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(B, h, w)``: the share of each cell of a ``grid`` over ``images`` ``(B, 1, H, W)`` that is lung."""
+        size = self.lung_model.config.image_size
+        view = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+        return F.adaptive_avg_pool2d(self.lung_model.lung_probability(view)[:, None], grid)[:, 0]
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
-            teacher_output = self.teacher(batch["views"][self.teacher.config.image_size], return_features=True)
+            teacher_images = batch["views"][self.teacher.config.image_size]
+            teacher_output = self.teacher(teacher_images, return_features=True)
             teacher_cam = self.teacher.class_activation_maps(teacher_output.features)[:, self.positive]  # (B, h, w)
+            if self.lung_model is not None:
+                teacher_cam = min_max_normalise(teacher_cam) * self.lungs_on_grid(
+                    teacher_images, teacher_cam.shape[-2:]
+                )
         output = self.student(batch["views"][self.student.config.image_size], return_features=True)
         student_cam = self.student.class_activation_maps(output.features)[:, self.positive]
         terms = {

@@ -21,6 +21,7 @@ import torch
 from scipy import ndimage
 
 from cxrdistill.data.transforms import warp
+from cxrdistill.losses import min_max_normalise
 
 
 def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, prefix_tokens: int = 1) -> torch.Tensor:
@@ -111,13 +112,6 @@ def grad_cam_maps(
     return maps
 
 
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Each ``(h, w)`` map of ``(B, h, w)`` scaled to ``[0, 1]`` (a flat map becomes zeros)."""
-    low = maps.flatten(1).min(dim=1).values[:, None, None]
-    high = maps.flatten(1).max(dim=1).values[:, None, None]
-    return torch.where(high > low, (maps - low) / (high - low).clamp_min(1e-12), torch.zeros_like(maps))
-
-
 # Map methods beyond a model's own maps, for evaluation: name -> (grad-cam method, the model's stages it weighs).
 # Several stages are fused as the LayerCAM paper fuses its layers: the mean of the min-max scaled maps.
 GRADIENT_MAP_METHODS = {
@@ -154,7 +148,7 @@ def gradient_maps(model: torch.nn.Module, images: torch.Tensor, methods) -> dict
                 result = grad_cam_maps(
                     model, images, model.positive_label, method=method, target_layer=layer, reshape=reshape
                 )
-            fused.append(_min_max(torch.from_numpy(np.asarray(result, dtype=np.float32))))
+            fused.append(min_max_normalise(torch.from_numpy(np.asarray(result, dtype=np.float32))))
         maps[name] = torch.stack(fused).mean(dim=0)
     return maps
 

@@ -132,7 +132,8 @@ def soft_target_kd(
     return loss * temperature**2
 
 
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
+def min_max_normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of ``(B, ...)`` scaled to ``[0, 1]`` over its own values (a flat map becomes zeros)."""
     flat = maps.flatten(1)
     low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
     return ((flat - low) / (high - low).clamp_min(1e-6)).view_as(maps)
@@ -140,8 +141,8 @@ def _min_max(maps: torch.Tensor) -> torch.Tensor:
 
 def cam_alignment(student_cam: torch.Tensor, teacher_cam: torch.Tensor) -> torch.Tensor:
     """MSE between min-max normalised ``(B, h, w)`` CAMs, the student's resampled to the teacher's grid."""
-    teacher = _min_max(teacher_cam.detach())
+    teacher = min_max_normalise(teacher_cam.detach())
     student = student_cam
     if student.shape[-2:] != teacher.shape[-2:]:
         student = F.interpolate(student[:, None], size=teacher.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return F.mse_loss(_min_max(student), teacher)
+    return F.mse_loss(min_max_normalise(student), teacher)

@@ -254,3 +254,37 @@ def test_supervised_task_adds_the_source_adversary_term():
     loss, terms = task(batch)
     assert set(terms) == {"global_ce", "local_bce", "source_adversary"}
     torch.testing.assert_close(loss, terms["global_ce"] + terms["local_bce"] + 0.5 * terms["source_adversary"])
+
+
+def test_lung_guided_tb_distillation_aligns_with_the_teacher_map_inside_the_lungs():
+    from cxrdistill.distill import TBDistiller, TBLossWeights
+    from cxrdistill.losses import cam_alignment, min_max_normalise
+    from cxrdistill.models import (
+        CNNStudent,
+        CNNStudentConfig,
+        CNNTeacher,
+        CNNTeacherConfig,
+        LungSegmenter,
+        LungSegmenterConfig,
+    )
+
+    labels = dict(global_labels=("not_tb", "tb"), local_labels=())
+    torch.manual_seed(0)
+    teacher = CNNTeacher(CNNTeacherConfig(timm_name="resnet10t", image_size=56, **labels))
+    student = CNNStudent(CNNStudentConfig(timm_name="resnet10t", image_size=28, **labels))
+    lungs = LungSegmenter(LungSegmenterConfig(image_size=64))
+    task = TBDistiller(student, teacher, TBLossWeights(), lung_model=lungs).train()
+    assert not lungs.training and all(not p.requires_grad for p in lungs.parameters())
+    data = batch()
+    _, terms = task(data)
+    # the target by hand: the teacher's normalised CAM times each cell's lung share
+    with torch.no_grad():
+        images = data["views"][56]
+        teacher_cam = teacher.class_activation_maps(teacher(images, return_features=True).features)[:, 1]
+        view = torch.nn.functional.interpolate(images, size=(64, 64), mode="bilinear", align_corners=False)
+        share = torch.nn.functional.adaptive_avg_pool2d(lungs.lung_probability(view)[:, None], teacher_cam.shape[-2:])
+        student_cam = student.class_activation_maps(student(data["views"][28], return_features=True).features)[:, 1]
+    expected = cam_alignment(student_cam, min_max_normalise(teacher_cam) * share[:, 0])
+    torch.testing.assert_close(terms["cam_alignment"], expected)
+    plain = TBDistiller(student, teacher, TBLossWeights())(data)[1]["cam_alignment"]
+    assert not torch.isclose(plain, expected)

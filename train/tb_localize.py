@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from cxrdistill.distill import ConditionalSourceAdversary, SupervisedTask, TBDistiller, TBLossWeights
-from cxrdistill.models import CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig
+from cxrdistill.models import CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig, LungSegmenter
 from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
@@ -66,6 +66,8 @@ class TBConfig:
             films drawn equally often, with replacement).
         source_adversary: weight of a conditional source adversary on the teacher's features (among TB films,
             TBX11K-archive vs extra-set films, through gradient reversal); 0: none.
+        lung_model: a LungSegmenter (folder or Hub repo id) that keeps the teacher's map inside the lungs before
+            the student's CAM is aligned with it (student stage; lung-guided distillation); none: the whole map.
     """
 
     stage: str = "both"
@@ -79,6 +81,7 @@ class TBConfig:
     harmonise: bool = False
     sampling: str = "shuffle"
     source_adversary: float = 0.0
+    lung_model: str | None = None
 
 
 @dataclass
@@ -201,8 +204,16 @@ def train_student(config: TBTrainConfig, output_dir: Path, command: str, teacher
     loss_weights = TBLossWeights(config.tb.kd_weight, config.tb.cam_weight, config.tb.temperature)
     teacher_size, size, batch = teacher.config.image_size, student.config.image_size, loop.batch_size
     base = max(teacher_size, size)
+    lungs = LungSegmenter.from_pretrained(config.tb.lung_model) if config.tb.lung_model else None
     run = TrainingRun(
-        task=TBDistiller(student, teacher, loss_weights, class_weights=weights),
+        task=TBDistiller(
+            student,
+            teacher,
+            loss_weights,
+            class_weights=weights,
+            positive_label=teacher.positive_label,
+            lung_model=lungs,
+        ),
         model=student,
         train_loader=make_loader(
             train_set,
