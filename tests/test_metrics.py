@@ -93,3 +93,32 @@ def test_thresholds_are_calibrated_on_same_hospital_films_not_where_the_source_w
     assert points["screening"]["sensitivity"] == 0.9 and points["screening"]["images"] == 20
     low, high = points["screening"]["sensitivity_ci95"]
     assert low <= 0.9 <= high
+
+
+def test_cross_fitted_screening_calls_each_film_with_a_threshold_chosen_on_the_others():
+    from cxrdistill.evaluation import cross_fitted_screening, screening_threshold
+
+    rng = np.random.default_rng(0)
+    n = 100
+    tb = rng.random(n) < 0.4
+    scores = np.where(tb, 0.4 + 0.6 * rng.random(n), 0.7 * rng.random(n))
+    predictions = {
+        "global_targets": np.stack([~tb, tb], 1).astype(float),
+        "global_probs": np.stack([1 - scores, scores], 1),
+        "source": np.array(["shenzhen"] * (n - 10) + ["tbx11k"] * 10),  # the archive's films are left out
+        "id": np.array([f"{i:03d}" for i in range(n)]),
+    }
+    crossed = cross_fitted_screening(predictions, 1, 0.9, folds=5, samples=50)
+    assert crossed["images"] == n - 10 and len(crossed["fold_thresholds"]) == 5
+    # by hand: fold k holds every 5th film of each class; its films are called at the others' screening threshold
+    same = np.arange(n - 10)
+    fold = np.empty(n - 10, dtype=int)
+    for cls in (False, True):
+        members = same[tb[same] == cls]
+        fold[members] = np.arange(len(members)) % 5
+    called = np.zeros(n - 10, dtype=bool)
+    for k in range(5):
+        others = {key: value[: n - 10][fold != k] for key, value in predictions.items()}
+        called[fold == k] = scores[same][fold == k] >= screening_threshold(others, 1, 0.9)
+    assert crossed["sensitivity"] == pytest.approx(called[tb[same]].mean())
+    assert crossed["specificity"] == pytest.approx((~called[~tb[same]]).mean())

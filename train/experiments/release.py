@@ -8,7 +8,8 @@ float16 only if every AUROC moves by at most ``--max-auroc-change`` (0.001); cal
 that split (Youden's J) and store them in the config; with ``--localisation`` (TB boxes of TBX11K) also score the
 model's heatmaps against the radiologists' boxes (mIoU with the threshold cross-fitted between halves, pointing
 game, beside the location prior), store the threshold that is best on the validation images as the config's
-``heatmap_threshold`` and put the localisation numbers on the card; write config.json, model.safetensors,
+``heatmap_threshold`` and put the localisation numbers on the card; the screening threshold's sensitivity /
+specificity are also estimated on films it was not chosen on (cross-fitted); write config.json, model.safetensors,
 metrics.json and the card. Fails if the whole release folder (every model in it) would exceed ``--budget-mib``.
 """
 
@@ -28,6 +29,7 @@ from cxrdistill.evaluation import (
     EvalData,
     calibrate_thresholds,
     classification_metrics,
+    cross_fitted_screening,
     load_dataset,
     load_train_val,
     localisation_metrics,
@@ -116,6 +118,8 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
         predictions, positive, {"Youden's J": global_thresholds[positive], "screening": screening}, bootstrap
     )
     card["raw"]["same_hospital_calls"] = to_jsonable(points)
+    crossed = cross_fitted_screening(predictions, positive, options.screening_sensitivity, samples=bootstrap)
+    card["raw"]["same_hospital_screening_cross_fitted"] = to_jsonable(crossed)
     by_name = {name: key for key, name in CARD_RESULTS.items()}
     card["results"] = [  # the training run's AUROCs, re-measured on the released weights; a re-release drops the
         # operating points and localisation entries of an earlier release, which are measured again below
@@ -148,6 +152,16 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
                     point.get(f"{measure}_ci95"),
                 )
             )
+    for measure in ("sensitivity", "specificity"):
+        card["results"].append(
+            card_result(
+                measure,
+                f"{measure}, {label}, screening rule with the threshold chosen on other films "
+                f"({crossed['folds']}-fold cross-fitted, same-hospital films)",
+                crossed[measure],
+                crossed.get(f"{measure}_ci95"),
+            )
+        )
     if heatmap_threshold is not None:
         card["release"]["heatmap_threshold"] = f"{heatmap_threshold} (best mIoU on the validation images)"
     shutil.rmtree(target, ignore_errors=True)
