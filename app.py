@@ -367,10 +367,10 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
                 probabilities = gr.HTML(elem_id="cxr-table")
         with gr.Tab("Attention maps"):
             with gr.Row():
-                student_cls = gr.Image(label="Student: CLS attention", elem_id="cxr-student-attention")
-                student_rollout = gr.Image(label="Student: attention rollout")
-                teacher_cls = gr.Image(label="Teacher (224 px): CLS attention")
-                teacher_rollout = gr.Image(label="Teacher (224 px): attention rollout")
+                student_cls = gr.Image(label="Student: CLS attention (in the lungs)", elem_id="cxr-student-attention")
+                student_rollout = gr.Image(label="Student: attention rollout (in the lungs)")
+                teacher_cls = gr.Image(label="Teacher (224 px): CLS attention (in the lungs)")
+                teacher_rollout = gr.Image(label="Teacher (224 px): attention rollout (in the lungs)")
         with gr.Tab("TB localisation"):
             tb_note = gr.Markdown(elem_id="cxr-tb-note")
             with gr.Row():

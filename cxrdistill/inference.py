@@ -258,19 +258,19 @@ class Predictor:
         display = xray.pixels
         scale = xray.meta.original_size[0] / display.shape[0]  # original / display pixels
         lungs = self.lungs(display)
+        inside = lungs if lungs is not None and two_lungs(lungs) else None  # every map and box stays in the lungs
         prediction = Prediction(
             image=display,
             scale=scale,
             meta=xray.meta.to_dict(),
             lungs=lungs,
-            student=self._run(f"student-{resolution}", self.students[resolution], display, scale, layer),
+            student=self._run(f"student-{resolution}", self.students[resolution], display, scale, layer, inside),
         )
         if teacher and self.teacher is not None:
             prediction.teacher = self._run(
-                f"teacher-{self.teacher.config.image_size}", self.teacher, display, scale, layer
+                f"teacher-{self.teacher.config.image_size}", self.teacher, display, scale, layer, inside
             )
         if tb and self.tb_model is not None:
-            inside = lungs if prediction.lungs_found else None  # TB maps and boxes are kept inside the lungs
             name = f"tb-{self.tb_model.config.image_size}"
             prediction.tb = self._run(name, self.tb_model, display, scale, layer, inside)
         return prediction

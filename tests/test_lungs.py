@@ -161,8 +161,25 @@ def test_the_predictor_keeps_tb_maps_inside_the_lungs_and_says_so(tmp_path):
     if prediction.lungs_found:  # an untrained lung model may or may not see two lungs in a synthetic chest
         first, raw = list(prediction.tb.maps)[:2]
         assert first == f"{raw} inside the lungs" and not prediction.tb.maps[first][~prediction.lungs].any()
+        for name, heatmap in list(prediction.student.maps.items())[:2]:  # the ViT's maps too
+            assert name.endswith("inside the lungs") and not heatmap[~prediction.lungs].any()
         assert "Blue: the lungs" in app.lung_sentence(prediction)
     else:
         assert list(prediction.tb.maps) == ["CAM (tb)"] and "No lungs found" in app.lung_sentence(prediction)
+        assert not any("inside the lungs" in name for name in prediction.student.maps)
     prediction.lungs = np.zeros_like(prediction.lungs)
     assert not prediction.lungs_found and "No lungs found" in app.lung_sentence(prediction)
+
+
+def test_the_released_models_keep_every_map_inside_the_lungs_of_a_real_tb_film():
+    film = shared_path("tbx11k", "imgs", "tb", "tb0005.png")
+    from cxrdistill.inference import Predictor
+
+    predictor = Predictor.from_release(REPO_ROOT / "models")
+    prediction = predictor.predict(film.read_bytes())
+    assert prediction.lungs_found  # the released lung model finds both lungs on a real TBX11K TB film
+    for result in (prediction.student, prediction.teacher, prediction.tb):
+        kept = [name for name in result.maps if name.endswith("inside the lungs")]
+        assert len(kept) == len(result.maps) / 2 and list(result.maps)[: len(kept)] == kept
+        for name in kept:
+            assert result.maps[name][~prediction.lungs].max() == 0 and result.maps[name][prediction.lungs].max() > 0
