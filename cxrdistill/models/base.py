@@ -205,6 +205,10 @@ class CXRModel(PyTorchModelHubMixin):
         """``(target layer, reshape transform or None)`` for the Grad-CAM family (cxrdistill.explain)."""
         raise NotImplementedError
 
+    def card_tags(self) -> list[str]:
+        """The Hub tags of this model's card: its class's (a family adds what differs between its members)."""
+        return sorted(type(self)._hub_mixin_info.model_card_data.tags or [])
+
     def grad_cam_stages(self) -> dict[str, tuple[nn.Module, Any]]:
         """``{stage: (target layer, reshape)}`` the Grad-CAM family can weigh: ``"last"`` (:meth:`grad_cam_layer`)
         and, where the family has one, ``"finer"``: the stage one reduction earlier (a 2x finer map)."""

@@ -159,6 +159,10 @@ class _CNNClassifier(nn.Module, CXRModel):
     def grad_cam_layer(self):
         return FAMILIES[cnn_family(self.config.timm_name)].grad_cam_layer(self.backbone), None
 
+    def card_tags(self) -> list[str]:
+        family = cnn_family(self.config.timm_name)  # "resnet" / "efficientnet-lite": which CNN this one is
+        return sorted({*super().card_tags(), family.split("-")[0]})
+
     def grad_cam_stages(self):
         family = FAMILIES[cnn_family(self.config.timm_name)]
         return {
@@ -227,7 +231,7 @@ class _CNNClassifier(nn.Module, CXRModel):
 
 class CNNTeacher(
     _CNNClassifier,
-    tags=[*HUB_TAGS, "resnet", "teacher", "class-activation-maps"],
+    tags=[*HUB_TAGS, "cnn", "teacher", "class-activation-maps"],
     **HUB_CLASS_METADATA,
 ):
     """CNN teacher for TB classification and CAM localisation (ResNet18 at 224 px by default)."""
@@ -241,7 +245,7 @@ class CNNTeacher(
 
 class CNNStudent(
     _CNNClassifier,
-    tags=[*HUB_TAGS, "resnet", "student", "low-resolution", "class-activation-maps"],
+    tags=[*HUB_TAGS, "cnn", "student", "low-resolution", "class-activation-maps"],
     **HUB_CLASS_METADATA,
 ):
     """Low-resolution CNN student (ResNet18, low-res stem, 28 px by default)."""

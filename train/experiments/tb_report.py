@@ -3,7 +3,9 @@
     python train/experiments/tb_report.py runs/eval/tb-student-28-tbloc.json runs/eval/tb-teacher-224-tbloc.json ...
 
 Reads ``cxrdistill evaluate --task tb-localisation --json`` reports, prints a Markdown table (one row per heatmap,
-the prior once) and writes them together to ``--out`` (default docs/results/tb_localisation.json).
+the prior once) and writes them together to ``--out`` (default docs/results/tb_localisation.json). ``--compact``
+gives one row per model and map method instead, with the map alone, inside the lungs, and times the prior inside
+the lungs side by side (the comparison table of many training variants).
 """
 
 from __future__ import annotations
@@ -25,13 +27,41 @@ def ci(values) -> str:
     return f" ({values[0]:.2f}-{values[1]:.2f})" if values else ""
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reports", nargs="+")
-    parser.add_argument("--out", default="docs/results/tb_localisation.json")
-    args = parser.parse_args(argv)
+def score(values: dict | None) -> str:
+    """``mIoU (CI) / pointing (CI)`` of one heatmap, or a dash."""
+    if values is None:
+        return "-"
+    return (
+        f"{values['miou_cross_fitted']:.3f}{ci(values.get('miou_cross_fitted_ci95'))} / "
+        f"{values['pointing_game']:.2f}{ci(values.get('pointing_game_ci95'))}"
+    )
 
-    reports = {Path(r).name.removesuffix("-tbloc.json"): json.loads(Path(r).read_text()) for r in args.reports}
+
+def compact_table(reports: dict[str, dict]) -> str:
+    """One row per (model, map method): alone, x lung mask, x location prior x lung mask; model-free rows last."""
+    lines = [
+        "| model | map | map alone: mIoU (95% CI) / pointing (95% CI) | x lung mask | x location prior x lung mask "
+        "| same-hospital AUROC (95% CI) |",
+        "|" + "---|" * 6,
+    ]
+    model_free = {}
+    for name, report in reports.items():
+        located = report["localisation"]
+        auroc = f"{report['same_hospital_auroc']:.3f}{ci(report.get('same_hospital_auroc_ci95'))}"
+        for heatmap in located:
+            if heatmap in MODEL_FREE:
+                model_free.setdefault(heatmap, located[heatmap])
+            elif " x " not in heatmap:
+                row = [score(located.get(f"{heatmap}{suffix}")) for suffix in ("", " x lung mask")]
+                row.append(score(located.get(f"{heatmap} x location prior x lung mask")))
+                lines.append(f"| {name} | {heatmap} | " + " | ".join(row) + f" | {auroc} |")
+    for heatmap, values in model_free.items():
+        lines.append(f"| {LABELS[heatmap]} | - | {score(values)} | - | - | - |")
+    return "\n".join(lines)
+
+
+def full_table(reports: dict[str, dict]) -> str:
+    """One row per heatmap of every report, the model-free rows once."""
     header = (
         "| heatmap | mIoU, threshold cross-fitted (95% CI) | mIoU at 0.5 | pointing game (95% CI) | peak on border "
         "| box recall IoU 0.3 / 0.5 | same-hospital AUROC (95% CI) | AUROC all |"
@@ -57,7 +87,18 @@ def main(argv=None) -> None:
                 f"| {values['peak_on_border']:.0%} | {values['box_recall_iou_0.3']:.2f} / "
                 f"{values['box_recall_iou_0.5']:.2f} | {auroc[0]} | {auroc[1]} |"
             )
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+")
+    parser.add_argument("--out", default="docs/results/tb_localisation.json")
+    parser.add_argument("--compact", action="store_true", help="one row per model and map method")
+    args = parser.parse_args(argv)
+
+    reports = {Path(r).name.removesuffix("-tbloc.json"): json.loads(Path(r).read_text()) for r in args.reports}
+    table = (compact_table if args.compact else full_table)(reports)
     print(table)
     images = {r["localisation"][PRIOR]["images"] for r in reports.values() if PRIOR in r["localisation"]}
     print(f"\nTB images with boxes scored: {sorted(images)}")
