@@ -281,6 +281,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cxrdistill.data.registry import DATASETS
     from cxrdistill.explain import GRADIENT_MAP_METHODS  # light (NumPy, SciPy); grad-cam itself loads on use
 
     parser = argparse.ArgumentParser(prog="cxrdistill", description="Chest X-ray AI at low resolution.")
@@ -352,9 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--revision", help="Hub tag, branch or commit")
     evaluate.add_argument(
-        "--dataset", required=True, choices=["tbx11k", "nih", "pneumoniamnist"], help="which dataset --root holds"
+        "--dataset", required=True, choices=sorted(DATASETS), help="which registered dataset --root holds"
     )
-    evaluate.add_argument("--root", required=True, help="dataset folder (or .npz for PneumoniaMNIST)")
+    evaluate.add_argument(
+        "--root",
+        required=True,
+        help="the dataset: " + "; ".join(f"{name}: {entry.root_hint}" for name, entry in sorted(DATASETS.items())),
+    )
     evaluate.add_argument("--split", help="official split (TBX11K: all_train, ...; NIH: train/valid)")
     evaluate.add_argument(
         "--part",

@@ -16,15 +16,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxrdistill.data import (
-    TBX11K,
     CachedDataset,
     MultiResolutionViews,
-    NIHChestXray14,
-    PneumoniaMNIST,
     ViewDataset,
     collate_views,
     train_val_split,
 )
+from cxrdistill.data.registry import load_registered
 from cxrdistill.data.transforms import transform_boxes
 from cxrdistill.explain import (
     gradient_maps,
@@ -32,7 +30,6 @@ from cxrdistill.explain import (
     heatmap_to_boxes,
     to_source_frame,
 )
-from cxrdistill.labels import TB_BINARY
 from cxrdistill.metrics import (
     bootstrap_ci,
     box_iou,
@@ -50,14 +47,13 @@ from cxrdistill.metrics import (
 # Sub-sources whose TB and normal images come from one hospital each (the TBX11K extra sets): AUROC on them alone
 # cannot be won by recognising which hospital or archive an image came from.
 SAME_HOSPITAL_SOURCES = ("da", "db", "montgomery", "shenzhen")
-DATASETS = ("tbx11k", "nih", "pneumoniamnist")
 
 
 @dataclass
 class EvalData:
     """Which images to evaluate on: a dataset, an official split, and optionally one side of our split."""
 
-    dataset: str = "tbx11k"
+    dataset: str = "tbx11k"  # a name of cxrdistill.data.registry.DATASETS
     root: str = "../shared/data/tbx11k"
     split: str | None = None  # official split (TBX11K: all_train, ...; NIH: train/valid; MedMNIST: train/val)
     part: str = "val"  # "all", or "train" / "val" of train_val_split(val_fraction, split_seed)
@@ -66,14 +62,8 @@ class EvalData:
 
 
 def load_full_dataset(data: EvalData):
-    """The whole official split ``data`` names (records only, nothing decoded)."""
-    if data.dataset == "tbx11k":
-        return TBX11K(data.root, data.split or "all_train", global_space=TB_BINARY)
-    if data.dataset == "nih":
-        return NIHChestXray14(data.root, split=data.split)
-    if data.dataset == "pneumoniamnist":
-        return PneumoniaMNIST(data.root, data.split or "val")
-    raise ValueError(f"unknown dataset {data.dataset!r}; choose from {DATASETS}")
+    """The whole official split ``data`` names (records only, nothing decoded), through the dataset registry."""
+    return load_registered(data.dataset, data.root, data.split)
 
 
 def load_train_val(data: EvalData):

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from cxrdistill.data import AugmentConfig, CachedDataset, MultiResolutionViews, ViewDataset, collate_views
+from cxrdistill.data.registry import dataset_entry
 from cxrdistill.evaluation import EvalData, classification_metrics, load_train_val
 from cxrdistill.evaluation import to_jsonable as jsonable
 from cxrdistill.models.presets import preset_config, presets_for
@@ -47,7 +48,9 @@ class DataConfig:
     """Which data, how it is split and cached.
 
     Attributes:
-        dataset: "tbx11k" (TB vs not TB + TB types) or "nih" (nih1000: normal / abnormal + 14 findings).
+        dataset: a registered dataset (cxrdistill.data.registry): "tbx11k" (TB vs not TB + TB types), "nih"
+            (normal / abnormal + 14 findings), "nih1024" (normal vs pneumonia + 14 findings), "pneumoniamnist",
+            "vindr", "csv", "folder".
         root: the dataset's folder (official layout).
         val_fraction: share of the training images held out for validation (patient-grouped, source-stratified).
         split_seed: seed of the train / validation split (the same split as ``cxrdistill evaluate``).
@@ -665,12 +668,14 @@ def card_metrics(metrics: dict, data: DataConfig, command: str) -> dict:
             f"no AUROC could be measured on the validation split (measured: {measured}); it needs images of every "
             "class: use more data (--limit) or another --val-fraction"
         )
+    entry = dataset_entry(data.dataset)
     return {
         "dataset": {
-            "name": "TBX11K" if data.dataset == "tbx11k" else "NIH ChestX-ray14",
+            "name": entry.display_name,
             "type": data.dataset,
-            "split": f"validation ({data.val_fraction:.0%} of all_train, split seed {data.split_seed})",
-            "licence": "research use; see the dataset's terms",
+            "split": f"validation ({data.val_fraction:.0%} of the training films, by patient, split seed "
+            f"{data.split_seed})",
+            "licence": entry.licence,
         },
         "results": results,
         "training": {"command": command, "data": f"{data.dataset} at {data.root}", "epoch": metrics.get("epoch")},

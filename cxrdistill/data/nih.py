@@ -5,9 +5,13 @@
   and the split lists ``train_val_list.txt`` / ``test_list.txt`` in ``root``.
 * **nih1000** (``../shared/data/nih1000``): ``root/labels.csv`` with ``path, split, nih_finding_labels, view,
   image_index`` columns; splits ``train`` and ``valid``.
+* **nih1024** (``../shared/data/nih1024``): ``root/labels.csv`` with ``path, image_index, patient_id,
+  source_folder, nih_finding_labels, view, original_size``: "No Finding" films and films with Pneumonia (often with
+  co-findings), 512 px, one hospital; no official split (split by patient with :func:`train_val_split`).
 
-Global label: normal ("No Finding") vs abnormal; local labels: the 14 findings. Images of one patient share a
-group (the number before ``_`` in the file name), so a split never puts a patient on both sides.
+Global label: normal ("No Finding") vs abnormal, or for nih1024 normal vs pneumonia; local labels: the 14
+findings. Images of one patient share a group (the number before ``_`` in the file name), so a split never puts a
+patient on both sides.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from cxrdistill.data.base import EMPTY_BOX_LABELS, EMPTY_BOXES, Record, XRayDataset, index_image_files, resolve_missing
 from cxrdistill.io import ReadLimits
-from cxrdistill.labels import NIH14, NIH_NO_FINDING, NORMAL_ABNORMAL
+from cxrdistill.labels import NIH14, NIH_NO_FINDING, NORMAL_ABNORMAL, PNEUMONIA_BINARY, LabelSpace
 
 NIH_BOX_FRAME = (1024, 1024)  # BBox_List_2017 coordinates refer to the released 1024 x 1024 PNGs
 NIH_OFFICIAL_SPLITS = {"train_val": "train_val_list.txt", "test": "test_list.txt"}
@@ -32,9 +36,10 @@ class NIHChestXray14(XRayDataset):
     """NIH ChestX-ray14.
 
     Args:
-        root: image folder (official layout) or the nih1000 folder with ``labels.csv``.
-        csv_path: ``Data_Entry_2017*.csv[.gz]`` for the official layout; ignored for nih1000.
-        split: official: ``"train_val"``, ``"test"`` or ``None`` (all); nih1000: ``"train"``, ``"valid"`` or ``None``.
+        root: image folder (official layout), or the nih1000 / nih1024 folder with ``labels.csv``.
+        csv_path: ``Data_Entry_2017*.csv[.gz]`` for the official layout; ignored for nih1000 / nih1024.
+        split: official: ``"train_val"``, ``"test"`` or ``None`` (all); nih1000: ``"train"``, ``"valid"`` or ``None``;
+            nih1024: ``None`` (it has no official split).
         bbox_csv: optional ``BBox_List_2017.csv[.gz]``; its boxes are rescaled to each image's size on load.
         missing: ``"error"`` or ``"skip"`` for csv rows without an image file (official layout).
         read_limits: passed to :func:`cxrdistill.io.load_xray`.
@@ -52,9 +57,9 @@ class NIHChestXray14(XRayDataset):
         root = Path(root)
         boxes = _read_boxes(Path(bbox_csv)) if bbox_csv else {}
         if (root / "labels.csv").is_file() and csv_path is None:
-            rows = _nih1000_rows(root, split)
+            global_space, rows = _labels_csv_rows(root, split)
         elif csv_path is not None:
-            rows = _official_rows(root, Path(csv_path), split, missing)
+            global_space, rows = NORMAL_ABNORMAL, _official_rows(root, Path(csv_path), split, missing)
         else:
             raise FileNotFoundError(
                 f"{root} has no labels.csv (nih1000 layout); for the official layout pass csv_path="
@@ -62,12 +67,16 @@ class NIHChestXray14(XRayDataset):
             )
         records = []
         for image_index, path, findings in rows:
+            if global_space is PNEUMONIA_BINARY:
+                global_target = PNEUMONIA_BINARY.encode(["pneumonia" if "Pneumonia" in findings else "normal"])
+            else:
+                global_target = NORMAL_ABNORMAL.encode(["normal" if not findings else "abnormal"])
             image_boxes, box_labels = boxes.get(image_index, (EMPTY_BOXES, EMPTY_BOX_LABELS))
             records.append(
                 Record(
                     id=image_index,
                     path=path,
-                    global_target=NORMAL_ABNORMAL.encode(["normal" if not findings else "abnormal"]),
+                    global_target=global_target,
                     local_target=NIH14.encode(findings),
                     local_mask=np.ones(len(NIH14), dtype=np.float32),
                     boxes=image_boxes,
@@ -77,7 +86,7 @@ class NIHChestXray14(XRayDataset):
                     source="nih",
                 )
             )
-        super().__init__(records, NORMAL_ABNORMAL, NIH14, read_limits)
+        super().__init__(records, global_space, NIH14, read_limits)
         self.root = root
         self.split = split
 
@@ -90,17 +99,23 @@ def parse_findings(text: str) -> list[str]:
     return names
 
 
-def _nih1000_rows(root: Path, split: str | None) -> list[tuple[str, str, list[str]]]:
+def _labels_csv_rows(root: Path, split: str | None) -> tuple[LabelSpace, list[tuple[str, str, list[str]]]]:
+    """The global label space and ``(image index, path, findings)`` rows of a ``labels.csv``: nih1000 (a split
+    column; normal vs abnormal) or nih1024 (a source folder per class, no split; normal vs pneumonia)."""
     with open(root / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    splits = sorted({row["split"] for row in rows})
+    nih1024 = bool(rows) and "source_folder" in rows[0]
+    if nih1024 and split is not None:
+        raise ValueError(f"{root} (nih1024 layout) has no official split; got {split!r}: split it by patient")
+    splits = sorted({row.get("split", "") for row in rows})
     if split is not None and split not in splits:
         raise ValueError(f"unknown split {split!r} for {root}; it has {splits}")
-    return [
+    selected = [
         (row["image_index"], str(root / row["path"]), parse_findings(row["nih_finding_labels"]))
         for row in rows
         if split is None or row["split"] == split
     ]
+    return (PNEUMONIA_BINARY if nih1024 else NORMAL_ABNORMAL), selected
 
 
 def _official_rows(root: Path, csv_path: Path, split: str | None, missing: str) -> list[tuple[str, str, list[str]]]:
