@@ -128,13 +128,18 @@ class ConditionalSourceAdversary(nn.Module):
     Args:
         width: the model's feature channels.
         positive: index of the global class the adversary looks at.
+        weight: weight of its loss in the task's loss.
         archive_source: the source name that is one side (every other source is the other).
         scale: gradient-reversal strength.
     """
 
-    def __init__(self, width: int, positive: int, archive_source: str = "tbx11k", scale: float = 1.0) -> None:
+    def __init__(
+        self, width: int, positive: int, weight: float = 1.0, archive_source: str = "tbx11k", scale: float = 1.0
+    ) -> None:
         super().__init__()
-        self.positive, self.archive_source, self.scale = positive, archive_source, scale
+        if weight < 0 or scale < 0:
+            raise ValueError(f"the adversary's weight and scale must be >= 0, got {weight} and {scale}")
+        self.positive, self.weight, self.archive_source, self.scale = positive, weight, archive_source, scale
         self.head = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Linear(128, 1))
 
     def forward(self, features: torch.Tensor, global_targets: torch.Tensor, sources: Sequence[str]) -> torch.Tensor:
@@ -162,7 +167,7 @@ class SupervisedTask(nn.Module):
         class_weights: ``(K,)`` weights of the global classes' cross-entropy (a buffer: it follows the device), or
             ``None`` for equal weights.
         adversary: a :class:`ConditionalSourceAdversary` on the model's features (a CNN's last feature map), or
-            ``None``; its loss is added times ``adversary_weight`` as the ``source_adversary`` term.
+            ``None``; its loss is added times its ``weight`` as the ``source_adversary`` term.
     """
 
     def __init__(
@@ -172,11 +177,9 @@ class SupervisedTask(nn.Module):
         local_weight: float = 1.0,
         class_weights: torch.Tensor | None = None,
         adversary: ConditionalSourceAdversary | None = None,
-        adversary_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.model, self.view_size, self.local_weight = model, view_size, local_weight
-        self.adversary, self.adversary_weight = adversary, adversary_weight
+        self.model, self.view_size, self.local_weight, self.adversary = model, view_size, local_weight, adversary
         self.register_buffer(
             "class_weights", None if class_weights is None else class_weights.float(), persistent=False
         )
@@ -195,7 +198,7 @@ class SupervisedTask(nn.Module):
         )
         if self.adversary is not None:
             terms["source_adversary"] = self.adversary(output.features, batch["global"], batch["source"])
-            loss = loss + self.adversary_weight * terms["source_adversary"]
+            loss = loss + self.adversary.weight * terms["source_adversary"]
         return loss, terms
 
 

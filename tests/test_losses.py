@@ -242,8 +242,8 @@ def test_supervised_task_adds_the_source_adversary_term():
     from cxrdistill.models import CNNTeacher, CNNTeacherConfig
 
     model = CNNTeacher(CNNTeacherConfig(image_size=32, global_labels=("not_tb", "tb"), local_labels=()))
-    adversary = ConditionalSourceAdversary(model.backbone.num_features, model.positive_index)
-    task = SupervisedTask(model, 32, adversary=adversary, adversary_weight=0.5)
+    adversary = ConditionalSourceAdversary(model.backbone.num_features, model.positive_index, weight=0.5)
+    task = SupervisedTask(model, 32, adversary=adversary)
     batch = {
         "views": {32: torch.rand(4, 1, 32, 32)},
         "global": torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]),

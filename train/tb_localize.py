@@ -175,11 +175,11 @@ def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict
     size, batch, augment = model_config.image_size, loop.batch_size, config.tb.augment
     adversary = None
     if config.tb.source_adversary > 0:
-        adversary = ConditionalSourceAdversary(model.backbone.num_features, model.positive_index)
+        adversary = ConditionalSourceAdversary(
+            model.backbone.num_features, model.positive_index, weight=config.tb.source_adversary
+        )
     run = TrainingRun(
-        task=SupervisedTask(
-            model, size, class_weights=weights, adversary=adversary, adversary_weight=config.tb.source_adversary
-        ),
+        task=SupervisedTask(model, size, class_weights=weights, adversary=adversary),
         model=model,
         train_loader=make_loader(
             train_set, config.data, views_for(size, (), augment, config.tb.harmonise), batch, True, sample_weights
