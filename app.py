@@ -191,7 +191,9 @@ def _probability_table(prediction: Prediction) -> str:
     student, teacher = prediction.student, prediction.teacher
     models = [student] + ([teacher] if teacher else [])
     head = "".join(
-        f"<th>{html.escape(m.name)} ({m.image_size} px)<br><small>{m.latency_ms:.1f} ms</small></th>" for m in models
+        f"<th>{html.escape(m.name)} ({m.image_size} px)<br><small>model {m.forward_ms:.1f} ms, maps "
+        f"{m.maps_ms:.1f} ms</small></th>"
+        for m in models
     )
     rows = []
     for kind in ("global", "local"):
@@ -268,7 +270,8 @@ def _tb_outputs(prediction: Prediction):
     picture = draw_boxes(picture, boxes, labels)
     p_tb = tb.global_probs[tb.positive_label]
     text = (
-        f"{lung_sentence(prediction)}TB probability {p_tb:.3f} ({tb.name}, {tb.latency_ms:.1f} ms). "
+        f"{lung_sentence(prediction)}TB probability {p_tb:.3f} ({tb.name}: model {tb.forward_ms:.1f} ms, maps "
+        f"{tb.maps_ms:.1f} ms). "
         f"{screening_sentence(tb)}"
         f"{len(boxes)} box(es) around the regions "
         "where the class activation map is above half its maximum; the number on a box is the mean map value inside "

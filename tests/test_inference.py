@@ -119,3 +119,19 @@ def test_concurrent_predictions_match_sequential_ones(predictor):
         for role in ("student", "teacher", "tb"):
             assert result[role]["global_probs"] == pytest.approx(want[role]["global_probs"], abs=1e-6)
             assert result[role]["boxes"] == want[role]["boxes"]
+
+
+def test_each_model_reports_its_own_forward_time_apart_from_its_maps(predictor):
+    from cxrdistill.data import model_input
+
+    prediction = predictor.predict(png_bytes((synthetic_chest(300, 260) * 255).astype(np.uint8)), resolution=28)
+    for result in (prediction.student, prediction.teacher, prediction.tb):
+        entry = result.to_dict()
+        assert result.forward_ms > 0 and result.maps_ms > 0
+        assert entry["latency_ms"] == pytest.approx(entry["forward_ms"] + entry["maps_ms"], abs=2e-3)
+    # the probabilities come from the plain forward pass, and the pass that records the maps agrees with it
+    student = predictor.students[28]
+    view = model_input(prediction.image, 28, 224)
+    with torch.inference_mode():
+        recorded = student.forward_for_maps(view).global_logits.softmax(-1)[0].tolist()
+    assert list(prediction.student.global_probs.values()) == pytest.approx(recorded, abs=1e-5)
