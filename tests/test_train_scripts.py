@@ -458,3 +458,12 @@ def test_source_balanced_sampling_draws_every_source_and_class_equally_and_repla
     assert epoch(1) == epoch(1) and epoch(1) != epoch(2)
     with pytest.raises(ValueError, match="sample weights for"):
         make_loader(dataset, config, views_for(32, (), False), 4, True, weights[:-1])
+
+
+def test_card_result_names_say_which_class_is_positive():
+    from cxrdistill_train.common import CARD_RESULTS, card_result_names
+
+    assert card_result_names(("not_tb", "tb")) == CARD_RESULTS  # released TB and MLCAK cards keep their names
+    names = card_result_names(("normal", "pneumonia"))
+    assert names["global_auroc"] == "AUROC, pneumonia vs normal (all validation images)"
+    assert "TB" not in " ".join(names.values())

@@ -598,12 +598,27 @@ def evaluate_best(folder: Path, run: TrainingRun, loop: LoopConfig, accelerator:
     return card
 
 
-# metric key -> its name in model cards and metrics.json (release.py maps names back with it)
+# metric key -> its name in model cards and metrics.json for the TB label spaces (release.py maps names back with
+# card_result_names, so the names of released cards stay stable)
 CARD_RESULTS = {
     "global_auroc": "AUROC, TB vs not TB (all validation images)",
     "same_hospital_auroc": "AUROC, TB vs not TB (same-hospital extra-set images)",
     "local_macro_auroc": "macro AUROC, TB type (local labels)",
 }
+
+
+def card_result_names(global_labels) -> dict[str, str]:
+    """Metric key -> card name for a model with these global labels: the TB names for TB models, else names that
+    say which class is positive (the last)."""
+    labels = list(global_labels)
+    if "tb" in labels:
+        return CARD_RESULTS
+    positive, others = labels[-1], " / ".join(labels[:-1])
+    return {
+        "global_auroc": f"AUROC, {positive} vs {others} (all validation images)",
+        "same_hospital_auroc": f"AUROC, {positive} vs {others} (same-hospital images)",
+        "local_macro_auroc": "macro AUROC, local findings",
+    }
 
 
 def card_result(kind: str, name: str, value: float, ci95=None) -> dict:
@@ -659,7 +674,7 @@ def card_metrics(metrics: dict, data: DataConfig, command: str) -> dict:
     """
     results = [
         card_result("roc_auc", name, metrics[key], metrics.get(f"{key}_ci95"))
-        for key, name in CARD_RESULTS.items()
+        for key, name in card_result_names(metrics.get("global_auroc_per_class", ())).items()
         if isinstance(metrics.get(key), float) and np.isfinite(metrics[key])
     ]
     if not results:

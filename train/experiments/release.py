@@ -41,7 +41,7 @@ from cxrdistill.evaluation import (
 )
 from cxrdistill.hub import load_model
 from cxrdistill.models import LungSegmenter
-from cxrdistill_train.common import CARD_RESULTS, card_result
+from cxrdistill_train.common import card_result, card_result_names
 
 COMPARED = ("global_auroc", "same_hospital_auroc", "local_macro_auroc")
 
@@ -120,7 +120,7 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
     card["raw"]["same_hospital_calls"] = to_jsonable(points)
     crossed = cross_fitted_screening(predictions, positive, options.screening_sensitivity, samples=bootstrap)
     card["raw"]["same_hospital_screening_cross_fitted"] = to_jsonable(crossed)
-    by_name = {name: key for key, name in CARD_RESULTS.items()}
+    by_name = {name: key for key, name in card_result_names(chosen.config.global_labels).items()}
     card["results"] = [  # the training run's AUROCs, re-measured on the released weights; a re-release drops the
         # operating points and localisation entries of an earlier release, which are measured again below
         card_result("roc_auc", r["name"], metrics[by_name[r["name"]]], metrics.get(f"{by_name[r['name']]}_ci95"))
