@@ -242,7 +242,7 @@ def localisation_metrics(localisation: list[dict], bootstrap: int = 1000, seed: 
     * ``pointing_game``: share of images whose heatmap maximum lies inside a box; ``peak_on_border``: share whose
       maximum lies in the outer 5% of the image (a border / marker shortcut).
     * ``box_recall_iou_0.3`` / ``_0.5``: share of ground-truth boxes hit by a predicted box (threshold 0.5).
-    * ``*_ci95``: bootstrap over images.
+    * ``*_ci95``: bootstrap over images; ``per_image``: each image's id, cross-fitted IoU and pointing hit.
     """
     if not localisation:
         return {}
@@ -279,6 +279,12 @@ def localisation_metrics(localisation: list[dict], bootstrap: int = 1000, seed: 
             "peak_on_border": float(np.mean([entry[name].get("peak_on_border", False) for entry in localisation])),
             "box_recall_iou_0.3": float(np.mean(box_ious >= 0.3)) if len(box_ious) else None,
             "box_recall_iou_0.5": float(np.mean(box_ious >= 0.5)) if len(box_ious) else None,
+            # per image, for paired comparisons of two maps on the same films (cxrdistill.metrics)
+            "per_image": {
+                "id": [str(entry["id"]) for entry in localisation],
+                "iou_cross_fitted": crossed.round(4).tolist(),
+                "pointing": pointing.astype(int).tolist(),
+            },
         }
     return metrics
 

@@ -55,6 +55,30 @@ def bootstrap_ci(
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
+def paired_auroc_difference(
+    targets: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, samples: int = 1000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """``AUROC(a) - AUROC(b)`` of two models' scores on the *same* images, with a paired bootstrap 95% interval
+    (each resample draws images, and both models are scored on the drawn images), so the interval reflects the
+    difference between the models rather than the sampling of the images each was tested on."""
+
+    def difference(t, a, b):
+        return auroc(t, a) - auroc(t, b)
+
+    return difference(targets, scores_a, scores_b), bootstrap_ci(
+        difference, targets, scores_a, scores_b, samples=samples, seed=seed
+    )
+
+
+def paired_mean_difference(
+    values_a: np.ndarray, values_b: np.ndarray, samples: int = 1000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """Mean of ``values_a - values_b`` (per-image scores of two methods on the same images: IoU, pointing hits) with
+    a paired bootstrap 95% interval."""
+    differences = np.asarray(values_a, dtype=np.float64) - np.asarray(values_b, dtype=np.float64)
+    return float(differences.mean()), bootstrap_ci(np.mean, differences, samples=samples, seed=seed)
+
+
 def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
     """Threshold maximising sensitivity + specificity - 1 (Youden's J) on a validation split.
 

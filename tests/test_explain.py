@@ -151,6 +151,8 @@ def test_cross_fitted_miou_chooses_each_threshold_on_the_other_half():
     assert metrics["box_recall_iou_0.5"] == 1.0 and metrics["box_recall_iou_0.3"] == 1.0
     low, high = metrics["miou_cross_fitted_ci95"]
     assert low == pytest.approx(0.1) and high == pytest.approx(0.1)
+    # per image, in the order given, for paired comparisons
+    assert metrics["per_image"] == {"id": ["a", "b", "c", "d"], "iou_cross_fitted": [0.1] * 4, "pointing": [1] * 4}
 
 
 def test_a_heatmap_peak_on_the_image_edge_is_flagged():

@@ -122,3 +122,21 @@ def test_cross_fitted_screening_calls_each_film_with_a_threshold_chosen_on_the_o
         called[fold == k] = scores[same][fold == k] >= screening_threshold(others, 1, 0.9)
     assert crossed["sensitivity"] == pytest.approx(called[tb[same]].mean())
     assert crossed["specificity"] == pytest.approx((~called[~tb[same]]).mean())
+
+
+def test_paired_differences_resample_the_same_images_for_both_models():
+    from cxrdistill.metrics import auroc, paired_auroc_difference, paired_mean_difference
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random(200) < 0.5).astype(float)
+    good = targets + rng.normal(0, 0.5, 200)
+    noisy = targets + rng.normal(0, 2.0, 200)
+    difference, (low, high) = paired_auroc_difference(targets, good, noisy, samples=200)
+    assert difference == pytest.approx(auroc(targets, good) - auroc(targets, noisy))
+    assert 0 < low < difference < high
+    assert paired_auroc_difference(targets, good, good, samples=50) == (0.0, (0.0, 0.0))
+    # pairing: two methods whose per-image scores move together differ by a constant: a zero-width interval,
+    # where unpaired intervals of each mean would be wide
+    shared = rng.random(150)
+    mean, interval = paired_mean_difference(shared + 0.1, shared, samples=100)
+    assert mean == pytest.approx(0.1) and interval == pytest.approx((0.1, 0.1))

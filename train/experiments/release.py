@@ -106,7 +106,8 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
         local_thresholds=local_thresholds,
     )
     card = json.loads((source / "metrics.json").read_text())
-    card["raw"] = to_jsonable({**metrics, "localisation": located} if located else metrics)
+    lean = {name: {k: v for k, v in values.items() if k != "per_image"} for name, values in located.items()}
+    card["raw"] = to_jsonable({**metrics, "localisation": lean} if located else metrics)
     card["release"] = {
         "weights": "float16" if use_half else "float32",
         "auroc_change_fp16": changes,
