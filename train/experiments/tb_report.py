@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from cxrdistill.metrics import paired_mean_difference
+
 PRIOR = "location prior (no model)"
 MODEL_FREE = (PRIOR, "lung mask (no model)", "location prior x lung mask (no model)")  # the same for every model
 LABELS = {
@@ -90,15 +92,43 @@ def full_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(reports: dict[str, dict], pairs: list[str]) -> str:
+    """Differences between two models' maps on the same films, ``A-B:MAP`` each (e.g. a student against its
+    teacher): mean per-film cross-fitted IoU and pointing differences with paired bootstrap intervals."""
+    lines = ["| A - B | map | mIoU difference (95% CI) | pointing difference (95% CI) |", "|---|---|---|---|"]
+    for pair in pairs:
+        names, heatmap = pair.split(":", 1)
+        first, second = names.split(",", 1)
+        a, b = (reports[name]["localisation"][heatmap]["per_image"] for name in (first, second))
+        if a["id"] != b["id"]:
+            raise SystemExit(f"{first} and {second} were not scored on the same films")
+        cells = []
+        for key in ("iou_cross_fitted", "pointing"):
+            mean, (low, high) = paired_mean_difference(a[key], b[key])
+            cells.append(f"{mean:+.3f} ({low:+.3f} to {high:+.3f})")
+        lines.append(f"| {first} - {second} | {heatmap} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+")
     parser.add_argument("--out", default="docs/results/tb_localisation.json")
     parser.add_argument("--compact", action="store_true", help="one row per model and map method")
+    parser.add_argument(
+        "--paired",
+        nargs="*",
+        default=[],
+        metavar="A,B:MAP",
+        help="also compare report A's MAP with report B's on the same films (names: report file names without "
+        "-tbloc.json), with paired bootstrap intervals",
+    )
     args = parser.parse_args(argv)
 
     reports = {Path(r).name.removesuffix("-tbloc.json"): json.loads(Path(r).read_text()) for r in args.reports}
     table = (compact_table if args.compact else full_table)(reports)
+    if args.paired:
+        table += "\n\n" + paired_table(reports, args.paired)
     print(table)
     images = {r["localisation"][PRIOR]["images"] for r in reports.values() if PRIOR in r["localisation"]}
     print(f"\nTB images with boxes scored: {sorted(images)}")

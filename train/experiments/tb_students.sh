@@ -20,6 +20,11 @@ PY
 )}
 TEACHER="runs/tb-lite0-$VARIANT/teacher/best"
 echo "teacher: $TEACHER"
+# the student trains on its teacher's data recipe (sampling, harmonisation); the adversary is the teacher's alone
+declare -A DATA=(
+    [base]="" [balanced]="--sampling source-balanced" [adversary]="" [harmonised]="--harmonise"
+    [all]="--sampling source-balanced --harmonise"
+)
 declare -A FLAGS=([cam]="" [lungcam]="--lung-model models/lung-unet-256")
 for kind in cam lungcam; do
     name="tb-lite0-$VARIANT-student-$kind"
@@ -28,7 +33,7 @@ for kind in cam lungcam; do
         # shellcheck disable=SC2086
         python train/tb_localize.py --root "$ROOT" --output-dir "runs/$name" --stage student --teacher "$TEACHER" \
             --student-preset tb-efficientnet-lite0-lowres --pretrained --epochs "$EPOCHS" --lr 3e-4 \
-            --warmup-epochs 1 ${FLAGS[$kind]} > "runs/$name.log" 2>&1
+            --warmup-epochs 1 ${DATA[$VARIANT]} ${FLAGS[$kind]} > "runs/$name.log" 2>&1
         echo "$name $((SECONDS - start))" >> runs/wall_times.txt
     fi
     cxrdistill evaluate --model "runs/$name/student/best" --dataset tbx11k --root "$ROOT" --task tb-localisation \
