@@ -611,7 +611,7 @@ def card_result_names(global_labels) -> dict[str, str]:
     """Metric key -> card name for a model with these global labels: the TB names for TB models, else names that
     say which class is positive (the last)."""
     labels = list(global_labels)
-    if "tb" in labels:
+    if not labels or "tb" in labels:  # no labels known: the names cards have always had
         return CARD_RESULTS
     positive, others = labels[-1], " / ".join(labels[:-1])
     return {
