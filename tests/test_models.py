@@ -361,8 +361,8 @@ def test_the_released_models_name_their_presets():
     expected = {
         "mlcak-teacher-224": "mlcak-teacher-conv6",
         "mlcak-student-28": "mlcak-student-conv6",
-        "tb-teacher-224": "tb-resnet10t",
-        "tb-student-28": "tb-resnet10t-lowres",
+        "tb-teacher-224": "tb-efficientnet-lite0",
+        "tb-student-28": "tb-efficientnet-lite0-lowres",
     }
     for folder, preset in expected.items():
         assert load_model(REPO_ROOT / "models" / folder).config.preset == preset, folder
