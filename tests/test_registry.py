@@ -55,6 +55,8 @@ def test_nih1024_is_no_finding_vs_pneumonia_split_by_patient():
     assert len({r.group for r in dataset.records}) == 564  # patients
     with pytest.raises(ValueError, match="no official split"):
         load_registered("nih1024", shared_path("nih1024"), split="train")
+    with pytest.raises(ValueError, match="not in the nih1024 layout"):
+        load_registered("nih1024", shared_path("nih1000"))
 
 
 def test_folder_and_csv_datasets_load_by_name(tmp_path):

@@ -81,6 +81,14 @@ def _nih(root: Path, split: str | None) -> NIHChestXray14:
     return NIHChestXray14(root, label_files[0], split=split, bbox_csv=boxes[0] if boxes else None, missing="skip")
 
 
+def _nih1024(root: Path, split: str | None) -> NIHChestXray14:
+    """The nih1024 layout only: another NIH folder under this name would load as something else."""
+    dataset = _nih(root, split)
+    if dataset.global_space.names != ("normal", "pneumonia"):
+        raise ValueError(f"{root} is not in the nih1024 layout (labels.csv with a source_folder column); use 'nih'")
+    return dataset
+
+
 def _vindr(root: Path, split: str | None) -> VinDrCXR:
     if split not in (None, "train"):
         raise ValueError(f"VinDr-CXR's labelled images are its train split; got {split!r}")
@@ -119,7 +127,7 @@ for _entry in (
         "nih1024",
         "NIH ChestX-ray14, No Finding vs Pneumonia (512 px)",
         "public, citation requested (NIH Clinical Center; Wang et al., CVPR 2017)",
-        _nih,
+        _nih1024,
         "the nih1024 folder (labels.csv with path, patient_id, source_folder, nih_finding_labels)",
     ),
     DatasetEntry(
