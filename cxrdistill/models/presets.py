@@ -124,6 +124,17 @@ register_preset(
     depth=6,
     num_heads=3,
 )
+register_preset(
+    "mlcak-student-conv6-patch4",
+    "cxrdistill-student-vit",
+    "the small-grid student: the same 6 layers of width 96 and 3 heads, patch 4 (a 7 x 7 token grid at 28 px, "
+    "4x fewer tokens than the 14 x 14 student); the teacher's attention is pooled to 7 x 7 by the MLCAK loss",
+    stem="conv",
+    patch_size=4,
+    embed_dim=96,
+    depth=6,
+    num_heads=3,
+)
 for _backbone, _what in (
     ("resnet10t", "timm ResNet10-T (deep stem, 4.9 M parameters): the released TB pair"),
     ("resnet18", "timm ResNet18"),

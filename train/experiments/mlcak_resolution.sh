@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Issue 16's experiment: does MLCAK let a 28-px student keep what a pretrained 224-px teacher sees, on films that
+# have real detail (NIH-1024: 512-px films of one hospital) and on TBX11K? Hybrid ViT teachers (ImageNet
+# EfficientNet-Lite0 tokens + 4 transformer layers), then students alone / logits / attention / all (MLCAK) at
+# 28 / 56 / 112 px, three seeds for the 28-px rows (the validation split is the same for every seed: split seed 0,
+# so the MLCAK - alone difference can be bootstrapped over the same films), and the 7 x 7-token patch-4 student.
+# Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
+# so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
+# (stages: nih28 nih28p4 tbteacher tb28 nihsizes nih28more tbmore; default: all, in that order)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+NIH=${NIH:-../shared/data/nih1024}
+TBX=${TBX:-../shared/data/tbx11k}
+EPOCHS=${EPOCHS:-20}
+NIH_TEACHER=runs/nih1024-hybrid-teacher/best
+TB_TEACHER=runs/tbx11k-hybrid-teacher/best
+mkdir -p runs
+
+timed() {  # timed NAME SCRIPT ARGS...: run unless done, log, record the wall time
+    local name=$1; shift
+    if [ -f "runs/$name/best/model.safetensors" ]; then echo "skip $name (done)"; return; fi
+    local start=$SECONDS
+    echo "$(date +%H:%M) start $name"
+    if python "$@" --output-dir "runs/$name" > "runs/$name.log" 2>&1; then
+        echo "$name $((SECONDS - start))" >> runs/wall_times.txt
+    else
+        echo "FAILED $name (see runs/$name.log)"
+    fi
+}
+student() {  # student DATASET ROOT TEACHER NAME SIZE ABLATION SEED [ARGS...]
+    local dataset=$1 root=$2 teacher=$3 name=$4 size=$5 ablation=$6 seed=$7; shift 7
+    local teacher_args=()
+    [ "$ablation" != none ] && teacher_args=(--teacher "$teacher")
+    timed "$name" train/distill_student.py --dataset "$dataset" --root "$root" --image-size "$size" \
+        --ablation "$ablation" "${teacher_args[@]}" --epochs "$EPOCHS" --seed "$seed" "$@"
+}
+nih() {  # nih SIZE ABLATION SEED [SUFFIX ARGS...]; seed 0 keeps the first runs' names
+    local size=$1 ablation=$2 seed=$3 suffix=${4:-}; shift 3; [ $# -gt 0 ] && shift
+    local name="nih1024-student-$size-$ablation$suffix"; [ "$seed" != 0 ] && name="$name-s$seed"
+    student nih1024 "$NIH" "$NIH_TEACHER" "$name" "$size" "$ablation" "$seed" "$@"
+}
+tb() {
+    local size=$1 ablation=$2 seed=$3 suffix=${4:-}; shift 3; [ $# -gt 0 ] && shift
+    local name="tbx11k-student-$size-$ablation$suffix"; [ "$seed" != 0 ] && name="$name-s$seed"
+    student tbx11k "$TBX" "$TB_TEACHER" "$name" "$size" "$ablation" "$seed" "$@"
+}
+
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(nihteacher nih28 nih28p4 tbteacher tb28 nihsizes nih28more tbmore)
+for stage in "${stages[@]}"; do
+    case $stage in
+    nihteacher) timed nih1024-hybrid-teacher train/train_teacher.py --dataset nih1024 --root "$NIH" \
+        --preset mlcak-teacher-hybrid-lite0 --pretrained --epochs 6 --lr 3e-4 --warmup-epochs 1 ;;
+    nih28) nih 28 logits 0; nih 28 attention 0
+        for seed in 1 2; do nih 28 none $seed; nih 28 all $seed; done ;;
+    nih28p4) for seed in 0 1 2; do for ab in none all; do
+        nih 28 $ab $seed -p4 --preset mlcak-student-conv6-patch4; done; done ;;
+    tbteacher) timed tbx11k-hybrid-teacher train/train_teacher.py --dataset tbx11k --root "$TBX" \
+        --preset mlcak-teacher-hybrid-lite0 --pretrained --epochs 6 --lr 3e-4 --warmup-epochs 1 ;;
+    tb28) for seed in 0 1 2; do tb 28 none $seed; tb 28 all $seed; done ;;
+    nihsizes) for size in 56 112; do for ab in none all logits attention; do nih $size $ab 0; done; done ;;
+    nih28more) for seed in 1 2; do nih 28 logits $seed; nih 28 attention $seed; done ;;
+    tbmore) tb 28 logits 0; tb 28 attention 0
+        for size in 56 112; do tb $size none 0; tb $size all 0; done ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+    esac
+done
+echo "$(date +%H:%M) queue done"
