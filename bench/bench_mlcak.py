@@ -1,0 +1,246 @@
+"""Benchmark issue 16's speed targets: is the 28-px MLCAK student fast because it is small?
+
+    python bench/bench_mlcak.py --grid docs/results/mlcak_nih1024.json --plot docs/images/mlcak_auroc_latency.png
+
+For the hybrid teacher (224 px) and each student architecture (the 14 x 14-token students at 28 / 56 / 112 px and the
+7 x 7-token patch-4 student at 28 px): batch-1 latency p50 / p95 in torch (eager, ``inference_mode``, this machine's
+threads and one thread), TorchScript (traced and frozen: the same weights without Python's per-layer overhead), ONNX
+Runtime float32 and dynamic int8; batch-64 images/s in torch and ONNX int8; and each student's batch-64 throughput
+as a multiple of the teacher's. Speed depends on the architecture, not on the weight values: a model is loaded from
+its released folder (``models/...``) when there is one, else built from its preset with random weights (the table
+says which). ``--grid`` (mlcak_grid.py's JSON) adds each architecture's validation AUROC (the MLCAK rows, seed mean)
+and ``--plot`` draws AUROC against batch-1 latency.
+
+Targets (issue 16): the released 28-px student >= 20x the teacher's batch-64 throughput, batch-1 < 2 ms in torch and
+< 0.5 ms ONNX int8. Run it on an otherwise idle machine; prints a table and writes JSON (bench/results/mlcak.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cxrdistill.hub import load_model  # noqa: E402
+from cxrdistill.models import StudentViT, StudentViTConfig, TeacherViT, TeacherViTConfig  # noqa: E402
+from cxrdistill.models.presets import preset_config  # noqa: E402
+
+# name -> (released folder, model class, config class, preset, image size, grid cell in mlcak_grid.py's JSON)
+ARCHITECTURES = {
+    "teacher-224 (hybrid Lite0 + 4 layers)": (
+        "mlcak-teacher-224",
+        TeacherViT,
+        TeacherViTConfig,
+        "mlcak-teacher-hybrid-lite0",
+        224,
+        "teacher",
+    ),
+    "student-28 (14 x 14 tokens)": (None, StudentViT, StudentViTConfig, "mlcak-student-conv6", 28, "28:all"),
+    "student-28 (7 x 7 tokens, patch 4)": (
+        "mlcak-student-28",
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-conv6-patch4",
+        28,
+        "28-p4:all",
+    ),
+    "student-56 (14 x 14 tokens)": ("mlcak-student-56", StudentViT, StudentViTConfig, "mlcak-student-conv6", 56, "56:all"),
+    "student-112 (14 x 14 tokens)": (
+        "mlcak-student-112",
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-conv6",
+        112,
+        "112:all",
+    ),
+}
+TEACHER = "teacher-224 (hybrid Lite0 + 4 layers)"
+
+
+def build(name: str):
+    """The architecture ``name``: its released folder when that folder holds this architecture, else the preset."""
+    folder, model_class, config_class, preset, size, _ = ARCHITECTURES[name]
+    config = preset_config(config_class, preset, image_size=size)
+    path = REPO / "models" / folder if folder else None
+    if path is not None and (path / "config.json").is_file():
+        released = json.loads((path / "config.json").read_text())
+        if all(released.get(k) == v for k, v in config.to_dict().items() if k in ("patch_size", "depth", "stem")):
+            return load_model(path).eval(), f"models/{folder}"
+    return model_class(config).eval(), f"preset {preset} (random weights)"
+
+
+def _timings(call, image, repeats: int) -> dict[str, float]:
+    for _ in range(20):
+        call(image)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(image)
+        samples.append((time.perf_counter() - start) * 1000)
+    p50, p95 = np.percentile(samples, [50, 95])
+    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3)}
+
+
+def _rate(call, images, seconds: float) -> float:
+    call(images)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call(images)
+        count += len(images)
+    return round(count / (time.perf_counter() - start), 1)
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        output = self.model(images)
+        return output.global_logits, output.local_logits
+
+
+def measure(name: str, repeats: int, seconds: float) -> dict:
+    from cxrdistill.export import OnnxClassifier, export_onnx
+
+    model, source = build(name)
+    size = model.config.image_size
+    one, batch = torch.rand(1, 1, size, size), torch.rand(64, 1, size, size)
+    slow = size >= 224
+    row = {"source": source, "image_size": size, "tokens": model.config.grid_size**2}
+    row["parameters_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
+    with torch.inference_mode():
+        row["torch_b1"] = _timings(model, one, repeats // 10 if slow else repeats)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        row["torch_b1_1thread"] = _timings(model, one, repeats // 10 if slow else repeats)
+        torch.set_num_threads(threads)
+        row["torch_b64_images_per_s"] = _rate(model, batch, seconds * (3 if slow else 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.freeze(torch.jit.trace(_Logits(model).eval(), one, check_trace=False))
+        row["torchscript_b1"] = _timings(scripted, one, repeats // 10 if slow else repeats)
+        row["torchscript_b64_images_per_s"] = _rate(scripted, batch, seconds * (3 if slow else 1))
+    if not slow:
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_onnx(model, folder, int8=True)
+            for backend, int8 in (("onnx", False), ("onnx_int8", True)):
+                exported = OnnxClassifier(folder, int8=int8)
+                array = one.numpy()
+
+                def run(images, session=exported.session):
+                    return session.run(None, {"images": images})
+
+                row[f"{backend}_b1"] = _timings(run, array, repeats)
+                row[f"{backend}_b64_images_per_s"] = _rate(run, batch.numpy(), seconds)
+    return row
+
+
+def attach_auroc(rows: dict, grid_path: Path) -> None:
+    grid = json.loads(grid_path.read_text())
+    for name, row in rows.items():
+        cell = ARCHITECTURES[name][5]
+        entry = grid.get("teacher") if cell == "teacher" else grid["cells"].get(cell)
+        if entry:
+            row["auroc"] = entry["auroc"]
+            row["auroc_ci95"] = entry["auroc_ci95"]
+            row["auroc_metric"] = grid["metric"] + f" ({grid['dataset_name']}, our validation split)"
+
+
+def plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, row in rows.items():
+        if "auroc" not in row:
+            continue
+        for key, marker, label in (("torch_b1", "o", "torch"), ("onnx_int8_b1", "s", "ONNX int8")):
+            if key not in row:
+                continue
+            x = row[key]["p50_ms"]
+            low, high = row["auroc_ci95"]
+            ax.errorbar(x, row["auroc"], yerr=[[row["auroc"] - low], [high - row["auroc"]]], marker=marker, capsize=3,
+                        color="black" if name == TEACHER else None, alpha=0.9)
+            ax.annotate(f"{name.split(' (')[0]}{' p4' if 'patch 4' in name else ''} {label}", (x, row["auroc"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency, p50 (ms, this CPU)")
+    ax.set_ylabel(next(iter(r["auroc_metric"] for r in rows.values() if "auroc" in r)).split(" (")[0])
+    ax.set_title("MLCAK students: AUROC against latency (error bars: 95% CI)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--only", nargs="*", help="substrings of the architecture names to run")
+    parser.add_argument("--grid", type=Path, help="mlcak_grid.py's JSON: adds the AUROCs")
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "mlcak.json")
+    args = parser.parse_args(argv)
+
+    names = [n for n in ARCHITECTURES if not args.only or any(o in n for o in args.only)]
+    rows = {}
+    for name in names:
+        rows[name] = measure(name, args.repeats, args.seconds)
+        print(f"measured {name}", file=sys.stderr)
+    teacher_rate = rows.get(TEACHER, {}).get("torch_b64_images_per_s")
+    if teacher_rate:
+        for row in rows.values():
+            row["b64_vs_teacher"] = round(row["torch_b64_images_per_s"] / teacher_rate, 1)
+            if "onnx_int8_b64_images_per_s" in row:
+                row["onnx_int8_b64_vs_teacher_torch"] = round(row["onnx_int8_b64_images_per_s"] / teacher_rate, 1)
+    if args.grid:
+        attach_auroc(rows, args.grid)
+
+    def ms(row, key):
+        return f"{row[key]['p50_ms']:.2f}" if key in row else "-"
+
+    print(
+        "| model | weights | tokens | torch b1 ms | 1 thread | TorchScript b1 | ONNX b1 | ONNX int8 b1 | torch b64 img/s "
+        "| x teacher | ONNX int8 b64 img/s | AUROC |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        auroc = f"{row['auroc']:.3f}" if "auroc" in row else "-"
+        print(
+            f"| {name} | {row['source']} | {row['tokens']} | {ms(row, 'torch_b1')} | {ms(row, 'torch_b1_1thread')} | "
+            f"{ms(row, 'torchscript_b1')} | {ms(row, 'onnx_b1')} | {ms(row, 'onnx_int8_b1')} | "
+            f"{row['torch_b64_images_per_s']} | {row.get('b64_vs_teacher', '-')} | "
+            f"{row.get('onnx_int8_b64_images_per_s', '-')} | {auroc} |"
+        )
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "cpus": os.cpu_count(), "torch": torch.__version__},
+        "rows": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        plot(rows, args.plot)
+    return result
+
+
+if __name__ == "__main__":
+    main()
