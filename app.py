@@ -22,6 +22,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -30,6 +31,7 @@ import gradio as gr
 import numpy as np
 
 from cxrdistill.examples import EXAMPLES, example_path
+from cxrdistill.hub import RELEASE_FAMILIES
 from cxrdistill.inference import Prediction, Predictor
 from cxrdistill.io import XRay, XRayMeta, XRayReadError
 from cxrdistill.models import ModelLoadError
@@ -95,16 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
+    """The models of ``--student`` / ``--teacher`` / ``--tb-model``, or else the default release family (with the
+    teacher or TB model replaced where one of those is given)."""
     if args.student:
         return Predictor.from_sources(args.student, args.teacher, args.tb_model, revision=args.revision)
-    predictor = Predictor.from_release(args.models_dir)
+    default = next(iter(RELEASE_FAMILIES))
+    predictor = Predictor.from_release(args.models_dir, default)
     if args.teacher or args.tb_model:  # replace single roles of the release
         extra = Predictor.from_sources(
-            [str(Path(args.models_dir) / "mlcak-student-28")], args.teacher, args.tb_model, revision=args.revision
+            [str(Path(args.models_dir) / RELEASE_FAMILIES[default].students[0])],
+            args.teacher,
+            args.tb_model,
+            revision=args.revision,
         )
         predictor.teacher = extra.teacher or predictor.teacher
         predictor.tb_model = extra.tb_model or predictor.tb_model
     return predictor
+
+
+def load_predictors(args: argparse.Namespace) -> dict[str, Predictor]:
+    """Title -> predictor of every model family the app offers: the given models alone, or each release family
+    (cxrdistill.hub.RELEASE_FAMILIES) whose students are in ``--models-dir``."""
+    if args.student:
+        return {"Your models": load_predictor(args)}
+    families = iter(RELEASE_FAMILIES.items())
+    _, first = next(families)
+    predictors = {first.title: load_predictor(args)}
+    for name, family in families:
+        try:
+            predictors[family.title] = Predictor.from_release(args.models_dir, name)
+        except FileNotFoundError:
+            logger.info("release family %s is not in %s: not offered", name, args.models_dir)
+    return predictors
 
 
 # ------------------------------------------------------------------------------------------ request handling
@@ -281,21 +305,34 @@ def _tb_outputs(prediction: Prediction):
     return picture, overlay(prediction.image, next(iter(tb.maps.values()))), text
 
 
-def build_demo(predictor: Predictor) -> gr.Blocks:
-    """The Blocks app around ``predictor`` (launch it, or mount it in a FastAPI app)."""
+def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
+    """The Blocks app around one predictor or several model families (title -> predictor; the first is shown
+    first). Launch it, or mount it in a FastAPI app."""
+    if isinstance(predictors, Predictor):
+        predictors = {"Models": predictors}
+    families = dict(predictors)
+    default = next(iter(families))
     vit_depths = [
         m.config.depth
+        for predictor in families.values()
         for m in [*predictor.students.values(), predictor.teacher]
         if m is not None and hasattr(m.config, "depth")
     ]
     max_layer = min(vit_depths) if vit_depths else 1
-    smallest = predictor.resolutions[0]
+    smallest = families[default].resolutions[0]
 
-    def analyse(xray: XRay | None, resolution, layer):
+    def choose(family: str | None, resolution) -> tuple[Predictor, int]:
+        """The family's predictor and the input size asked for (its smallest when it has no such student)."""
+        predictor = families.get(family or default, families[default])
+        size = int(resolution) if resolution else predictor.resolutions[0]
+        return predictor, size if size in predictor.students else predictor.resolutions[0]
+
+    def analyse(xray: XRay | None, family, resolution, layer):
         if xray is None:  # nothing readable uploaded: clear every result rather than show the last image's
             return (None,) * 9 + ("", None)
+        predictor, size = choose(family, resolution)
         try:
-            prediction = predictor.predict(xray, resolution=int(resolution), layer=int(layer) - 1)
+            prediction = predictor.predict(xray, resolution=size, layer=int(layer) - 1)
         except ValueError as error:
             raise gr.Error(str(error)) from None
         student, teacher = prediction.student, prediction.teacher
@@ -314,6 +351,11 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             prediction.to_dict(),
         )
 
+    def family_sizes(family):
+        """The input sizes the chosen family has (the radio's choices), keeping the smallest selected."""
+        predictor, size = choose(family, None)
+        return gr.update(choices=predictor.resolutions, value=size)
+
     def read_upload(path):
         """``(xray or None, status)``: a bad file is reported in the status line (and a toast), not raised, so
         the results of the previous upload are cleared instead of staying on screen under the new file's name."""
@@ -321,7 +363,7 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             return None, ""
         started = time.perf_counter()
         try:
-            xray = predictor.read(_consume_upload(path))
+            xray = families[default].read(_consume_upload(path))
         except XRayReadError as error:
             gr.Warning(f"Cannot use this file: {error}", title="Not a readable chest X-ray")
             return None, f"**Cannot use this file:** {html.escape(str(error))}"
@@ -329,16 +371,21 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
 
     def read_example(name):
         started = time.perf_counter()
-        xray = _read(predictor, example_path(name))
+        xray = _read(families[default], example_path(name))
         return xray, f"Example: {EXAMPLES[name][2]}. " + _describe(xray.meta, time.perf_counter() - started, False)
 
-    def predict_api(path, resolution=smallest):
+    def predict_api(path, resolution=smallest, family=default):
         """JSON results for one X-ray: per-label probabilities and calls of the student (and teacher), TB boxes."""
         if not path:
             raise gr.Error("No file received.")
+        if family not in families:
+            raise gr.Error(f"Unknown model family {family!r}; this app has: {', '.join(families)}.")
+        predictor, size = choose(family, resolution)
+        if int(resolution) != size:
+            raise gr.Error(f"{family} has no {resolution}-px student; sizes: {predictor.resolutions}.")
         xray = _read(predictor, _consume_upload(path))
         try:
-            return predictor.predict(xray, resolution=int(resolution)).to_dict()
+            return predictor.predict(xray, resolution=size).to_dict()
         except ValueError as error:
             raise gr.Error(str(error)) from None
 
@@ -357,12 +404,22 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
                     label="X-ray: PNG, JPG or DICOM", file_types=FILE_TYPES, type="filepath", elem_id="cxr-upload"
                 )
                 example = gr.Button(f"Try the example X-ray ({next(iter(EXAMPLES))})", size="sm")
+                family = gr.Radio(
+                    list(families),
+                    value=default,
+                    label="Models (what they look for, and the films they learnt from)",
+                    visible=len(families) > 1,
+                    elem_id="cxr-family",
+                )
                 resolution = gr.Radio(
-                    predictor.resolutions, value=smallest, label="Student input size (px)", elem_id="cxr-resolution"
+                    families[default].resolutions,
+                    value=smallest,
+                    label="Student input size (px)",
+                    elem_id="cxr-resolution",
                 )
                 layer = gr.Slider(1, max_layer, value=max_layer, step=1, label="Attention layer (CLS attention)")
                 status = gr.Markdown(elem_id="cxr-status")
-                gr.Markdown(_models_note(predictor))
+                gr.Markdown(_models_note(families))
             with gr.Column(scale=2):
                 with gr.Row():
                     original = gr.Image(label="Original (display size)", height=320, elem_id="cxr-original")
@@ -396,36 +453,46 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
         ]
         private = {"api_visibility": "undocumented", "show_progress": "minimal"}
         upload.upload(read_upload, upload, [xray_state, status], **private).then(
-            analyse, [xray_state, resolution, layer], outputs, **private
+            analyse, [xray_state, family, resolution, layer], outputs, **private
         )
         upload.clear(lambda: (None, ""), None, [xray_state, status], **private).then(
-            analyse, [xray_state, resolution, layer], outputs, **private
+            analyse, [xray_state, family, resolution, layer], outputs, **private
         )
         example.click(lambda: read_example(next(iter(EXAMPLES))), None, [xray_state, status], **private).success(
-            analyse, [xray_state, resolution, layer], outputs, **private
+            analyse, [xray_state, family, resolution, layer], outputs, **private
         )
-        for control in (resolution.change, layer.release):
-            control(analyse, [xray_state, resolution, layer], outputs, trigger_mode="always_last", **private)
+        # a family change sets the sizes; a size change (programmatic or the visitor's) re-runs the analysis
+        family.change(family_sizes, family, resolution, **private).then(
+            analyse, [xray_state, family, resolution, layer], outputs, **private
+        )
+        for control in (resolution.input, layer.release):
+            control(analyse, [xray_state, family, resolution, layer], outputs, trigger_mode="always_last", **private)
 
         # The named API endpoint: file + resolution in, JSON out (see the README for a gradio_client call).
         api_file = gr.File(visible=False, type="filepath")
         api_resolution = gr.Number(value=smallest, visible=False, precision=0)
+        api_family = gr.Textbox(value=default, visible=False)
         api_result = gr.JSON(visible=False)
         api_button = gr.Button(visible=False)
-        api_button.click(predict_api, [api_file, api_resolution], api_result, api_name="predict")
+        api_button.click(predict_api, [api_file, api_resolution, api_family], api_result, api_name="predict")
     return demo
 
 
-def _models_note(predictor: Predictor) -> str:
+def _models_note(families: Mapping[str, Predictor]) -> str:
     def describe(model) -> str:
         config = model.config
         calibrated = "calibrated thresholds" if config.global_thresholds is not None else "no calibrated thresholds"
         return f"{type(model).__name__} {config.image_size} px ({calibrated})"
 
-    lines = [f"- student: {describe(m)}" for m in predictor.students.values()]
-    lines.append(f"- teacher: {describe(predictor.teacher)}" if predictor.teacher else "- teacher: not loaded")
-    lines.append(f"- TB boxes: {describe(predictor.tb_model)}" if predictor.tb_model else "- TB boxes: not loaded")
-    return "**Models**\n" + "\n".join(lines)
+    lines = []
+    for title, predictor in families.items():
+        if len(families) > 1:
+            lines.append(f"- *{title}*")
+        lines += [f"  - student: {describe(m)}" for m in predictor.students.values()]
+        lines.append(f"  - teacher: {describe(predictor.teacher)}" if predictor.teacher else "  - teacher: not loaded")
+        if predictor.tb_model:
+            lines.append(f"  - TB boxes: {describe(predictor.tb_model)}")
+    return "**Models**\n" + "\n".join(line.removeprefix("  ") if len(families) == 1 else line for line in lines)
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:
@@ -450,10 +517,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
     try:
-        predictor = load_predictor(args)
+        predictors = load_predictors(args)
     except (ModelLoadError, FileNotFoundError) as error:
         raise SystemExit(f"cannot load the models: {error}") from None
-    demo = build_demo(predictor)
+    demo = build_demo(predictors)
     logger.info("models loaded and UI built in %.1f s", time.perf_counter() - started)
     demo.queue(**queue_options(args)).launch(**launch_options(args))
 

@@ -56,7 +56,14 @@ ARCHITECTURES = {
         28,
         "28-p4:all",
     ),
-    "student-56 (14 x 14 tokens)": ("mlcak-student-56", StudentViT, StudentViTConfig, "mlcak-student-conv6", 56, "56:all"),
+    "student-56 (14 x 14 tokens)": (
+        "mlcak-student-56",
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-conv6",
+        56,
+        "56:all",
+    ),
     "student-112 (14 x 14 tokens)": (
         "mlcak-student-112",
         StudentViT,
@@ -175,10 +182,22 @@ def plot(rows: dict, path: Path) -> None:
                 continue
             x = row[key]["p50_ms"]
             low, high = row["auroc_ci95"]
-            ax.errorbar(x, row["auroc"], yerr=[[row["auroc"] - low], [high - row["auroc"]]], marker=marker, capsize=3,
-                        color="black" if name == TEACHER else None, alpha=0.9)
-            ax.annotate(f"{name.split(' (')[0]}{' p4' if 'patch 4' in name else ''} {label}", (x, row["auroc"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.errorbar(
+                x,
+                row["auroc"],
+                yerr=[[row["auroc"] - low], [high - row["auroc"]]],
+                marker=marker,
+                capsize=3,
+                color="black" if name == TEACHER else None,
+                alpha=0.9,
+            )
+            ax.annotate(
+                f"{name.split(' (')[0]}{' p4' if 'patch 4' in name else ''} {label}",
+                (x, row["auroc"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 latency, p50 (ms, this CPU)")
     ax.set_ylabel(next(iter(r["auroc_metric"] for r in rows.values() if "auroc" in r)).split(" (")[0])
@@ -218,8 +237,8 @@ def main(argv=None) -> dict:
         return f"{row[key]['p50_ms']:.2f}" if key in row else "-"
 
     print(
-        "| model | weights | tokens | torch b1 ms | 1 thread | TorchScript b1 | ONNX b1 | ONNX int8 b1 | torch b64 img/s "
-        "| x teacher | ONNX int8 b64 img/s | AUROC |"
+        "| model | weights | tokens | torch b1 ms | 1 thread | TorchScript b1 | ONNX b1 | ONNX int8 b1 "
+        "| torch b64 img/s | x teacher | ONNX int8 b64 img/s | AUROC |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
@@ -231,8 +250,12 @@ def main(argv=None) -> dict:
             f"{row.get('onnx_int8_b64_images_per_s', '-')} | {auroc} |"
         )
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+        },
         "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import torch
 
 from cxrdistill.data.transforms import area_resize, letterbox_matrix, model_input
 from cxrdistill.explain import ScoredBox, heatmap_to_boxes, to_source_frame
-from cxrdistill.hub import RELEASE_LUNGS, RELEASE_STUDENTS, RELEASE_TB, RELEASE_TEACHER, load_model
+from cxrdistill.hub import RELEASE_FAMILIES, load_model
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
 from cxrdistill.models.base import CXRModel
 
@@ -35,8 +35,8 @@ BOX_THRESHOLD = 0.5  # boxes surround the regions above half the map's maximum (
 LUNG_SHARE = (0.03, 0.30)
 DISPLAY_SIZE = 512  # longest side of the image that maps and overlays are drawn on
 BASE_SIZE = 224  # the square every model input is area-averaged from (as in training)
-# The released folders Predictor.from_release loads (RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB) live in
-# cxrdistill.hub, beside the Space that ships them.
+# The released folders Predictor.from_release loads (RELEASE_FAMILIES) live in cxrdistill.hub, beside the Space
+# that ships them.
 
 
 @dataclass
@@ -210,18 +210,31 @@ class Predictor:
         )
 
     @classmethod
-    def from_release(cls, folder: str | os.PathLike = "models", **kwargs) -> Predictor:
-        """The released models in ``folder`` (those present: a missing teacher or TB model is left out)."""
+    def from_release(cls, folder: str | os.PathLike = "models", family: str = "tbx11k", **kwargs) -> Predictor:
+        """The released models of ``family`` (a key of :data:`cxrdistill.hub.RELEASE_FAMILIES`) in ``folder``;
+        those present: a missing teacher, TB or lung model is left out.
+
+        Raises:
+            FileNotFoundError: none of the family's students is in ``folder``.
+        """
         folder = Path(folder)
-        students = [str(folder / name) for name in RELEASE_STUDENTS if (folder / name / "config.json").is_file()]
+        if family not in RELEASE_FAMILIES:
+            raise ValueError(f"unknown release family {family!r}; known: {', '.join(RELEASE_FAMILIES)}")
+        release = RELEASE_FAMILIES[family]
+
+        def present(name: str | None) -> str | None:
+            return str(folder / name) if name and (folder / name / "config.json").is_file() else None
+
+        students = [path for path in map(present, release.students) if path]
         if not students:
-            raise FileNotFoundError(f"no released student in {folder} (looked for {', '.join(RELEASE_STUDENTS)})")
-        teacher, tb, lungs = folder / RELEASE_TEACHER, folder / RELEASE_TB, folder / RELEASE_LUNGS
+            raise FileNotFoundError(
+                f"no released {family} student in {folder} (looked for {', '.join(release.students)})"
+            )
         return cls.from_sources(
             students,
-            teacher=str(teacher) if (teacher / "config.json").is_file() else None,
-            tb_model=str(tb) if (tb / "config.json").is_file() else None,
-            lung_model=str(lungs) if (lungs / "config.json").is_file() else None,
+            teacher=present(release.teacher),
+            tb_model=present(release.tb),
+            lung_model=present(release.lungs),
             **kwargs,
         )
 

@@ -47,12 +47,16 @@ def upload_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(upload_dir):
-    """``(url, predictor)`` of the app launched as ``python app.py`` would, on a free port."""
-    predictor = Predictor.from_release(REPO_ROOT / "models")
+    """``(url, predictor)`` of the app launched as ``python app.py`` would, on a free port (``predictor``: the
+    default release family's; every family in models/ is offered)."""
+    args = app.parse_args(
+        ["--host", "127.0.0.1", "--port", str(free_port()), "--models-dir", str(REPO_ROOT / "models")]
+    )
+    families = app.load_predictors(args)
+    predictor = next(iter(families.values()))
     if predictor.tb_model is None:
         predictor.tb_model = tb_model()
-    demo = app.build_demo(predictor)
-    args = app.parse_args(["--host", "127.0.0.1", "--port", str(free_port())])
+    demo = app.build_demo(families)
     demo.queue(**app.queue_options(args))
     _, url, _ = demo.launch(**app.launch_options(args), prevent_thread_lock=True, quiet=True)
     yield url, predictor
@@ -195,6 +199,40 @@ def test_models_come_from_the_hub_at_a_revision(hub, monkeypatch):
     monkeypatch.setenv("CXRDISTILL_TEACHER", str(REPO_ROOT / "models" / "mlcak-teacher-224"))
     from_env = app.load_predictor(app.parse_args([]))
     assert from_env.resolutions == [28] and from_env.teacher.config.image_size == 224
+
+
+def test_each_release_family_is_offered_and_answers_with_its_own_models(tmp_path):
+    """Two families in the models folder: the app offers both, and the API answers with the chosen family's
+    student (released students stand in for the second family's)."""
+    from gradio_client import Client, handle_file
+
+    from cxrdistill.hub import RELEASE_FAMILIES
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "mlcak-student-28").symlink_to(REPO_ROOT / "models" / "mlcak-student-28")
+    (models / "nih1024-student-56").symlink_to(REPO_ROOT / "models" / "mlcak-student-56")
+    args = app.parse_args(["--models-dir", str(models), "--host", "127.0.0.1", "--port", str(free_port())])
+    families = app.load_predictors(args)
+    tb_title, nih_title = RELEASE_FAMILIES["tbx11k"].title, RELEASE_FAMILIES["nih1024"].title
+    assert list(families) == [tb_title, nih_title]
+    assert families[tb_title].resolutions == [28] and families[nih_title].resolutions == [56]
+    note = app._models_note(families)
+    assert tb_title in note and nih_title in note and note.index(tb_title) < note.index("56 px")
+    demo = app.build_demo(families)
+    demo.queue(**app.queue_options(args))
+    _, url, _ = demo.launch(**app.launch_options(args), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        xray = handle_file(str(write_png(tmp_path, "synthetic.png")))
+        assert client.predict(xray, 28, api_name="/predict")["student"]["image_size"] == 28  # the default family
+        assert client.predict(xray, 56, nih_title, api_name="/predict")["student"]["image_size"] == 56
+        with pytest.raises(Exception, match="no 28-px student"):
+            client.predict(xray, 28, nih_title, api_name="/predict")
+        with pytest.raises(Exception, match="Unknown model family"):
+            client.predict(xray, 28, "Cardiology", api_name="/predict")
+    finally:
+        demo.close()
 
 
 def test_a_missing_model_stops_the_app_with_a_message(tmp_path):
