@@ -56,6 +56,14 @@ ARCHITECTURES = {
         28,
         "28-p4:all",
     ),
+    "student-28 tiny (7 x 7 tokens, 4 x 64)": (
+        None,
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-tiny-patch4",
+        28,
+        "28-tiny:all",
+    ),
     "student-56 (14 x 14 tokens)": (
         "mlcak-student-56",
         StudentViT,

@@ -135,6 +135,17 @@ register_preset(
     depth=6,
     num_heads=3,
 )
+register_preset(
+    "mlcak-student-tiny-patch4",
+    "cxrdistill-student-vit",
+    "the smallest student: patch 4 (7 x 7 tokens at 28 px), 4 layers of width 64, 2 heads (~0.2 M parameters), "
+    "sized for sub-millisecond ONNX int8 inference on a laptop CPU",
+    stem="conv",
+    patch_size=4,
+    embed_dim=64,
+    depth=4,
+    num_heads=2,
+)
 for _backbone, _what in (
     ("resnet10t", "timm ResNet10-T (deep stem, 4.9 M parameters): the released TB pair"),
     ("resnet18", "timm ResNet18"),

@@ -36,8 +36,8 @@ ABLATION_NAMES = {
     "attention": "+ attention KD (gamma)",
     "all": "+ MLCAK (all terms)",
 }
-GRIDS = {"": "14 x 14 tokens", "-p4": "7 x 7 tokens (patch 4)"}
-RUN_NAME = re.compile(r"student-(\d+)-(none|logits|attention|all)(-p4)?(?:-s(\d+))?$")
+GRIDS = {"": "14 x 14 tokens", "-p4": "7 x 7 tokens (patch 4)", "-tiny": "7 x 7 tokens, 4 layers x 64 (tiny)"}
+RUN_NAME = re.compile(r"student-(\d+)-(none|logits|attention|all)(-p4|-tiny)?(?:-s(\d+))?$")
 
 
 def finished(folder: Path) -> bool:
@@ -56,7 +56,13 @@ def find_runs(runs: Path, prefix: str) -> tuple[Path | None, list[dict]]:
         if folder.is_dir() and match and finished(folder):
             size, ablation, grid, seed = match.groups()
             students.append(
-                {"run": folder.name, "size": int(size), "ablation": ablation, "grid": grid or "", "seed": int(seed or 0)}
+                {
+                    "run": folder.name,
+                    "size": int(size),
+                    "ablation": ablation,
+                    "grid": grid or "",
+                    "seed": int(seed or 0),
+                }
             )
     return (teacher if finished(teacher) else None), students
 
@@ -153,7 +159,11 @@ def summarise(scorer: Scorer, preds: dict[str, dict], students: list[dict], teac
         def difference(tt, x, y):
             return float(np.mean(_auroc_columns(tt, x) - _auroc_columns(tt, y)))
 
-        result = {"pairs": len(a), "difference": difference(t, sa, sb), "ci95": bootstrap(difference, [t, sa, sb], samples)}
+        result = {
+            "pairs": len(a),
+            "difference": difference(t, sa, sb),
+            "ci95": bootstrap(difference, [t, sa, sb], samples),
+        }
         if has_findings:
             la, lb = np.stack([findings[n] for n in a], 2), np.stack([findings[n] for n in b], 2)
 
@@ -296,9 +306,7 @@ def main(argv=None) -> dict:
     from cxrdistill.data.registry import dataset_entry
 
     labels = list(json.loads((args.runs / students[0]["run"] / "best" / "config.json").read_text())["local_labels"])
-    metric_name = (
-        "same-hospital TB AUROC" if args.dataset == "tbx11k" else "pneumonia AUROC"
-    )
+    metric_name = "same-hospital TB AUROC" if args.dataset == "tbx11k" else "pneumonia AUROC"
     summary.update(
         dataset=args.dataset,
         dataset_name=dataset_entry(args.dataset).display_name,

@@ -6,7 +6,8 @@
 # so the MLCAK - alone difference can be bootstrapped over the same films), and the 7 x 7-token patch-4 student.
 # Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
-# (stages: nih28 nih28p4 tbteacher tb28 nihsizes nih28more tbmore; default: all, in that order)
+# (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore; default: all, in
+# that order)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 NIH=${NIH:-../shared/data/nih1024}
@@ -45,7 +46,7 @@ tb() {
     student tbx11k "$TBX" "$TB_TEACHER" "$name" "$size" "$ablation" "$seed" "$@"
 }
 
-stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(nihteacher nih28 nih28p4 tbteacher tb28 nihsizes nih28more tbmore)
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore)
 for stage in "${stages[@]}"; do
     case $stage in
     nihteacher) timed nih1024-hybrid-teacher train/train_teacher.py --dataset nih1024 --root "$NIH" \
@@ -54,10 +55,13 @@ for stage in "${stages[@]}"; do
         for seed in 1 2; do nih 28 none $seed; nih 28 all $seed; done ;;
     nih28p4) for seed in 0 1 2; do for ab in none all; do
         nih 28 $ab $seed -p4 --preset mlcak-student-conv6-patch4; done; done ;;
+    nihtiny) for seed in 0 1 2; do for ab in none all; do
+        nih 28 $ab $seed -tiny --preset mlcak-student-tiny-patch4; done; done ;;
     tbteacher) timed tbx11k-hybrid-teacher train/train_teacher.py --dataset tbx11k --root "$TBX" \
         --preset mlcak-teacher-hybrid-lite0 --pretrained --epochs 6 --lr 3e-4 --warmup-epochs 1 ;;
     tb28) for seed in 0 1 2; do tb 28 none $seed; tb 28 all $seed; done ;;
-    nihsizes) for size in 56 112; do for ab in none all logits attention; do nih $size $ab 0; done; done ;;
+    nihsizes) for size in 56 112; do for ab in none all; do nih $size $ab 0; done; done ;;
+    nihsizesmore) for size in 56 112; do for ab in logits attention; do nih $size $ab 0; done; done ;;
     nih28more) for seed in 1 2; do nih 28 logits $seed; nih 28 attention $seed; done ;;
     tbmore) tb 28 logits 0; tb 28 attention 0
         for size in 56 112; do tb $size none 0; tb $size all 0; done ;;
