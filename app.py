@@ -211,7 +211,34 @@ def _describe(meta: XRayMeta, seconds: float, uploaded: bool = True) -> str:
     return f"Read {' · '.join(parts)} in {seconds * 1000:.0f} ms.{note}"
 
 
+def _verdict(call: bool | None) -> str:
+    if call is None:
+        return "<span title='no calibrated threshold'>(no call: uncalibrated)</span>"
+    return '<span class="cxr-pos">positive</span>' if call else '<span class="cxr-neg">negative</span>'
+
+
+def _bar(probability: float) -> str:
+    return f'<span class="cxr-bar" style="width:{60 * probability:.0f}px"></span>{probability:.3f}'
+
+
+def _decision_cell(result) -> str:
+    """The one decision of a one-of-K head: the positive class's probability, the threshold it was compared with,
+    and the call."""
+    d = result.decision
+    if d.threshold is None:
+        return f"<td>{_bar(d.probability)} {_verdict(None)}</td>"
+    sign = "&ge;" if d.positive else "&lt;"
+    return (
+        f'<td class="cxr-decision" data-probability="{d.probability:.4f}" data-threshold="{d.threshold:.4f}">'
+        f"{_bar(d.probability)} {sign} {d.threshold:.3f}: {_verdict(d.positive)}"
+        f'<br><small title="{html.escape(d.operating_point)}">{html.escape(d.operating_point.split(":")[0])} '
+        "threshold</small></td>"
+    )
+
+
 def _probability_table(prediction: Prediction) -> str:
+    """One row for the classification head's decision (its positive class against its threshold), then one row
+    per finding (each multi-label finding is a decision of its own)."""
     student, teacher = prediction.student, prediction.teacher
     models = [student] + ([teacher] if teacher else [])
     head = "".join(
@@ -219,33 +246,25 @@ def _probability_table(prediction: Prediction) -> str:
         f"{m.maps_ms:.1f} ms</small></th>"
         for m in models
     )
-    rows = []
-    for kind in ("global", "local"):
-        probs = getattr(student, f"{kind}_probs")
-        for label in probs:
-            cells = []
-            for m in models:
-                p = getattr(m, f"{kind}_probs").get(label)
-                call = getattr(m, f"{kind}_calls").get(label)
-                verdict = (
-                    '<span class="cxr-pos">positive</span>'
-                    if call
-                    else '<span class="cxr-neg">negative</span>'
-                    if call is False
-                    else "<span title='no calibrated threshold'>(uncalibrated)</span>"
-                )
-                cells.append(
-                    f'<td><span class="cxr-bar" style="width:{60 * p:.0f}px"></span>{p:.3f} {verdict}</td>'
-                    if p is not None
-                    else "<td>-</td>"
-                )
-            group = "class" if kind == "global" else "finding"
-            rows.append(f"<tr><td>{html.escape(label)} <small>({group})</small></td>{''.join(cells)}</tr>")
+    positive = student.decision.label
+    rows = [
+        f"<tr><td><b>{html.escape(positive)}</b> <small>(probability vs threshold)</small></td>"
+        + "".join(_decision_cell(m) for m in models)
+        + "</tr>"
+    ]
+    for label in student.local_probs:
+        cells = []
+        for m in models:
+            p = m.local_probs.get(label)
+            cells.append(f"<td>{_bar(p)} {_verdict(m.local_calls.get(label))}</td>" if p is not None else "<td>-</td>")
+        rows.append(f"<tr><td>{html.escape(label)} <small>(finding)</small></td>{''.join(cells)}</tr>")
+    points = dict.fromkeys(m.decision.operating_point for m in models if m.decision.threshold is not None)
     return (
         f'<table class="cxr-table" id="cxr-probabilities"><tr><th>label</th>{head}</tr>{"".join(rows)}</table>'
-        "<small>positive / negative at each model's operating threshold (Youden's J: classes on the same-hospital "
-        "validation films, findings on the validation split); classes are one-of-K (softmax), findings "
-        "multi-label (sigmoid).</small>"
+        f"<small>The {html.escape(positive)} probability is one softmax decision (the other classes share the rest); "
+        "it is called positive at or above the model's threshold. "
+        + " ".join(f"{html.escape(point[0].upper() + point[1:])}." for point in points)
+        + " Findings are separate sigmoid outputs, each called at its own balanced (Youden's J) threshold.</small>"
     )
 
 
@@ -261,8 +280,8 @@ def lung_sentence(prediction) -> str:
         return ""
     if not prediction.lungs_found:
         return (
-            f"**No lungs found** (the lung model marks {prediction.lung_fraction:.0%} of the image): is this a chest "
-            "X-ray? The TB map below is not kept inside the lungs. "
+            f"**No lungs found** (the lung model marks {prediction.lung_fraction:.0%} of the image): is this a "
+            "frontal chest X-ray? No TB boxes are drawn, and the TB map below is not kept inside lungs. "
         )
     return (
         f"Blue: the lungs as the lung model outlines them ({prediction.lung_fraction:.0%} of the image); the TB map "
@@ -270,15 +289,14 @@ def lung_sentence(prediction) -> str:
     )
 
 
-def screening_sentence(result) -> str:
-    """Which operating point the call uses, and the call: the screening threshold where the model has one."""
-    if result.screening_threshold is None:
-        return "This model has no screening threshold, so no call is made. "
-    verdict = "above it: TB signal, a screener would refer for testing" if result.screening_call else "below it"
+def decision_sentence(result) -> str:
+    """The call in words: the probability, the threshold it was compared with, and which operating point that is."""
+    d = result.decision
+    if d.threshold is None:
+        return f"{d.label} probability {d.probability:.3f}; this model has no calibrated threshold, so no call. "
+    verdict = f"at or above it: **{d.label} signal**" if d.positive else f"below it: **no {d.label} signal**"
     return (
-        f"Screening threshold {result.screening_threshold:.3f} (chosen so that at least "
-        f"{result.screening_sensitivity:.0%} of the TB films among same-hospital validation X-rays are above it): "
-        f"{verdict}. "
+        f"{d.label} probability **{d.probability:.3f}**, threshold {d.threshold:.3f} ({d.operating_point}): {verdict}. "
     )
 
 
@@ -292,15 +310,17 @@ def _tb_outputs(prediction: Prediction):
     if prediction.lungs is not None:
         picture = draw_outline(picture, prediction.lungs)  # the lung model's outline, in blue
     picture = draw_boxes(picture, boxes, labels)
-    p_tb = tb.global_probs[tb.positive_label]
+    boxes_text = (
+        f"{len(boxes)} box(es) around the regions where the class activation map is above half its maximum; the "
+        "number on a box is the mean map value inside it. Boxes are drawn whatever the probability: read them "
+        "together with it. On validation X-rays these maps overlap the radiologists' boxes poorly (see the "
+        "README's localisation table)."
+        if prediction.lungs is None or prediction.lungs_found
+        else ""
+    )
     text = (
-        f"{lung_sentence(prediction)}TB probability {p_tb:.3f} ({tb.name}: model {tb.forward_ms:.1f} ms, maps "
-        f"{tb.maps_ms:.1f} ms). "
-        f"{screening_sentence(tb)}"
-        f"{len(boxes)} box(es) around the regions "
-        "where the class activation map is above half its maximum; the number on a box is the mean map value inside "
-        "it. Boxes are drawn whatever the probability: read them together with it. On validation X-rays these maps "
-        "overlap the radiologists' boxes poorly (see the README's localisation table)."
+        f"{lung_sentence(prediction)}{decision_sentence(tb)}({tb.name}: model {tb.forward_ms:.1f} ms, maps "
+        f"{tb.maps_ms:.1f} ms.) {boxes_text}"
     )
     return picture, overlay(prediction.image, next(iter(tb.maps.values()))), text
 

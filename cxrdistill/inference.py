@@ -39,6 +39,35 @@ BASE_SIZE = 224  # the square every model input is area-averaged from (as in tra
 # that ships them.
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A one-of-K head's one decision about its positive class: the probability, the threshold it was compared
+    with and which operating point that threshold is.
+
+    Attributes:
+        label: the positive class (``tb``, ``pneumonia``).
+        probability: its softmax probability.
+        threshold: the operating threshold (``None``: the model has none, so no call is made).
+        operating_point: how the threshold was chosen, in words.
+        positive: ``probability >= threshold`` (``None`` without a threshold).
+    """
+
+    label: str
+    probability: float
+    threshold: float | None
+    operating_point: str
+    positive: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probability": round(self.probability, 4),
+            "threshold": None if self.threshold is None else round(self.threshold, 4),
+            "operating_point": self.operating_point,
+            "positive": self.positive,
+        }
+
+
 @dataclass
 class ModelResult:
     """What one model says about one image.
@@ -54,11 +83,13 @@ class ModelResult:
             mapping onto the display image and the boxes.
         view: ``(size, size)`` in ``[0, 1]``: the input the model saw.
         maps: name -> ``(H, W)`` heatmap over the display image (``Prediction.image``).
-        boxes: boxes from the first map, in the original image's pixels, best score first.
+        boxes: boxes from the first map, in the original image's pixels, best score first; none when a lung model
+            is loaded and finds no lungs (the boxes of a film are always inside its lungs).
         positive_label: the global class the maps and boxes explain (TB for a TB model).
         screening_threshold / screening_sensitivity / screening_call: the model's screening operating point on
             the positive class (chosen for that sensitivity on validation films) and the call at it; ``None`` when
             the model has none.
+        global_thresholds: global class -> its balanced (Youden's J) threshold (empty when uncalibrated).
         mask_threshold: the model's relative mask threshold chosen on validation data for localisation mIoU
             (``None`` when not chosen). Boxes use :data:`BOX_THRESHOLD` instead: a threshold that maximises mask
             IoU can be low enough to box most of the chest.
@@ -81,11 +112,30 @@ class ModelResult:
     screening_sensitivity: float | None = None
     screening_call: bool | None = None
     mask_threshold: float | None = None
+    global_thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> float:
         """Forward pass plus explanation maps."""
         return self.forward_ms + self.maps_ms
+
+    @property
+    def decision(self) -> Decision:
+        """The call on the positive class: at the screening threshold where the model has one (what a screener
+        acts on), else at its balanced (Youden's J) threshold, else none."""
+        probability = self.global_probs[self.positive_label]
+        if self.screening_threshold is not None:
+            threshold = self.screening_threshold
+            point = (
+                f"screening: the highest threshold that keeps at least {self.screening_sensitivity:.0%} of the "
+                f"{self.positive_label} films of the validation split above it"
+            )
+        elif self.global_calls.get(self.positive_label) is not None:
+            threshold = self.global_thresholds[self.positive_label]
+            point = "balanced: maximises sensitivity + specificity (Youden's J) on the validation split"
+        else:
+            return Decision(self.positive_label, probability, None, "no calibrated threshold", None)
+        return Decision(self.positive_label, probability, threshold, point, probability >= threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +160,7 @@ class ModelResult:
                 "call": self.screening_call,
             },
             "mask_threshold": self.mask_threshold,
+            "decision": self.decision.to_dict(),
         }
 
 
@@ -322,7 +373,9 @@ class Predictor:
         if inside is not None:  # each map min-max scaled and kept inside the lungs; the kept one comes first
             kept = {f"{key} inside the lungs": _unit(value) * inside for key, value in maps.items()}
             maps = {**kept, **maps}
-        boxes = display_boxes(next(iter(maps.values())), config, scale, self.min_box_area)
+        # with a lung model, boxes only inside lungs it found: on a film without them there is nothing to box
+        lungs_missing = self.lung_model is not None and inside is None
+        boxes = [] if lungs_missing else display_boxes(next(iter(maps.values())), config, scale, self.min_box_area)
         maps_ms = (time.perf_counter() - started) * 1000
         global_probs = output.global_logits.float().softmax(-1)[0].tolist()
         local_probs = output.local_logits.float().sigmoid()[0].tolist()
@@ -346,6 +399,9 @@ class Predictor:
             if config.screening_threshold is None
             else bool(global_probs[model.positive_index] >= config.screening_threshold),
             mask_threshold=config.heatmap_threshold,
+            global_thresholds={}
+            if config.global_thresholds is None
+            else dict(zip(config.global_labels, config.global_thresholds, strict=True)),
         )
 
 

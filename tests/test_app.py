@@ -407,13 +407,16 @@ def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_serving(serv
     assert client.predict(handle_file(str(write_png(tmp_path, "ok.png"))), 28, api_name="/predict")["student"]
 
 
-def test_the_tb_text_says_which_operating_point_the_call_uses():
-    from types import SimpleNamespace
+def test_the_call_text_states_the_probability_the_threshold_and_the_operating_point():
+    from cxrdistill.inference import Decision
 
-    none = SimpleNamespace(screening_threshold=None, screening_sensitivity=None, screening_call=None)
-    assert "no screening threshold, so no call" in app.screening_sentence(none)
-    above = SimpleNamespace(screening_threshold=0.214, screening_sensitivity=0.9, screening_call=True)
-    text = app.screening_sentence(above)
-    assert "Screening threshold 0.214" in text and "at least 90%" in text and "TB signal" in text
-    below = SimpleNamespace(screening_threshold=0.214, screening_sensitivity=0.9, screening_call=False)
-    assert "below it" in app.screening_sentence(below)
+    def result(decision):
+        return type("Result", (), {"decision": decision})()
+
+    none = Decision("tb", 0.31, None, "no calibrated threshold", None)
+    assert "no calibrated threshold, so no call" in app.decision_sentence(result(none))
+    above = Decision("tb", 0.3141, 0.214, "screening: ...at least 90%...", True)
+    text = app.decision_sentence(result(above))
+    assert "probability **0.314**, threshold 0.214 (screening: ...at least 90%...)" in text and "**tb signal**" in text
+    below = Decision("pneumonia", 0.1, 0.214, "balanced: Youden", False)
+    assert "below it: **no pneumonia signal**" in app.decision_sentence(result(below))

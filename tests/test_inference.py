@@ -135,3 +135,40 @@ def test_each_model_reports_its_own_forward_time_apart_from_its_maps(predictor):
     with torch.inference_mode():
         recorded = student.forward_for_maps(view).global_logits.softmax(-1)[0].tolist()
     assert list(prediction.student.global_probs.values()) == pytest.approx(recorded, abs=1e-5)
+
+
+def test_a_one_of_k_head_makes_one_decision_at_its_stated_operating_point():
+    """The call on the positive class uses the screening threshold where the model has one, else the balanced
+    (Youden) threshold, else none; the class that is not positive never gets a call of its own in the decision."""
+    from cxrdistill.inference import ModelResult
+
+    def result(**kwargs):
+        fields = dict(
+            name="m",
+            model_type="x",
+            image_size=28,
+            global_probs={"not_tb": 0.959, "tb": 0.041},
+            local_probs={},
+            global_calls={"not_tb": True, "tb": False},
+            local_calls={},
+            forward_ms=1.0,
+            maps_ms=1.0,
+            view=np.zeros((28, 28)),
+            maps={},
+            positive_label="tb",
+            global_thresholds={"not_tb": 0.5, "tb": 0.5},
+        )
+        return ModelResult(**{**fields, **kwargs})
+
+    balanced = result().decision
+    assert (balanced.label, balanced.probability, balanced.threshold, balanced.positive) == ("tb", 0.041, 0.5, False)
+    assert balanced.operating_point.startswith("balanced")
+    screening = result(screening_threshold=0.03, screening_sensitivity=0.9).decision
+    assert (
+        screening.threshold == 0.03
+        and screening.positive
+        and "at least 90% of the tb films" in (screening.operating_point)
+    )
+    uncalibrated = result(global_calls={"not_tb": None, "tb": None}, global_thresholds={}).decision
+    assert uncalibrated.threshold is None and uncalibrated.positive is None
+    assert result().to_dict()["decision"] == balanced.to_dict()

@@ -167,6 +167,7 @@ def test_the_predictor_keeps_tb_maps_inside_the_lungs_and_says_so(tmp_path):
     else:
         assert list(prediction.tb.maps) == ["CAM (tb)"] and "No lungs found" in app.lung_sentence(prediction)
         assert not any("inside the lungs" in name for name in prediction.student.maps)
+        assert prediction.tb.boxes == [] and "box(es)" not in app._tb_outputs(prediction)[2]
     prediction.lungs = np.zeros_like(prediction.lungs)
     assert not prediction.lungs_found and "No lungs found" in app.lung_sentence(prediction)
 
@@ -183,3 +184,8 @@ def test_the_released_models_keep_every_map_inside_the_lungs_of_a_real_tb_film()
         assert len(kept) == len(result.maps) / 2 and list(result.maps)[: len(kept)] == kept
         for name in kept:
             assert result.maps[name][~prediction.lungs].max() == 0 and result.maps[name][prediction.lungs].max() > 0
+    # every TB box lies mostly inside the lungs (boxes enclose regions of the kept map, in original pixels)
+    assert prediction.tb.boxes
+    for box in prediction.tb.boxes:
+        x0, y0, x1, y1 = (round(v / prediction.scale) for v in box.box)
+        assert prediction.lungs[y0:y1, x0:x1].mean() > 0.5, box
