@@ -400,12 +400,46 @@ def same_hospital(predictions: dict[str, Any]) -> np.ndarray:
     return np.isin(predictions["source"], SAME_HOSPITAL_SOURCES)
 
 
+def reference_films(predictions: dict[str, Any], positive: int) -> np.ndarray:
+    """``(N,)`` bool: the films a model's operating points are chosen and measured on: the same-hospital films
+    where they hold both classes of ``positive`` (TBX11K: free of the source shortcut), else every film (datasets
+    from one hospital, such as NIH-1024)."""
+    same = same_hospital(predictions)
+    if len(np.unique(predictions["global_targets"][same, positive])) == 2:
+        return same
+    return np.ones_like(same)
+
+
+def reference_name(predictions: dict[str, Any], positive: int) -> str:
+    """How cards name :func:`reference_films`."""
+    rows = reference_films(predictions, positive)
+    return "same-hospital films" if same_hospital(predictions)[rows].all() else "all validation films"
+
+
+def roc_points(predictions: dict[str, Any], positive: int, max_points: int = 100) -> dict[str, Any]:
+    """The ROC curve of ``positive`` on the reference films (at most ``max_points`` points, the corners kept), for
+    cards and the app's "How good is this model?" panel."""
+    from sklearn.metrics import roc_curve
+
+    rows = reference_films(predictions, positive)
+    targets, scores = predictions["global_targets"][rows, positive], predictions["global_probs"][rows, positive]
+    fpr, tpr, thresholds = roc_curve(targets, scores, drop_intermediate=True)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).round().astype(int))
+    return {
+        "films": reference_name(predictions, positive),
+        "images": int(rows.sum()),
+        "positives": int((targets > 0.5).sum()),
+        "fpr": [round(float(v), 4) for v in fpr[keep]],
+        "tpr": [round(float(v), 4) for v in tpr[keep]],
+        "thresholds": [round(float(min(v, 1.0)), 4) for v in thresholds[keep]],
+    }
+
+
 def screening_threshold(predictions: dict[str, Any], positive: int, sensitivity: float = 0.9) -> float:
-    """The positive class's screening threshold: the highest at which sensitivity on the same-hospital images (all
-    images where none are positive) is at least ``sensitivity``."""
+    """The positive class's screening threshold: the highest at which sensitivity on the reference films
+    (:func:`reference_films`) is at least ``sensitivity``."""
     p = predictions
-    same = same_hospital(p)
-    rows = same if (p["global_targets"][same, positive] > 0.5).any() else np.ones_like(same)
+    rows = reference_films(p, positive)
     return threshold_for_sensitivity(
         p["global_targets"][rows, positive], p["global_probs"][rows, positive], sensitivity
     )
@@ -414,9 +448,9 @@ def screening_threshold(predictions: dict[str, Any], positive: int, sensitivity:
 def operating_points_with_ci(
     predictions: dict[str, Any], positive: int, thresholds: dict[str, float], samples: int = 1000
 ) -> dict[str, dict]:
-    """``{name: sensitivity, specificity (and their 95% CIs) on the same-hospital images at that threshold}``."""
+    """``{name: sensitivity, specificity (and their 95% CIs) on the reference films at that threshold}``."""
     p = predictions
-    same = same_hospital(p)
+    same = reference_films(p, positive)
     targets, scores = p["global_targets"][same, positive], p["global_probs"][same, positive]
     points = {}
     for name, threshold in thresholds.items():
@@ -433,9 +467,10 @@ def cross_fitted_screening(
     (stratified by class, every ``folds``-th film by id), each fold is called at the threshold
     :func:`screening_threshold` picks on the others, and sensitivity / specificity are pooled over all the calls
     (95% CIs: bootstrap over films). The threshold a release ships is chosen on all the films, so its own
-    sensitivity there is at least ``sensitivity`` by construction; this is the honest estimate beside it."""
+    sensitivity there is at least ``sensitivity`` by construction; this is the honest estimate beside it. (The
+    reference films of :func:`reference_films`: every film of a one-hospital dataset.)"""
     p = predictions
-    same = np.flatnonzero(same_hospital(p))
+    same = np.flatnonzero(reference_films(p, positive))
     targets = p["global_targets"][same, positive] > 0.5
     scores = p["global_probs"][same, positive]
     fold = np.empty(len(same), dtype=int)

@@ -124,6 +124,40 @@ def test_cross_fitted_screening_calls_each_film_with_a_threshold_chosen_on_the_o
     assert crossed["specificity"] == pytest.approx((~called[~tb[same]]).mean())
 
 
+def test_one_hospital_datasets_take_their_operating_points_and_roc_on_every_film():
+    """NIH-1024 has no same-hospital subset: calls and the card's ROC use every film; TBX11K keeps its subset."""
+    from cxrdistill.evaluation import (
+        cross_fitted_screening,
+        operating_points_with_ci,
+        reference_films,
+        reference_name,
+        roc_points,
+    )
+    from cxrdistill.metrics import auroc
+
+    rng = np.random.default_rng(1)
+    n = 200
+    sick = rng.random(n) < 0.5
+    scores = np.clip(np.where(sick, 0.6, 0.4) + 0.25 * rng.standard_normal(n), 0, 1)
+    predictions = {
+        "global_targets": np.stack([~sick, sick], 1).astype(float),
+        "global_probs": np.stack([1 - scores, scores], 1),
+        "source": np.array(["nih"] * n),
+        "id": np.array([f"{i:03d}" for i in range(n)]),
+    }
+    assert reference_films(predictions, 1).all() and reference_name(predictions, 1) == "all validation films"
+    points = operating_points_with_ci(predictions, 1, {"balanced": 0.5}, samples=20)
+    assert points["balanced"]["images"] == n and 0 < points["balanced"]["sensitivity"] < 1
+    assert cross_fitted_screening(predictions, 1, 0.9, samples=20)["images"] == n
+    roc = roc_points(predictions, 1, max_points=30)
+    assert roc["images"] == n and roc["positives"] == sick.sum() and len(roc["fpr"]) <= 30
+    assert (roc["fpr"][0], roc["tpr"][0], roc["fpr"][-1], roc["tpr"][-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(roc["fpr"]) >= 0) and np.all(np.diff(roc["tpr"]) >= 0)
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(auroc(sick, scores), abs=0.02)
+    predictions["source"] = np.array(["shenzhen"] * 100 + ["tb"] * 100)  # TBX11K-like: the subset is used
+    assert reference_films(predictions, 1).sum() == 100 and roc_points(predictions, 1)["films"] == "same-hospital films"
+
+
 def test_paired_differences_resample_the_same_images_for_both_models():
     from cxrdistill.metrics import auroc, paired_auroc_difference, paired_mean_difference
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from cxrdistill.evaluation import (
     location_prior,
     operating_points_with_ci,
     predict_dataset,
+    reference_name,
+    roc_points,
     screening_threshold,
     to_jsonable,
 )
@@ -80,7 +83,11 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
     labels = (model.config.global_labels, model.config.local_labels)
     full_metrics = classification_metrics(full, *labels)
     half_metrics = classification_metrics(half, *labels)
-    changes = {k: abs((half_metrics.get(k) or 0) - (full_metrics.get(k) or 0)) for k in COMPARED}
+    changes = {  # the AUROCs this dataset has (NIH-1024 has no same-hospital subset)
+        k: abs(half_metrics[k] - full_metrics[k])
+        for k in COMPARED
+        if math.isfinite(full_metrics.get(k, math.nan)) and math.isfinite(half_metrics.get(k, math.nan))
+    }
     use_half = all(change <= max_change for change in changes.values())
     chosen, predictions = (half_model, half) if use_half else (model, full)
 
@@ -106,21 +113,23 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
         local_thresholds=local_thresholds,
     )
     card = json.loads((source / "metrics.json").read_text())
+    films = reference_name(predictions, positive)  # same-hospital films for TBX11K, all films for NIH-1024
     lean = {name: {k: v for k, v in values.items() if k != "per_image"} for name, values in located.items()}
     card["raw"] = to_jsonable({**metrics, "localisation": lean} if located else metrics)
     card["release"] = {
         "weights": "float16" if use_half else "float32",
         "auroc_change_fp16": changes,
-        "thresholds": "global: Youden's J on the same-hospital validation films (all films where they lack a class); "
+        "thresholds": f"global: Youden's J on the validation split ({films}); "
         f"screening: the highest threshold with sensitivity >= {options.screening_sensitivity:g} on them",
     }
     label = chosen.positive_label
     points = operating_points_with_ci(
         predictions, positive, {"Youden's J": global_thresholds[positive], "screening": screening}, bootstrap
     )
-    card["raw"]["same_hospital_calls"] = to_jsonable(points)
+    card["raw"]["same_hospital_calls"] = to_jsonable(points)  # (the key predates one-hospital datasets)
     crossed = cross_fitted_screening(predictions, positive, options.screening_sensitivity, samples=bootstrap)
     card["raw"]["same_hospital_screening_cross_fitted"] = to_jsonable(crossed)
+    card["raw"]["roc"] = roc_points(predictions, positive)
     by_name = {name: key for key, name in card_result_names(chosen.config.global_labels).items()}
     card["results"] = [  # the training run's AUROCs, re-measured on the released weights; a re-release drops the
         # operating points and localisation entries of an earlier release, which are measured again below
@@ -148,7 +157,7 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
             card["results"].append(
                 card_result(
                     measure,
-                    f"{measure}, {label}, at the {name} threshold {point['threshold']:.3f} (same-hospital films)",
+                    f"{measure}, {label}, at the {name} threshold {point['threshold']:.3f} ({films})",
                     point[measure],
                     point.get(f"{measure}_ci95"),
                 )
@@ -158,7 +167,7 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
             card_result(
                 measure,
                 f"{measure}, {label}, screening rule with the threshold chosen on other films "
-                f"({crossed['folds']}-fold cross-fitted, same-hospital films)",
+                f"({crossed['folds']}-fold cross-fitted, {films})",
                 crossed[measure],
                 crossed.get(f"{measure}_ci95"),
             )
