@@ -35,7 +35,7 @@ from cxrdistill.hub import RELEASE_FAMILIES
 from cxrdistill.inference import Prediction, Predictor
 from cxrdistill.io import XRay, XRayMeta, XRayReadError
 from cxrdistill.models import ModelLoadError
-from cxrdistill.render import draw_boxes, draw_outline, enlarge, gray_to_rgb, overlay
+from cxrdistill.render import draw_boxes, draw_outline, enlarge, gray_to_rgb, overlay, roc_picture
 
 logger = logging.getLogger("cxrdistill.app")
 
@@ -57,6 +57,8 @@ CSS = """
 .cxr-pos {color: #b00020; font-weight: 600}
 .cxr-neg {color: #2e7d32}
 .cxr-disclaimer {border-left: 4px solid #e65100; padding-left: 10px}
+.cxr-card {display: inline-block; vertical-align: top; width: 31%; min-width: 260px; margin: 0 1% 12px 0}
+.cxr-card ul {padding-left: 18px; font-size: 0.9em}
 """
 
 
@@ -325,6 +327,92 @@ def _tb_outputs(prediction: Prediction):
     return picture, overlay(prediction.image, next(iter(tb.maps.values()))), text
 
 
+def _interval(values) -> str:
+    return f" (95% CI {values[0]:.2f}-{values[1]:.2f})" if values else ""
+
+
+def _png_data_uri(rgb: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def model_card_row(name: str, model, card: dict | None) -> str:
+    """One model of the "How good is this model?" panel, from its card: validation AUROC with its CI (the
+    same-hospital films first where the dataset has them), sensitivity / specificity at the operating point the
+    app's call uses, the validation set's size and source, and the ROC curve drawn from the card's points."""
+    title = f"<h4>{html.escape(name)} ({model.config.image_size} px)</h4>"
+    if not card:
+        return (
+            f'<div class="cxr-card">{title}<p>No measurements travel with this model: treat it as unmeasured.</p></div>'
+        )
+    raw, dataset = card.get("raw", {}), card.get("dataset", {})
+    positive = model.positive_label
+    lines = []
+    if raw.get("same_hospital_images"):
+        lines.append(
+            f"Same-hospital validation films ({raw['same_hospital_images']}): <b>AUROC "
+            f"{raw['same_hospital_auroc']:.3f}</b>{_interval(raw.get('same_hospital_auroc_ci95'))}"
+        )
+    lines.append(
+        f"All {raw.get('images', '?')} validation films: AUROC {raw['global_auroc']:.3f}"
+        f"{_interval(raw.get('global_auroc_ci95'))}"
+        + (" (includes films whose source alone gives TB away)" if raw.get("same_hospital_images") else "")
+    )
+    calls, point = raw.get("same_hospital_calls", {}), None
+    screening = model.config.screening_threshold is not None and "screening" in calls
+    chosen = calls.get("screening" if screening else "Youden's J")
+    if chosen:
+        point = (1 - chosen["specificity"], chosen["sensitivity"])
+        lines.append(
+            f"At its {'screening' if screening else 'balanced'} threshold {chosen['threshold']:.3f} (the one the call "
+            f"above uses): sensitivity {chosen['sensitivity']:.2f}{_interval(chosen.get('sensitivity_ci95'))}, "
+            f"specificity {chosen['specificity']:.2f}{_interval(chosen.get('specificity_ci95'))} on the films it was "
+            "chosen on"
+        )
+        crossed = raw.get("same_hospital_screening_cross_fitted")
+        if screening and crossed:
+            lines.append(
+                f"On films it was not chosen on ({crossed['folds']}-fold cross-fitted): sensitivity "
+                f"{crossed['sensitivity']:.2f}{_interval(crossed.get('sensitivity_ci95'))}, specificity "
+                f"{crossed['specificity']:.2f}{_interval(crossed.get('specificity_ci95'))}"
+            )
+    else:
+        lines.append("No calibrated operating point on its card.")
+    lines.append(f"Validation set: {html.escape(dataset.get('name', '?'))}, {html.escape(dataset.get('split', '?'))}")
+    roc = raw.get("roc")
+    picture = (
+        f'<img class="cxr-roc" alt="ROC curve of {html.escape(name)}" src="'
+        + _png_data_uri(roc_picture(roc["fpr"], roc["tpr"], point, f"{positive}: ROC, {roc['films']}"))
+        + '">'
+        if roc
+        else "<p><small>(no ROC points on this card)</small></p>"
+    )
+    items = "".join(f"<li>{line}</li>" for line in lines)
+    return f'<div class="cxr-card" data-model="{html.escape(name)}">{title}{picture}<ul>{items}</ul></div>'
+
+
+def model_panel(predictor: Predictor, size: int) -> str:
+    """The "How good is this model?" panel for the student of ``size``, the teacher and the TB model."""
+    models = [("student", predictor.students[size]), ("teacher", predictor.teacher), ("tb", predictor.tb_model)]
+    rows = [
+        model_card_row(predictor.name_of(role, model), model, predictor.cards.get(predictor.name_of(role, model)))
+        for role, model in models
+        if model is not None
+    ]
+    return (
+        '<div id="cxr-model-panel">'
+        + "".join(rows)
+        + "<p><small>Measured by us on our validation split (numbers from each model's card, metrics.json); held-out "
+        "films may score lower. The red dot is the operating point the app's call uses.</small></p></div>"
+    )
+
+
 def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
     """The Blocks app around one predictor or several model families (title -> predictor; the first is shown
     first). Launch it, or mount it in a FastAPI app."""
@@ -372,9 +460,12 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
         )
 
     def family_sizes(family):
-        """The input sizes the chosen family has (the radio's choices), keeping the smallest selected."""
+        """The input sizes the chosen family has (the radio's choices, the smallest selected) and its panel."""
         predictor, size = choose(family, None)
-        return gr.update(choices=predictor.resolutions, value=size)
+        return gr.update(choices=predictor.resolutions, value=size), model_panel(predictor, size)
+
+    def panel_for(family, resolution):
+        return model_panel(*choose(family, resolution))
 
     def read_upload(path):
         """``(xray or None, status)``: a bad file is reported in the status line (and a toast), not raised, so
@@ -456,6 +547,8 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
             with gr.Row():
                 tb_boxes = gr.Image(label="TB boxes", elem_id="cxr-tb-boxes")
                 tb_heat = gr.Image(label="TB class activation map")
+        with gr.Tab("How good is this model?"):
+            panel = gr.HTML(model_panel(families[default], smallest), elem_id="cxr-panel")
         with gr.Accordion("Results as JSON", open=False):
             details = gr.JSON()
         outputs = [
@@ -482,9 +575,10 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
             analyse, [xray_state, family, resolution, layer], outputs, **private
         )
         # a family change sets the sizes; a size change (programmatic or the visitor's) re-runs the analysis
-        family.change(family_sizes, family, resolution, **private).then(
+        family.change(family_sizes, family, [resolution, panel], **private).then(
             analyse, [xray_state, family, resolution, layer], outputs, **private
         )
+        resolution.input(panel_for, [family, resolution], panel, **private)
         for control in (resolution.input, layer.release):
             control(analyse, [xray_state, family, resolution, layer], outputs, trigger_mode="always_last", **private)
 

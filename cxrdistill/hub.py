@@ -202,6 +202,25 @@ def load_model(source: str | os.PathLike, revision: str | None = None, **kwargs)
     return MODEL_CLASSES[model_type].from_pretrained(source, revision=revision, **kwargs)
 
 
+def load_metrics(source: str | os.PathLike, revision: str | None = None, **kwargs) -> dict[str, Any] | None:
+    """The ``metrics.json`` that travels with a model (folder or Hub repo), or ``None`` where it has none or it is
+    not valid (a model may be shared without one; the app then says the model is unmeasured)."""
+    try:
+        path = CXRModel._resolve(
+            str(source),
+            METRICS_NAME,
+            revision,
+            kwargs.get("cache_dir"),
+            False,
+            kwargs.get("local_files_only", False),
+            kwargs.get("token"),
+        )
+        return validate_metrics(json.loads(Path(path).read_text()))
+    except (ModelLoadError, OSError, ValueError) as error:
+        logger.info("no usable %s for %s: %s", METRICS_NAME, source, error)
+        return None
+
+
 def check_release_folder(folder: str | os.PathLike) -> list[str]:
     """Files of ``folder`` to publish; raises if a required one is missing or pickled weights are present."""
     folder = Path(folder)

@@ -24,7 +24,7 @@ import torch
 
 from cxrdistill.data.transforms import area_resize, letterbox_matrix, model_input
 from cxrdistill.explain import ScoredBox, heatmap_to_boxes, to_source_frame
-from cxrdistill.hub import RELEASE_FAMILIES, load_model
+from cxrdistill.hub import RELEASE_FAMILIES, load_metrics, load_model
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
 from cxrdistill.models.base import CXRModel
 
@@ -212,6 +212,9 @@ class Predictor:
         tb_model: a CNN whose class activation map of its last global class (TB) gives the TB boxes.
         limits: what uploads are accepted (see :class:`cxrdistill.io.ReadLimits`).
         min_box_area: boxes smaller than this share of the image are dropped.
+        lung_model: keeps maps and boxes inside the lungs it finds.
+        cards: model name (``student-28``, ``teacher-224``, ``tb-28``: :meth:`name_of`) -> the metrics its card
+            reports (``metrics.json``), for "how good is this model?".
     """
 
     def __init__(
@@ -223,6 +226,7 @@ class Predictor:
         min_box_area: float = 0.002,
         *,
         lung_model: CXRModel | None = None,
+        cards: Mapping[str, dict] | None = None,
     ) -> None:
         if not students:
             raise ValueError("a Predictor needs at least one student model")
@@ -237,6 +241,7 @@ class Predictor:
         self.lung_model = lung_model.eval() if lung_model is not None else None
         self.limits = limits or ReadLimits(max_file_bytes=32 * 2**20)
         self.min_box_area = min_box_area
+        self.cards = dict(cards or {})
 
     # ------------------------------------------------------------------------------------------ construction
 
@@ -250,15 +255,28 @@ class Predictor:
         lung_model: str | None = None,
         **kwargs,
     ) -> Predictor:
-        """Load every model with ``from_pretrained`` (folders or Hub repo ids, all at ``revision``)."""
-        loaded = [load_model(source, revision=revision) for source in students]
+        """Load every model with ``from_pretrained`` (folders or Hub repo ids, all at ``revision``), and the metrics
+        each one's card reports."""
+        roles = [("student", source) for source in students] + [("teacher", teacher), ("tb", tb_model)]
+        loaded, cards = {}, {}
+        for role, source in roles:
+            if source:
+                model = load_model(source, revision=revision)
+                loaded.setdefault(role, []).append(model)
+                cards[cls.name_of(role, model)] = load_metrics(source, revision=revision)
         return cls(
-            {model.config.image_size: model for model in loaded},
-            teacher=load_model(teacher, revision=revision) if teacher else None,
-            tb_model=load_model(tb_model, revision=revision) if tb_model else None,
+            {model.config.image_size: model for model in loaded["student"]},
+            teacher=loaded.get("teacher", [None])[0],
+            tb_model=loaded.get("tb", [None])[0],
             lung_model=load_model(lung_model, revision=revision) if lung_model else None,
+            cards={name: card for name, card in cards.items() if card},
             **kwargs,
         )
+
+    @staticmethod
+    def name_of(role: str, model: CXRModel) -> str:
+        """How results and cards name a model: its role and input size (``student-28``, ``teacher-224``)."""
+        return f"{role}-{model.config.image_size}"
 
     @classmethod
     def from_release(cls, folder: str | os.PathLike = "models", family: str = "tbx11k", **kwargs) -> Predictor:
@@ -339,15 +357,21 @@ class Predictor:
             scale=scale,
             meta=xray.meta.to_dict(),
             lungs=lungs,
-            student=self._run(f"student-{resolution}", self.students[resolution], display, scale, layer, inside),
+            student=self._run(
+                self.name_of("student", self.students[resolution]),
+                self.students[resolution],
+                display,
+                scale,
+                layer,
+                inside,
+            ),
         )
         if teacher and self.teacher is not None:
             prediction.teacher = self._run(
-                f"teacher-{self.teacher.config.image_size}", self.teacher, display, scale, layer, inside
+                self.name_of("teacher", self.teacher), self.teacher, display, scale, layer, inside
             )
         if tb and self.tb_model is not None:
-            name = f"tb-{self.tb_model.config.image_size}"
-            prediction.tb = self._run(name, self.tb_model, display, scale, layer, inside)
+            prediction.tb = self._run(self.name_of("tb", self.tb_model), self.tb_model, display, scale, layer, inside)
         return prediction
 
     def lungs(self, display: np.ndarray) -> np.ndarray | None:

@@ -133,3 +133,40 @@ def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]
     out = np.array(rgb, copy=True)
     out[boundary] = colour
     return out
+
+
+def roc_picture(
+    fpr: Sequence[float],
+    tpr: Sequence[float],
+    point: tuple[float, float] | None = None,
+    title: str = "",
+    size: int = 240,
+) -> np.ndarray:
+    """A ROC curve (false-positive rate on x, sensitivity on y, both ``[0, 1]``) on white with the chance diagonal;
+    ``point`` (false-positive rate, sensitivity) marks the model's operating point. ``(size, size, 3)`` ``uint8``."""
+    picture = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    font = _font(max(10, size // 22))
+    left, right, top, bottom = size * 0.17, size * 0.95, size * 0.12, size * 0.83
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return left + x * (right - left), bottom - y * (bottom - top)
+
+    draw.rectangle((left, top, right, bottom), outline=(120, 120, 120))
+    for tick in (0.25, 0.5, 0.75):
+        draw.line((*xy(tick, 0), *xy(tick, 1)), fill=(232, 232, 232))
+        draw.line((*xy(0, tick), *xy(1, tick)), fill=(232, 232, 232))
+    draw.line((*xy(0, 0), *xy(1, 1)), fill=(170, 170, 170))
+    draw.line([xy(x, y) for x, y in zip(fpr, tpr, strict=True)], fill=tuple(int(v) for v in _VIRIDIS[2]), width=3)
+    if point is not None:
+        x, y = xy(*point)
+        radius = max(4, size // 45)
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=BOX_COLOUR, outline=(0, 0, 0))
+    draw.text((left, bottom + 4), "0", fill=(60, 60, 60), font=font)
+    draw.text((right - 8, bottom + 4), "1", fill=(60, 60, 60), font=font)
+    draw.text((left + (right - left) / 2 - size * 0.2, bottom + 4), "1 - specificity", fill=(60, 60, 60), font=font)
+    draw.text((4, top), "sens.", fill=(60, 60, 60), font=font)
+    draw.text((4, bottom - 12), "0", fill=(60, 60, 60), font=font)
+    if title:
+        draw.text((left, 4), title, fill=(0, 0, 0), font=font)
+    return np.asarray(picture)

@@ -420,3 +420,31 @@ def test_the_call_text_states_the_probability_the_threshold_and_the_operating_po
     assert "probability **0.314**, threshold 0.214 (screening: ...at least 90%...)" in text and "**tb signal**" in text
     below = Decision("pneumonia", 0.1, 0.214, "balanced: Youden", False)
     assert "below it: **no pneumonia signal**" in app.decision_sentence(result(below))
+
+
+def test_the_model_panel_shows_each_cards_numbers_and_its_roc_curve(tmp_path):
+    """The "How good is this model?" panel reads the numbers from the card (metrics.json) that travels with each
+    model; a model without a card is said to be unmeasured rather than shown with made-up numbers."""
+    import json
+
+    from cxrdistill.hub import load_metrics
+
+    predictor = Predictor.from_release(REPO_ROOT / "models")
+    card = predictor.cards["tb-28"]
+    assert card == json.loads((REPO_ROOT / "models" / "tb-student-28" / "metrics.json").read_text())
+    raw = card["raw"]
+    row = app.model_card_row("tb-28", predictor.tb_model, card)
+    assert f"AUROC {raw['same_hospital_auroc']:.3f}" in row and f"({raw['same_hospital_images']})" in row
+    assert row.index("Same-hospital") < row.index(f"All {raw['images']} validation films")
+    screening = raw["same_hospital_calls"]["screening"]
+    assert f"threshold {screening['threshold']:.3f}" in row and f"sensitivity {screening['sensitivity']:.2f}" in row
+    with_roc = {**card, "raw": {**raw, "roc": {"films": "same-hospital films", "fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1]}}}
+    assert 'src="data:image/png;base64,' in app.model_card_row("tb-28", predictor.tb_model, with_roc)
+    assert "unmeasured" in app.model_card_row("student-28", predictor.students[28], None)
+    panel = app.model_panel(predictor, 28)
+    assert [name in panel for name in ("student-28", "teacher-224", "tb-28")] == [True] * 3
+    bare = tmp_path / "bare"  # weights and config only
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).symlink_to(REPO_ROOT / "models" / "mlcak-student-28" / name)
+    assert load_metrics(bare) is None and Predictor.from_sources([str(bare)]).cards == {}
