@@ -23,6 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -48,6 +49,23 @@ DISCLAIMER = (
     "models were trained on a few hundred public images and are often wrong. Uploads are decoded in memory and "
     "deleted from the server right after; nothing is stored or logged, and DICOM patient fields are never read "
     "into the app."
+)
+
+REDUCE_JS = (resources.files("cxrdistill") / "static" / "reduce.js").read_text()
+# what the low-bandwidth button runs in the browser before the server is called: the payload replaces the
+# (hidden) payload input, so the server receives the reduced pixels and never the file
+REDUCE_CALL = """async (payload, family, resolution, layer) => {
+  const picker = document.querySelector("#cxr-lowbw-file");
+  const file = picker && picker.files ? picker.files[0] : null;
+  return [await window.cxrReduce.payload(file, Number(resolution)), family, resolution, layer];
+}"""
+MAX_REDUCED_SIZE = 112  # the largest student input the low-bandwidth mode accepts (112 x 112 bytes)
+LOW_BANDWIDTH_NOTE = (
+    "**Low-bandwidth mode.** Your browser reduces the X-ray to the student's input (28 x 28 pixels by default, "
+    "as chosen above) and sends only that: a few hundred bytes instead of the whole file, and the full-resolution "
+    "film never reaches the server. What it gives up: no teacher, no lung outline, no TB boxes and no "
+    "full-resolution maps (all need the whole film); the student's attention is shown over what was sent. DICOM "
+    "files cannot be decoded by a browser: export them as PNG or JPG first."
 )
 
 CSS = """
@@ -413,6 +431,31 @@ def model_panel(predictor: Predictor, size: int) -> str:
     )
 
 
+def reduced_view(payload: str) -> np.ndarray:
+    """``(size, size)`` in ``[0, 1]`` from the low-bandwidth mode's ``"SIZE:base64"`` payload (8 bits a pixel).
+
+    Raises:
+        ValueError: a malformed payload, a size over :data:`MAX_REDUCED_SIZE`, or a pixel count that is not
+            ``SIZE * SIZE``.
+    """
+    import base64
+    import binascii
+
+    size_text, separator, data = payload.partition(":")
+    if not separator or not size_text.isdigit() or not 1 <= int(size_text) <= MAX_REDUCED_SIZE:
+        raise ValueError(f"expected 'SIZE:base64 pixels' with SIZE at most {MAX_REDUCED_SIZE}")
+    size = int(size_text)
+    if len(data) > 4 * (size * size + 2) // 3 + 4:
+        raise ValueError(f"more data than a {size} x {size} view holds")
+    try:
+        pixels = np.frombuffer(base64.b64decode(data, validate=True), dtype=np.uint8)
+    except binascii.Error as error:
+        raise ValueError(f"the pixels are not valid base64 ({error})") from None
+    if pixels.size != size * size:
+        raise ValueError(f"{pixels.size} pixels for a {size} x {size} view")
+    return pixels.reshape(size, size).astype(np.float32) / 255.0
+
+
 def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
     """The Blocks app around one predictor or several model families (title -> predictor; the first is shown
     first). Launch it, or mount it in a FastAPI app."""
@@ -485,6 +528,28 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
         xray = _read(families[default], example_path(name))
         return xray, f"Example: {EXAMPLES[name][2]}. " + _describe(xray.meta, time.perf_counter() - started, False)
 
+    def analyse_reduced(payload: str, family, resolution, layer):
+        """The low-bandwidth mode: ``payload`` is what the browser made (``"SIZE:base64 of SIZE*SIZE bytes"``, or
+        ``"error:why"``); only it reached the server."""
+        empty = (None, None, "")
+        if not payload or payload.startswith("error:"):
+            return (f"**Nothing sent:** {html.escape(payload.removeprefix('error:') or 'no file chosen')}", *empty)
+        try:
+            view = reduced_view(payload)
+            predictor, _ = choose(family, None)
+            prediction = predictor.predict_view(view, layer=int(layer) - 1)
+        except ValueError as error:
+            return (f"**Cannot use what was sent:** {html.escape(str(error))}", *empty)
+        size = view.shape[0]
+        status = (
+            f"Sent **{len(payload):,} bytes** of image data: the {size} x {size} view, 8 bits a pixel (base64). "
+            "The film itself stayed in your browser."
+        )
+        heat = next(iter(prediction.student.maps.values()))
+        factor = max(1, 336 // size)
+        big_view, big_heat = (np.kron(a, np.ones((factor, factor), dtype=np.float32)) for a in (view, heat))
+        return status, enlarge(view), overlay(big_view, big_heat), _probability_table(prediction)
+
     def predict_api(path, resolution=smallest, family=default):
         """JSON results for one X-ray: per-label probabilities and calls of the student (and teacher), TB boxes."""
         if not path:
@@ -549,6 +614,20 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
                 tb_heat = gr.Image(label="TB class activation map")
         with gr.Tab("How good is this model?"):
             panel = gr.HTML(model_panel(families[default], smallest), elem_id="cxr-panel")
+        with gr.Tab("Low-bandwidth mode"):
+            gr.Markdown(LOW_BANDWIDTH_NOTE, elem_id="cxr-lowbw-note")
+            with gr.Row():
+                gr.HTML(
+                    '<label>X-ray (PNG or JPG), reduced in this browser: <input type="file" id="cxr-lowbw-file" '
+                    'accept="image/png,image/jpeg,.dcm,.dicom"></label>'
+                )
+                reduce_button = gr.Button("Reduce in my browser and send", elem_id="cxr-lowbw-send")
+            reduced_payload = gr.Textbox(visible=False)
+            reduced_status = gr.Markdown(elem_id="cxr-lowbw-status")
+            with gr.Row():
+                reduced_image = gr.Image(label="What was sent (enlarged)", elem_id="cxr-lowbw-view")
+                reduced_heat = gr.Image(label="Student: CLS attention over what was sent", elem_id="cxr-lowbw-map")
+            reduced_table = gr.HTML(elem_id="cxr-lowbw-table")
         with gr.Accordion("Results as JSON", open=False):
             details = gr.JSON()
         outputs = [
@@ -581,6 +660,14 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
         resolution.input(panel_for, [family, resolution], panel, **private)
         for control in (resolution.input, layer.release):
             control(analyse, [xray_state, family, resolution, layer], outputs, trigger_mode="always_last", **private)
+
+        reduce_button.click(
+            analyse_reduced,
+            [reduced_payload, family, resolution, layer],
+            [reduced_status, reduced_image, reduced_heat, reduced_table],
+            js=REDUCE_CALL,
+            api_name="predict_reduced",
+        )
 
         # The named API endpoint: file + resolution in, JSON out (see the README for a gradio_client call).
         api_file = gr.File(visible=False, type="filepath")
@@ -652,6 +739,7 @@ def launch_options(args: argparse.Namespace) -> dict:
         server_port=args.port,
         max_file_size=f"{MAX_UPLOAD_MIB}mb",
         css=CSS,
+        head=f"<script>{REDUCE_JS}</script>",  # the low-bandwidth mode's in-browser reduction
         footer_links=["api"],
         show_error=True,
     )

@@ -374,6 +374,35 @@ class Predictor:
             prediction.tb = self._run(self.name_of("tb", self.tb_model), self.tb_model, display, scale, layer, inside)
         return prediction
 
+    @torch.inference_mode()
+    def predict_view(self, view: np.ndarray, layer: int = -1) -> Prediction:
+        """Classify an already reduced student input: the low-bandwidth mode, where the browser makes the
+        ``(size, size)`` view in ``[0, 1]`` (as :func:`cxrdistill.data.transforms.model_input` would) and sends
+        only that. The student for that size runs; its maps are over the view itself; no teacher, TB model or lung
+        model, which all need the full film.
+
+        Raises:
+            ValueError: the view is not square, not in ``[0, 1]``, or no student takes its size.
+        """
+        view = np.asarray(view, dtype=np.float32)
+        if view.ndim != 2 or view.shape[0] != view.shape[1]:
+            raise ValueError(f"a reduced view must be a square image, got shape {view.shape}")
+        size = view.shape[0]
+        if size not in self.students:
+            raise ValueError(f"no student for {size} px; available: {self.resolutions}")
+        if not np.isfinite(view).all() or view.min() < 0 or view.max() > 1:
+            raise ValueError("a reduced view must hold values in [0, 1]")
+        model = self.students[size]
+        student = self._run(
+            self.name_of("student", model), model, view, 1.0, layer, view=torch.from_numpy(view)[None, None]
+        )
+        return Prediction(
+            image=view,
+            scale=1.0,
+            meta={"original_size": [size, size], "format": "reduced in the browser"},
+            student=student,
+        )
+
     def lungs(self, display: np.ndarray) -> np.ndarray | None:
         """``(H, W)`` bool lung mask over the display image (``None`` without a lung model)."""
         if self.lung_model is None:
@@ -383,10 +412,18 @@ class Predictor:
         return grid_to_display(probability, size, display.shape).numpy() > self.lung_model.config.mask_threshold
 
     def _run(
-        self, name: str, model: CXRModel, display: np.ndarray, scale: float, layer: int, inside=None
+        self,
+        name: str,
+        model: CXRModel,
+        display: np.ndarray,
+        scale: float,
+        layer: int,
+        inside=None,
+        view: torch.Tensor | None = None,
     ) -> ModelResult:
         config = model.config
-        view = model_input(display, config.image_size, BASE_SIZE)  # (1, 1, size, size)
+        if view is None:  # (1, 1, size, size), prepared as in training
+            view = model_input(display, config.image_size, BASE_SIZE)
         started = time.perf_counter()
         output = model(view)  # the model alone: its own time, apart from the maps'
         forward_ms = (time.perf_counter() - started) * 1000

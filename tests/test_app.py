@@ -7,7 +7,9 @@ not installed (.ci/run installs it).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -244,9 +246,8 @@ def test_a_missing_model_stops_the_app_with_a_message(tmp_path):
 def test_browser_upload_shows_probabilities_attention_and_boxes(served, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    url, _ = served
-    xray = SHARED_TB if (SHARED_TB := REPO_ROOT.parent / "shared/data/tbx11k/imgs/tb/tb0005.png").exists() else None
-    xray = xray or write_png(tmp_path, "synthetic.png", size=400)
+    url, predictor = served
+    xray = shared_path("tbx11k", "imgs", "tb", "tb0005.png")  # a TB film: lungs to find, boxes to draw
     screenshots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
     screenshots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
@@ -254,27 +255,61 @@ def test_browser_upload_shows_probabilities_attention_and_boxes(served, tmp_path
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.goto(url)
         expect(page.locator("#cxr-disclaimer")).to_contain_text("not a medical device")
-        page.set_input_files("input[type=file]", str(xray))
+        page.set_input_files("#cxr-upload input[type=file]", str(xray))
         table = page.locator("#cxr-probabilities")
         expect(table).to_contain_text("student-28", timeout=60_000)
         expect(table).to_contain_text("teacher-224")
-        assert table.locator(".cxr-pos, .cxr-neg").count() >= 4  # calibrated calls for every label
+        # one decision per model: the positive class against its threshold, called as the numbers say
+        decisions = table.locator(".cxr-decision")
+        assert decisions.count() == 2 and "not_tb" not in table.inner_text()
+        for k in range(2):
+            cell = decisions.nth(k)
+            probability, threshold = (float(cell.get_attribute(f"data-{a}")) for a in ("probability", "threshold"))
+            positive = cell.locator(".cxr-pos").count() == 1
+            assert positive == (probability >= threshold) and cell.locator(".cxr-pos, .cxr-neg").count() == 1
+            assert f"{probability:.3f} {'≥' if positive else '<'} {threshold:.3f}" in cell.inner_text()
+        expected = predictor.predict(xray.read_bytes())
+        assert float(decisions.nth(0).get_attribute("data-probability")) == pytest.approx(
+            expected.student.decision.probability, abs=1e-4
+        )
         expect(page.locator("#cxr-student-attention img")).to_be_visible()
         expect(page.locator("#cxr-student-view img")).to_be_visible()
         page.screenshot(path=str(screenshots / "app.png"), full_page=True)
 
-        page.get_by_label("56").check()  # another student: the table follows
-        expect(table).to_contain_text("student-56", timeout=30_000)
-
         page.get_by_role("tab", name="TB localisation").click()
         expect(page.locator("#cxr-tb-boxes img")).to_be_visible()
-        expect(page.locator("#cxr-tb-note")).to_contain_text("TB probability")
+        note = page.locator("#cxr-tb-note")
+        expect(note).to_contain_text("tb probability")
+        call = re.search(r"tb probability ([0-9.]+), threshold ([0-9.]+) \((\w+)", note.inner_text())
+        assert call, note.inner_text()
+        p_tb, threshold, point = float(call[1]), float(call[2]), call[3]
+        tb = expected.tb.decision
+        assert (p_tb, threshold) == (round(tb.probability, 3), round(tb.threshold, 3)) and point == "screening"
+        assert ("at or above it: tb signal" in note.inner_text()) == (tb.probability >= tb.threshold)
         page.screenshot(path=str(screenshots / "app-tb.png"), full_page=True)
+        # the boxes on the page (the same predictor, the same film) lie inside the lungs the lung model outlines
+        assert expected.lungs_found and expected.tb.boxes
+        assert f"{len(expected.tb.boxes)} box(es)" in note.inner_text()
+        for box in expected.tb.boxes:
+            x0, y0, x1, y1 = (round(v / expected.scale) for v in box.box)
+            assert expected.lungs[y0:y1, x0:x1].mean() > 0.5, box
+
+        page.get_by_role("tab", name="How good is this model?").click()  # the cards' numbers
+        panel = page.locator("#cxr-panel")
+        for name, folder in (("student-28", "mlcak-student-28"), ("tb-28", "tb-student-28")):
+            raw = json.loads((REPO_ROOT / "models" / folder / "metrics.json").read_text())["raw"]
+            card = panel.locator(f'.cxr-card[data-model="{name}"]')
+            expect(card).to_contain_text(f"AUROC {raw['same_hospital_auroc']:.3f}")
+            expect(card).to_contain_text(f"All {raw['images']} validation films")
+        page.screenshot(path=str(screenshots / "app-panel.png"), full_page=True)
+
+        page.get_by_label("56").check()  # another student: the table follows
+        expect(table).to_contain_text("student-56", timeout=30_000)
 
         page.locator("#cxr-upload button[aria-label=Clear]").click()
         fake = tmp_path / "notes.png"
         fake.write_text("not an image")  # passes the type filter, fails to decode: an error, not a crash
-        page.set_input_files("input[type=file]", str(fake))
+        page.set_input_files("#cxr-upload input[type=file]", str(fake))
         expect(page.locator("#cxr-status")).to_contain_text("Cannot use this file", timeout=30_000)
         expect(table).to_have_count(0, timeout=30_000)  # the previous image's results are gone
         browser.close()
@@ -448,3 +483,97 @@ def test_the_model_panel_shows_each_cards_numbers_and_its_roc_curve(tmp_path):
     for name in ("config.json", "model.safetensors"):
         (bare / name).symlink_to(REPO_ROOT / "models" / "mlcak-student-28" / name)
     assert load_metrics(bare) is None and Predictor.from_sources([str(bare)]).cards == {}
+
+
+def _browser_reduction(url: str, path: Path, size: int) -> str:
+    """The low-bandwidth payload chromium makes for ``path`` with the app's own reduce.js."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Low-bandwidth mode").click()  # tabs are rendered when first shown
+        page.set_input_files("#cxr-lowbw-file", str(path))
+        payload = page.evaluate(
+            "async (size) => window.cxrReduce.payload(document.querySelector('#cxr-lowbw-file').files[0], size)", size
+        )
+        browser.close()
+    return payload
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_the_browser_reduction_matches_the_servers_model_input(served, tmp_path):
+    """reduce.js, run by chromium, makes the student's input as model_input does on the server (letterbox onto 224,
+    area-average; larger films first brought to the 512-px display size), to within 8-bit rounding."""
+    from PIL import Image
+
+    from cxrdistill.data.transforms import model_input
+    from cxrdistill.inference import display_image
+    from cxrdistill.io import load_xray
+
+    film = shared_path("tbx11k", "imgs", "tb", "tb0005.png")
+    gray = Image.open(film).convert("L")
+    cases = {
+        "square 512-px PNG": film,
+        "1000 x 820 PNG": tmp_path / "wide.png",
+        "600 x 700 colour PNG": tmp_path / "tall.png",
+    }
+    gray.resize((1000, 820)).save(cases["1000 x 820 PNG"])
+    gray.convert("RGB").resize((600, 700)).save(cases["600 x 700 colour PNG"])
+    for name, path in cases.items():
+        for size in (28, 56):
+            sent = app.reduced_view(_browser_reduction(served[0], path, size))
+            server = model_input(display_image(load_xray(path).pixels), size)[0, 0].numpy()
+            assert sent.shape == (size, size)
+            assert np.abs(sent - server).max() <= 0.5 / 255 + 1e-4, (name, size, np.abs(sent - server).max() * 255)
+    with pytest.raises(ValueError, match="more data"):
+        app.reduced_view("28:" + "A" * 5000)
+    with pytest.raises(ValueError, match="SIZE at most"):
+        app.reduced_view("4096:AAAA")
+    with pytest.raises(ValueError, match="pixels for a 28 x 28"):
+        app.reduced_view("28:AAAA")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_low_bandwidth_mode_sends_only_the_reduced_film(served, tmp_path):
+    """The film never leaves the browser: the request for a 512-px PNG carries under 20 KB, and the answer is the
+    server's own prediction on the same reduced input; a DICOM is explained, not sent."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, predictor = served
+    film = shared_path("tbx11k", "imgs", "tb", "tb0005.png")  # 512 x 512 px, 127 KB
+    screenshots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    dicom = tmp_path / "film.dcm"
+    dicom.write_bytes(make_dicom((synthetic_chest(256, 256) * 4095).astype(np.uint16)))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(url)
+        page.get_by_role("tab", name="Low-bandwidth mode").click()
+        expect(page.locator("#cxr-lowbw-note")).to_contain_text("no teacher")
+        page.set_input_files("#cxr-lowbw-file", str(film))
+        posts = []
+        page.on("request", lambda request: request.method == "POST" and posts.append(request))
+        page.locator("#cxr-lowbw-send").click()
+        status = page.locator("#cxr-lowbw-status")
+        expect(status).to_contain_text("The film itself stayed in your browser", timeout=60_000)
+        sent = sum(len(request.post_data_buffer or b"") for request in posts)
+        assert 0 < sent < 20_000 and sent < film.stat().st_size / 50, sent
+        payload = next(json.loads(r.post_data)["data"][0] for r in posts if r.url.split("?")[0].endswith("/join"))
+        assert f"Sent {len(payload):,} bytes" in status.inner_text()
+        shown = float(page.locator("#cxr-lowbw-table .cxr-decision").get_attribute("data-probability"))
+        same_input = predictor.predict_view(app.reduced_view(payload)).student.decision.probability
+        full_film = predictor.predict(film.read_bytes()).student.decision.probability
+        assert shown == pytest.approx(same_input, abs=1e-4)  # the server's prediction on what was sent
+        assert shown == pytest.approx(full_film, abs=0.02)  # and close to the full-upload path's
+        expect(page.locator("#cxr-lowbw-view img")).to_be_visible()
+        page.screenshot(path=str(screenshots / "app-lowbandwidth.png"), full_page=True)
+
+        posts.clear()
+        page.set_input_files("#cxr-lowbw-file", str(dicom))
+        page.locator("#cxr-lowbw-send").click()
+        expect(status).to_contain_text("cannot decode DICOM", timeout=30_000)
+        assert all(b"DICM" not in (request.post_data_buffer or b"") for request in posts)
+        browser.close()
