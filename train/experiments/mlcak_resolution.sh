@@ -4,6 +4,9 @@
 # EfficientNet-Lite0 tokens + 4 transformer layers), then students alone / logits / attention / all (MLCAK) at
 # 28 / 56 / 112 px, three seeds for the 28-px rows (the validation split is the same for every seed: split seed 0,
 # so the MLCAK - alone difference can be bootstrapped over the same films), and the 7 x 7-token patch-4 student.
+# Which 28-px student is released (rule fixed before the runs finished): of the three 28-px architectures (14 x 14
+# tokens, 7 x 7 patch-4, the tiny 7 x 7), the fastest (bench/bench_mlcak.py, ONNX int8 batch-1) whose MLCAK
+# seed-mean AUROC is within 0.01 of the best architecture's; the teacher is the dataset's hybrid teacher.
 # Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
 # (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore; default: all, in
