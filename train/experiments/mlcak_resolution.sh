@@ -9,8 +9,8 @@
 # seed-mean AUROC is within 0.01 of the best architecture's; the teacher is the dataset's hybrid teacher.
 # Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
-# (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore; default: all, in
-# that order)
+# (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore, or single runs
+# DATASET/SIZE/ABLATION/SEED[/VARIANT] such as nih/28/all/1/p4; default: every stage, in that order)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 NIH=${NIH:-../shared/data/nih1024}
@@ -68,6 +68,13 @@ for stage in "${stages[@]}"; do
     nih28more) for seed in 1 2; do nih 28 logits $seed; nih 28 attention $seed; done ;;
     tbmore) tb 28 logits 0; tb 28 attention 0
         for size in 56 112; do tb $size none 0; tb $size all 0; done ;;
+    */*/*/*) # one run: DATASET/SIZE/ABLATION/SEED[/VARIANT], e.g. nih/28/all/1/p4 or tb/28/none/0
+        IFS=/ read -r dataset size ablation seed variant <<< "$stage"
+        args=(); case ${variant:-} in
+            p4) args=(-p4 --preset mlcak-student-conv6-patch4) ;;
+            tiny) args=(-tiny --preset mlcak-student-tiny-patch4) ;;
+        esac
+        $dataset "$size" "$ablation" "$seed" "${args[@]}" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
     esac
 done
