@@ -40,7 +40,7 @@ from cxrdistill.models.presets import preset_config  # noqa: E402
 # name -> (released folder, model class, config class, preset, image size, grid cell in mlcak_grid.py's JSON)
 ARCHITECTURES = {
     "teacher-224 (hybrid Lite0 + 4 layers)": (
-        "mlcak-teacher-224",
+        "nih1024-teacher-224",
         TeacherViT,
         TeacherViTConfig,
         "mlcak-teacher-hybrid-lite0",
@@ -49,7 +49,7 @@ ARCHITECTURES = {
     ),
     "student-28 (14 x 14 tokens)": (None, StudentViT, StudentViTConfig, "mlcak-student-conv6", 28, "28:all"),
     "student-28 (7 x 7 tokens, patch 4)": (
-        "mlcak-student-28",
+        None,
         StudentViT,
         StudentViTConfig,
         "mlcak-student-conv6-patch4",
@@ -57,7 +57,7 @@ ARCHITECTURES = {
         "28-p4:all",
     ),
     "student-28 tiny (7 x 7 tokens, 4 x 64)": (
-        None,
+        "nih1024-student-28",
         StudentViT,
         StudentViTConfig,
         "mlcak-student-tiny-patch4",
@@ -65,7 +65,7 @@ ARCHITECTURES = {
         "28-tiny:all",
     ),
     "student-56 (14 x 14 tokens)": (
-        "mlcak-student-56",
+        "nih1024-student-56",
         StudentViT,
         StudentViTConfig,
         "mlcak-student-conv6",
@@ -73,7 +73,7 @@ ARCHITECTURES = {
         "56:all",
     ),
     "student-112 (14 x 14 tokens)": (
-        "mlcak-student-112",
+        "nih1024-student-112",
         StudentViT,
         StudentViTConfig,
         "mlcak-student-conv6",
@@ -91,7 +91,11 @@ def build(name: str):
     path = REPO / "models" / folder if folder else None
     if path is not None and (path / "config.json").is_file():
         released = json.loads((path / "config.json").read_text())
-        if all(released.get(k) == v for k, v in config.to_dict().items() if k in ("patch_size", "depth", "stem")):
+        if all(
+            released.get(k) == v
+            for k, v in config.to_dict().items()
+            if k in ("patch_size", "depth", "embed_dim", "stem")
+        ):
             return load_model(path).eval(), f"models/{folder}"
     return model_class(config).eval(), f"preset {preset} (random weights)"
 
@@ -161,6 +165,11 @@ def measure(name: str, repeats: int, seconds: float) -> dict:
 
                 row[f"{backend}_b1"] = _timings(run, array, repeats)
                 row[f"{backend}_b64_images_per_s"] = _rate(run, batch.numpy(), seconds)
+            # batch 1 on one intra-op thread: no thread hand-off for a sub-millisecond graph
+            single = OnnxClassifier(folder, int8=True, threads=1).session
+            row["onnx_int8_b1_1thread"] = _timings(
+                lambda images: single.run(None, {"images": images}), one.numpy(), repeats
+            )
     return row
 
 
@@ -225,11 +234,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--grid", type=Path, help="mlcak_grid.py's JSON: adds the AUROCs")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "mlcak.json")
+    parser.add_argument(
+        "--replot", action="store_true", help="measure nothing: re-read --json, attach --grid's AUROCs, redraw"
+    )
     args = parser.parse_args(argv)
 
     names = [n for n in ARCHITECTURES if not args.only or any(o in n for o in args.only)]
-    rows = {}
-    for name in names:
+    rows = json.loads(args.json.read_text())["rows"] if args.replot else {}
+    for name in [] if args.replot else names:
         rows[name] = measure(name, args.repeats, args.seconds)
         print(f"measured {name}", file=sys.stderr)
     teacher_rate = rows.get(TEACHER, {}).get("torch_b64_images_per_s")
@@ -245,27 +257,26 @@ def main(argv=None) -> dict:
         return f"{row[key]['p50_ms']:.2f}" if key in row else "-"
 
     print(
-        "| model | weights | tokens | torch b1 ms | 1 thread | TorchScript b1 | ONNX b1 | ONNX int8 b1 "
+        "| model | weights | tokens | torch b1 ms | 1 thread | TorchScript b1 | ONNX b1 | ONNX int8 b1 | 1 thread "
         "| torch b64 img/s | x teacher | ONNX int8 b64 img/s | AUROC |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         auroc = f"{row['auroc']:.3f}" if "auroc" in row else "-"
         print(
             f"| {name} | {row['source']} | {row['tokens']} | {ms(row, 'torch_b1')} | {ms(row, 'torch_b1_1thread')} | "
             f"{ms(row, 'torchscript_b1')} | {ms(row, 'onnx_b1')} | {ms(row, 'onnx_int8_b1')} | "
+            f"{ms(row, 'onnx_int8_b1_1thread')} | "
             f"{row['torch_b64_images_per_s']} | {row.get('b64_vs_teacher', '-')} | "
             f"{row.get('onnx_int8_b64_images_per_s', '-')} | {auroc} |"
         )
-    result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-        },
-        "rows": rows,
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
     }
+    result = {"machine": json.loads(args.json.read_text())["machine"] if args.replot else machine, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.plot:

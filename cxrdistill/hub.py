@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 METRICS_NAME = "metrics.json"
 RELEASE_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", METRICS_NAME)
 # folders of the repository's models/ release that the app loads (Predictor.from_release, the Space)
-RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")
+RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")  # those present are loaded
 RELEASE_TEACHER = "mlcak-teacher-224"
 RELEASE_TB = "tb-student-28"
 RELEASE_LUNGS = "lung-unet-256"

@@ -190,12 +190,14 @@ def test_dicom_patient_fields_never_reach_the_output_or_the_logs(client, upload_
 def test_models_come_from_the_hub_at_a_revision(hub, monkeypatch):
     from cxrdistill.hub import push_folder
 
-    push_folder(REPO_ROOT / "models" / "mlcak-student-28", "tester/app-student-28", tag="v1")
-    push_folder(REPO_ROOT / "models" / "mlcak-student-56", "tester/app-student-28")  # main moves on past v1
+    push_folder(REPO_ROOT / "models" / "mlcak-student-28", "tester/app-student-28", tag="v1")  # TB
+    push_folder(REPO_ROOT / "models" / "nih1024-student-28", "tester/app-student-28")  # main moves on: pneumonia
     args = app.parse_args(["--student", "tester/app-student-28", "--revision", "v1"])
     predictor = app.load_predictor(args)
     assert predictor.resolutions == [28] and predictor.teacher is None and predictor.tb_model is None
-    assert app.load_predictor(app.parse_args(["--student", "tester/app-student-28"])).resolutions == [56]
+    assert predictor.students[28].config.global_labels[-1] == "tb"
+    latest = app.load_predictor(app.parse_args(["--student", "tester/app-student-28"]))
+    assert latest.students[28].config.global_labels[-1] == "pneumonia"
     monkeypatch.setenv("CXRDISTILL_STUDENTS", "tester/app-student-28")
     monkeypatch.setenv("CXRDISTILL_REVISION", "v1")
     monkeypatch.setenv("CXRDISTILL_TEACHER", str(REPO_ROOT / "models" / "mlcak-teacher-224"))
@@ -209,11 +211,13 @@ def test_each_release_family_is_offered_and_answers_with_its_own_models(tmp_path
     from gradio_client import Client, handle_file
 
     from cxrdistill.hub import RELEASE_FAMILIES
+    from cxrdistill.models import StudentViT, StudentViTConfig, preset_config
 
     models = tmp_path / "models"
     models.mkdir()
     (models / "mlcak-student-28").symlink_to(REPO_ROOT / "models" / "mlcak-student-28")
-    (models / "nih1024-student-56").symlink_to(REPO_ROOT / "models" / "mlcak-student-56")
+    stand_in = StudentViT(preset_config(StudentViTConfig, "mlcak-student-conv6", image_size=56))  # untrained
+    stand_in.save_pretrained(models / "nih1024-student-56")
     args = app.parse_args(["--models-dir", str(models), "--host", "127.0.0.1", "--port", str(free_port())])
     families = app.load_predictors(args)
     tb_title, nih_title = RELEASE_FAMILIES["tbx11k"].title, RELEASE_FAMILIES["nih1024"].title
@@ -303,8 +307,17 @@ def test_browser_upload_shows_probabilities_attention_and_boxes(served, tmp_path
             expect(card).to_contain_text(f"All {raw['images']} validation films")
         page.screenshot(path=str(screenshots / "app-panel.png"), full_page=True)
 
-        page.get_by_label("56").check()  # another student: the table follows
-        expect(table).to_contain_text("student-56", timeout=30_000)
+        # the other family (pneumonia on NIH-1024): its own students and decision
+        from cxrdistill.hub import RELEASE_FAMILIES
+
+        page.get_by_label(RELEASE_FAMILIES["nih1024"].title).check()
+        expect(table.locator(".cxr-decision").first).to_be_visible(timeout=30_000)
+        expect(table).to_contain_text("pneumonia", timeout=30_000)
+        sizes = page.locator("#cxr-resolution input[type=radio]")
+        if sizes.count() > 1:  # another input size: the table follows
+            size = sizes.nth(1).get_attribute("value") or sizes.nth(1).input_value()
+            sizes.nth(1).check()
+            expect(table).to_contain_text(f"student-{size}", timeout=30_000)
 
         page.locator("#cxr-upload button[aria-label=Clear]").click()
         fake = tmp_path / "notes.png"

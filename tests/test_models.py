@@ -359,8 +359,10 @@ def test_the_released_models_name_their_presets():
     from cxrdistill.hub import load_model
 
     expected = {
-        "mlcak-teacher-224": "mlcak-teacher-conv6",
-        "mlcak-student-28": "mlcak-student-conv6",
+        "mlcak-teacher-224": "mlcak-teacher-hybrid-lite0",
+        "mlcak-student-28": "mlcak-student-tiny-patch4",
+        "nih1024-teacher-224": "mlcak-teacher-hybrid-lite0",
+        "nih1024-student-28": "mlcak-student-tiny-patch4",
         "tb-teacher-224": "tb-efficientnet-lite0",
         "tb-student-28": "tb-efficientnet-lite0-lowres",
     }
