@@ -81,14 +81,16 @@ def write_png(folder: Path, name: str, size: int = 300) -> Path:
 def test_client_gets_json_for_a_real_and_a_synthetic_xray(client, tmp_path):
     from gradio_client import handle_file
 
+    from cxrdistill.hub import RELEASE_FAMILIES
+
     real = shared_path("tbx11k", "imgs", "tb", "tb0005.png")
-    for path, size in ((real, 28), (write_png(tmp_path, "synthetic.png"), 112)):
-        result = client.predict(handle_file(str(path)), size, api_name="/predict")
-        assert result["student"]["image_size"] == size
-        assert set(result["student"]["global_probs"]) == {"not_tb", "tb"}
-        assert result["teacher"]["image_size"] == 224
-        assert isinstance(result["tb"]["boxes"], list)
-    assert result["image"]["original_size"] == [300, 300]
+    result = client.predict(handle_file(str(real)), 28, api_name="/predict")  # the default family: TB
+    assert result["student"]["image_size"] == 28 and set(result["student"]["global_probs"]) == {"not_tb", "tb"}
+    assert result["teacher"]["image_size"] == 224 and isinstance(result["tb"]["boxes"], list)
+    synthetic = handle_file(str(write_png(tmp_path, "synthetic.png")))
+    result = client.predict(synthetic, 28, RELEASE_FAMILIES["nih1024"].title, api_name="/predict")
+    assert set(result["student"]["global_probs"]) == {"normal", "pneumonia"} and result["tb"] is None
+    assert result["teacher"]["image_size"] == 224 and result["image"]["original_size"] == [300, 300]
 
 
 def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(client, tmp_path):
