@@ -27,11 +27,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench_models import time_calls  # noqa: E402  (bench/ is the script's folder)
 
 from cxrdistill.hub import load_model  # noqa: E402
 from cxrdistill.models import StudentViT, StudentViTConfig, TeacherViT, TeacherViTConfig  # noqa: E402
@@ -101,15 +102,7 @@ def build(name: str):
 
 
 def _timings(call, image, repeats: int) -> dict[str, float]:
-    for _ in range(20):
-        call(image)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(image)
-        samples.append((time.perf_counter() - start) * 1000)
-    p50, p95 = np.percentile(samples, [50, 95])
-    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3)}
+    return time_calls(call, image, repeats, warmup=20)
 
 
 def _rate(call, images, seconds: float) -> float:

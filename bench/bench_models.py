@@ -54,18 +54,22 @@ def released() -> dict[str, Path]:
     return {name: REPO / "models" / f for name, f in MODELS.items() if (REPO / "models" / f / "config.json").exists()}
 
 
-def latency(model, size: int, repeats: int) -> dict[str, float]:
-    image = torch.rand(1, 1, size, size)
-    with torch.inference_mode():
-        for _ in range(10):
-            model(image)
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(image)
-            samples.append((time.perf_counter() - start) * 1000)
+def time_calls(call, image, repeats: int, warmup: int = 10) -> dict[str, float]:
+    """p50 / p95 milliseconds of ``call(image)`` over ``repeats`` calls after ``warmup`` (bench_mlcak.py too)."""
+    for _ in range(warmup):
+        call(image)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(image)
+        samples.append((time.perf_counter() - start) * 1000)
     p50, p95 = np.percentile(samples, [50, 95])
     return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3)}
+
+
+def latency(model, size: int, repeats: int) -> dict[str, float]:
+    with torch.inference_mode():
+        return time_calls(model, torch.rand(1, 1, size, size), repeats)
 
 
 def throughput(model, size: int, batch: int = 64, seconds: float = 3.0) -> float:
