@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 ABLATIONS = ("none", "logits", "attention", "all")
 ABLATION_NAMES = {
@@ -107,8 +108,6 @@ def _auroc_columns(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """AUROC of each column of ``(N, M)`` scores: the Mann-Whitney statistic from average ranks (ties counted
     half, as scikit-learn's roc_auc_score), vectorised because the bootstrap calls it ~10^5 times; ``nan`` where
     ``targets`` has one class."""
-    from scipy.stats import rankdata
-
     positive = np.asarray(targets) > 0.5
     count, negatives = int(positive.sum()), int((~positive).sum())
     if count == 0 or negatives == 0:
