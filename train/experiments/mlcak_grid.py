@@ -4,9 +4,16 @@
     python train/experiments/mlcak_grid.py --dataset nih1024 --root ../shared/data/nih1024 --prefix nih1024 \\
         --json docs/results/mlcak_nih1024.json --plot docs/images/mlcak_nih1024_resolution.png
 
-Finds ``runs/PREFIX-hybrid-teacher/best`` and every finished ``runs/PREFIX-student-SIZE-ABLATION[-p4][-sSEED]/best``
-(train/experiments/mlcak_resolution.sh names them so), predicts each on the validation split the training scripts
-use (split seed 0: every seed is scored on the same films), and reports:
+The released architecture's grid (the tiny student at every size, teacher = the released folder):
+
+    python train/experiments/mlcak_grid.py --dataset nih1024 --root ../shared/data/nih1024 --prefix nih1024 \
+        --teacher models/nih1024-teacher-224 --plot-grid=-tiny --json docs/results/mlcak_nih1024_tiny.json \
+        --plot docs/images/mlcak_nih1024_tiny_resolution.png
+
+Finds the teacher (``--teacher``: a model folder, by default ``runs/PREFIX-hybrid-teacher/best``) and every
+finished ``runs/PREFIX-student-SIZE-ABLATION[-p4|-tiny][-sSEED]/best`` (train/experiments/mlcak_resolution.sh names
+them so), predicts each on the validation split the training scripts use (split seed 0: every seed is scored on the
+same films), and reports:
 
 - the headline AUROC: pneumonia vs no finding for NIH-1024, TB vs not TB on the same-hospital films for TBX11K;
   for NIH-1024 also the macro AUROC over the findings with at least ``--min-positives`` validation positives;
@@ -49,8 +56,7 @@ def finished(folder: Path) -> bool:
     return "epochs_run" in json.loads(metrics.read_text()).get("training", {})
 
 
-def find_runs(runs: Path, prefix: str) -> tuple[Path | None, list[dict]]:
-    teacher = runs / f"{prefix}-hybrid-teacher"
+def find_runs(runs: Path, prefix: str) -> list[dict]:
     students = []
     for folder in sorted(runs.glob(f"{prefix}-student-*")):
         match = RUN_NAME.search(folder.name)
@@ -65,19 +71,19 @@ def find_runs(runs: Path, prefix: str) -> tuple[Path | None, list[dict]]:
                     "seed": int(seed or 0),
                 }
             )
-    return (teacher if finished(teacher) else None), students
+    return students
 
 
-def predictions_for(folder: Path, validation, cache: Path) -> dict[str, np.ndarray]:
-    """The model's validation probabilities (cached by the weights' modification time)."""
+def predictions_for(model_folder: Path, name: str, validation, cache: Path) -> dict[str, np.ndarray]:
+    """The model's validation probabilities (cached by name and the weights' modification time)."""
     from cxrdistill.evaluation import predict_dataset
     from cxrdistill.hub import load_model
 
-    weights = folder / "best" / "model.safetensors"
-    cached = cache / f"{folder.name}-{int(weights.stat().st_mtime)}.npz"
+    weights = model_folder / "model.safetensors"
+    cached = cache / f"{name}-{int(weights.stat().st_mtime)}.npz"
     if cached.is_file():
         return dict(np.load(cached, allow_pickle=False))
-    model = load_model(folder / "best")
+    model = load_model(model_folder)
     p = predict_dataset(model, validation, cache_dir=str(cache / "images"))
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(cached, **{k: v for k, v in p.items() if k != "localisation"})
@@ -250,7 +256,7 @@ def markdown(summary: dict, metric_name: str, has_findings: bool) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict, path: Path, metric_name: str, title: str) -> None:
+def plot(summary: dict, path: Path, metric_name: str, title: str, grid: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,7 +269,7 @@ def plot(summary: dict, path: Path, metric_name: str, title: str) -> None:
         ax.axhspan(*t["auroc_ci95"], color="black", alpha=0.07)
     for k, ablation in enumerate(ABLATIONS):
         cells = sorted(
-            (c for c in summary["cells"].values() if c["ablation"] == ablation and c["grid"] == ""),
+            (c for c in summary["cells"].values() if c["ablation"] == ablation and c["grid"] == grid),
             key=lambda c: c["size"],
         )
         if not cells:
@@ -297,6 +303,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--root", required=True)
     parser.add_argument("--prefix", required=True, help="run-name prefix (runs/PREFIX-student-...)")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument(
+        "--teacher", type=Path, help="the teacher's model folder (default: runs/PREFIX-hybrid-teacher/best)"
+    )
+    parser.add_argument(
+        "--plot-grid", default="", choices=sorted(GRIDS), help="which students the resolution plot draws (suffix)"
+    )
     parser.add_argument("--min-positives", type=int, default=10, help="findings with fewer are left out")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--json", type=Path)
@@ -305,14 +317,20 @@ def main(argv=None) -> dict:
 
     from cxrdistill.evaluation import EvalData, load_dataset
 
-    teacher, students = find_runs(args.runs, args.prefix)
+    students = find_runs(args.runs, args.prefix)
+    teacher = args.teacher or args.runs / f"{args.prefix}-hybrid-teacher" / "best"
+    if not (teacher / "model.safetensors").is_file():
+        print(f"no teacher at {teacher}: the teacher rows are left out")
+        teacher = None
     if not students:
         raise SystemExit(f"no finished runs/{args.prefix}-student-* runs")
     validation = load_dataset(EvalData(args.dataset, args.root, None, "val", 0.25, 0))
     cache = args.runs / "eval" / "grid"
-    preds = {run["run"]: predictions_for(args.runs / run["run"], validation, cache) for run in students}
+    preds = {
+        run["run"]: predictions_for(args.runs / run["run"] / "best", run["run"], validation, cache) for run in students
+    }
     if teacher is not None:
-        preds["teacher"] = predictions_for(teacher, validation, cache)
+        preds["teacher"] = predictions_for(teacher, f"{args.prefix}-teacher", validation, cache)
     reference = next(iter(preds.values()))
     scorer = Scorer(args.dataset, reference, args.min_positives)
     summary = summarise(scorer, preds, students, teacher is not None, args.bootstrap)
@@ -342,7 +360,14 @@ def main(argv=None) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(to_jsonable(summary), indent=1) + "\n")
     if args.plot:
-        plot(summary, args.plot, metric_name, f"{summary['dataset_name']}: students, seed means (our split)")
+        what = GRIDS[args.plot_grid]
+        plot(
+            summary,
+            args.plot,
+            metric_name,
+            f"{summary['dataset_name']}: students ({what}), seed means (our split)",
+            args.plot_grid,
+        )
     return summary
 
 

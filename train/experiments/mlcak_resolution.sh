@@ -9,15 +9,21 @@
 # seed-mean AUROC is within 0.01 of the best architecture's; the teacher is the dataset's hybrid teacher.
 # Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
-# (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore, or single runs
-# DATASET/SIZE/ABLATION/SEED[/VARIANT] such as nih/28/all/1/p4; default: every stage, in that order)
+# (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore, the released
+# architecture's full grids nihgrid and tbgrid, or single runs DATASET/SIZE/ABLATION/SEED[/VARIANT] such as
+# nih/28/all/1/p4 or tb/112/none/0/tiny; default: the first ten stages, in that order)
+# Teachers: NIH_TEACHER / TB_TEACHER, by default the released folders (models/nih1024-teacher-224 and
+# models/mlcak-teacher-224 are the nihteacher / tbteacher runs' best epochs, stored in float16), so a fresh clone can
+# rerun every student row without retraining the teachers.
+# The grids (nihgrid, tbgrid) use the released tiny student at every size with patch = size / 7, so the token grid
+# is 7 x 7 at 28, 56 and 112 px and resolution is the only thing that changes along a row.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 NIH=${NIH:-../shared/data/nih1024}
 TBX=${TBX:-../shared/data/tbx11k}
 EPOCHS=${EPOCHS:-20}
-NIH_TEACHER=runs/nih1024-hybrid-teacher/best
-TB_TEACHER=runs/tbx11k-hybrid-teacher/best
+NIH_TEACHER=${NIH_TEACHER:-models/nih1024-teacher-224}
+TB_TEACHER=${TB_TEACHER:-models/mlcak-teacher-224}
 mkdir -p runs
 
 timed() {  # timed NAME SCRIPT ARGS...: run unless done, log, record the wall time
@@ -49,6 +55,7 @@ tb() {
     student tbx11k "$TBX" "$TB_TEACHER" "$name" "$size" "$ablation" "$seed" "$@"
 }
 
+tiny() { echo "--preset mlcak-student-tiny-patch4 --patch-size $(($1 / 7))"; }  # 7 x 7 tokens at any size
 stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore)
 for stage in "${stages[@]}"; do
     case $stage in
@@ -68,11 +75,18 @@ for stage in "${stages[@]}"; do
     nih28more) for seed in 1 2; do nih 28 logits $seed; nih 28 attention $seed; done ;;
     tbmore) tb 28 logits 0; tb 28 attention 0
         for size in 56 112; do tb $size none 0; tb $size all 0; done ;;
+    nihgrid | tbgrid)  # the most informative rows first, so a cut-short queue leaves the least important ones out
+        run=${stage%grid}
+        for ab in none all logits attention; do $run 28 $ab 0 -tiny $(tiny 28); done
+        for seed in 1 2; do for ab in none all; do $run 28 $ab $seed -tiny $(tiny 28); done; done
+        for size in 56 112; do for ab in none all; do $run $size $ab 0 -tiny $(tiny $size); done; done
+        for size in 56 112; do for ab in logits attention; do $run $size $ab 0 -tiny $(tiny $size); done; done
+        for seed in 1 2; do for ab in logits attention; do $run 28 $ab $seed -tiny $(tiny 28); done; done ;;
     */*/*/*) # one run: DATASET/SIZE/ABLATION/SEED[/VARIANT], e.g. nih/28/all/1/p4 or tb/28/none/0
         IFS=/ read -r dataset size ablation seed variant <<< "$stage"
         args=(); case ${variant:-} in
             p4) args=(-p4 --preset mlcak-student-conv6-patch4) ;;
-            tiny) args=(-tiny --preset mlcak-student-tiny-patch4) ;;
+            tiny) args=(-tiny $(tiny "$size")) ;;
         esac
         $dataset "$size" "$ablation" "$seed" "${args[@]}" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
