@@ -107,6 +107,57 @@ def test_distill_script_every_ablation(teacher_folder, tiny_tbx11k, tmp_path, ab
     assert saved["teacher_mode"] == ("none" if ablation == "none" else mode)
 
 
+def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_path):
+    """With --augment-copies the teacher is cached on fixed augmented views and every training batch looks up the
+    targets of exactly the views it holds (what the teacher says on them online); an epoch is K passes."""
+    from cxrdistill.distill import MLCAKDistiller, MLCAKWeights, cache_teacher_outputs, default_layer_pairs
+    from cxrdistill_train.common import (
+        DataConfig,
+        LoopConfig,
+        build_datasets,
+        make_accelerator,
+        make_loader,
+        views_for,
+    )
+
+    data = DataConfig(root=str(tiny_tbx11k), cache_dir=str(tmp_path / "cache"), cache_size=96, val_fraction=0.3)
+    accelerator = make_accelerator(LoopConfig(output_dir=str(tmp_path / "x"), cpu=True), "test")
+    train_set, _ = build_datasets(data, accelerator)
+    teacher = TeacherViT.from_pretrained(teacher_folder).eval()
+    size = teacher.config.image_size
+    student = StudentViT(_student_config(teacher))
+    distiller = MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2))
+    copies = dict(copies=2, copy_seed=3)
+    plain = make_loader(train_set, data, views_for(size, (), True), 5, False, **copies)
+    cache = cache_teacher_outputs(distiller, ((b["index"], b["views"][size]) for b in plain), 2 * len(train_set))
+    loader = make_loader(train_set, data, views_for(size, (28,), True), 4, True, **copies)
+    assert len(loader.dataset) == 2 * len(train_set)
+    batch = next(iter(loader))
+    cached, online = cache.lookup(batch["index"]), distiller.teacher_targets(batch["views"][size])
+    torch.testing.assert_close(cached.global_logits, online.global_logits, rtol=1e-4, atol=1e-4)
+    for layer, maps in online.attentions.items():
+        torch.testing.assert_close(cached.attentions[layer], maps, rtol=0, atol=2e-3)  # float16 in the cache
+
+    args = [*common_args(tiny_tbx11k, tmp_path / "out", tmp_path / "cache"), "--epochs", "1", "--depth", "2"]
+    args += ["--embed-dim", "24", "--teacher", str(teacher_folder), "--augment-copies", "2"]
+    distill_student.main(args)
+    saved = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["training"]
+    assert saved["augment_copies"] == 2 and saved["teacher_mode"] == "cache"
+
+
+def _student_config(teacher):
+    from cxrdistill.models import StudentViTConfig
+
+    return StudentViTConfig(
+        image_size=28,
+        depth=2,
+        embed_dim=24,
+        num_heads=3,
+        global_labels=teacher.config.global_labels,
+        local_labels=teacher.config.local_labels,
+    )
+
+
 def test_distillation_without_a_teacher_is_refused(tiny_tbx11k, tmp_path):
     with pytest.raises(SystemExit, match="needs --teacher"):
         distill_student.main([*common_args(tiny_tbx11k, tmp_path, tmp_path / "cache"), "--ablation", "all"])

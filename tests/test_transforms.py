@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cxrdistill.data import (
     AugmentConfig,
+    AugmentedCopies,
     MultiResolutionViews,
     area_resize,
     collate_views,
@@ -95,6 +96,31 @@ def test_augmentation_is_reproducible_with_a_generator_and_stays_in_range():
     torch.testing.assert_close(first, again)
     assert not torch.equal(first, other)
     assert 0 <= first.min() and first.max() <= 1
+
+
+def test_augmented_copies_are_fixed_per_item_and_agree_across_view_sizes():
+    """Item j is the same view at every read, views with and without the student's size share the teacher's view
+    (what lets a teacher cached on the teacher-only views serve the student's batches), copies differ."""
+    films = [_sample(synthetic_chest(200, 160)), _sample(synthetic_chest(180, 220))]
+    teacher_only = AugmentedCopies(films, MultiResolutionViews(64, (), augment=AugmentConfig()), copies=3, seed=1)
+    with_student = AugmentedCopies(films, MultiResolutionViews(64, (16,), augment=AugmentConfig()), copies=3, seed=1)
+    assert len(teacher_only) == 6
+    assert [teacher_only[j]["film"] for j in range(6)] == [0, 1, 0, 1, 0, 1]
+    for j in range(6):
+        item = with_student[j]
+        assert item["index"] == j
+        torch.testing.assert_close(item["views"][64], teacher_only[j]["views"][64], rtol=0, atol=0)
+        torch.testing.assert_close(item["views"][64], with_student[j]["views"][64], rtol=0, atol=0)
+        torch.testing.assert_close(item["views"][16][0], item["views"][64][0].reshape(16, 4, 16, 4).mean(dim=(1, 3)))
+    assert not torch.equal(teacher_only[0]["views"][64], teacher_only[2]["views"][64])  # two copies of film 0
+    other_seed = AugmentedCopies(films, MultiResolutionViews(64, (), augment=AugmentConfig()), copies=3, seed=2)
+    assert not torch.equal(teacher_only[0]["views"][64], other_seed[0]["views"][64])
+    with pytest.raises(IndexError):
+        teacher_only[6]
+    with pytest.raises(ValueError, match="augment"):
+        AugmentedCopies(films, MultiResolutionViews(64, ()), copies=2)
+    with pytest.raises(ValueError, match="copies"):
+        AugmentedCopies(films, MultiResolutionViews(64, (), augment=AugmentConfig()), copies=0)
 
 
 def test_augment_config_validates():

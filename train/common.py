@@ -34,7 +34,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from cxrdistill.data import AugmentConfig, CachedDataset, MultiResolutionViews, ViewDataset, collate_views
+from cxrdistill.data import (
+    AugmentConfig,
+    AugmentedCopies,
+    CachedDataset,
+    MultiResolutionViews,
+    ViewDataset,
+    collate_views,
+)
 from cxrdistill.data.registry import dataset_entry
 from cxrdistill.evaluation import EvalData, classification_metrics, load_train_val
 from cxrdistill.evaluation import to_jsonable as jsonable
@@ -100,9 +107,13 @@ def make_loader(
     batch_size: int,
     shuffle: bool,
     sample_weights: np.ndarray | None = None,
+    copies: int = 0,
+    copy_seed: int = 0,
 ) -> DataLoader:
     """A loader of ``views`` of ``dataset`` from its tensor cache; shuffled, or (given ``sample_weights``, one per
-    image) drawn with replacement in proportion to them (:func:`source_balanced_weights`), as many as one epoch."""
+    image) drawn with replacement in proportion to them (:func:`source_balanced_weights`), as many as one epoch.
+    With ``copies`` > 0 the items are ``copies`` fixed augmented views of each image (:class:`AugmentedCopies`,
+    seeded by ``copy_seed``): one epoch is then ``copies`` passes over the images."""
     # A shuffling loader gets a generator of its own, which fit() re-seeds at every epoch: it draws the order (the
     # weighted sampler draws with the same generator) and the workers' augmentation seeds, so a resumed run replays
     # the order an uninterrupted one used, under any number of processes (Accelerate shards the batches of that
@@ -113,14 +124,17 @@ def make_loader(
     if sample_weights is not None:
         if len(sample_weights) != len(dataset):
             raise ValueError(f"{len(sample_weights)} sample weights for {len(dataset)} images")
+        if copies:
+            raise ValueError("sample weights and augmented copies do not combine")
         weights = torch.as_tensor(sample_weights, dtype=torch.double)
         sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+    items = AugmentedCopies(cached, views, copies, copy_seed) if copies else ViewDataset(cached, views)
     return DataLoader(
-        ViewDataset(cached, views),
+        items,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
-        drop_last=(shuffle or sampler is not None) and len(dataset) > batch_size,
+        drop_last=(shuffle or sampler is not None) and len(items) > batch_size,
         num_workers=config.num_workers,
         collate_fn=collate_views,
         generator=generator,

@@ -62,6 +62,9 @@ class DistillConfig:
         teacher_mode: cache (the teacher once, on un-augmented views) or online (on every augmented batch).
         augment: augment the training views (only with --teacher-mode online or --ablation none: cached targets
             are for plain views).
+        augment_copies: K > 0: train on K fixed augmented views of each film (seeded by --seed), with the teacher
+            cached on exactly those views, so cached distillation is consistent on augmented views; also for
+            --ablation none (the same views, no teacher). One epoch is then K passes over the films.
         base_size: views are area-averaged from this size (the teacher's input size when there is a teacher).
     """
 
@@ -75,6 +78,7 @@ class DistillConfig:
     local_weight: float = 1.0
     teacher_mode: str = "cache"
     augment: bool = False
+    augment_copies: int = 0
     base_size: int = 224
 
 
@@ -138,21 +142,29 @@ def main(argv=None) -> dict:
 
     size, batch = student.config.image_size, config.loop.batch_size
     online = settings.teacher_mode == "online" and uses_teacher
-    augment = settings.augment if (online or not uses_teacher) else False  # cached targets are for plain views
+    copies = max(settings.augment_copies, 0)
+    # cached targets are for plain views, or for the fixed augmented copies they were computed on
+    augment = settings.augment if (online or not uses_teacher) else False
+    augment = augment or copies > 0
+    copy_args = {"copies": copies, "copy_seed": config.loop.seed}
     cache_seconds = 0.0
     if uses_teacher and not online:
         start = time.perf_counter()
-        plain = accelerator.prepare(make_loader(train_set, config.data, views_for(base_size, (), False), 64, False))
+        teacher_views = views_for(base_size, (), copies > 0)
+        plain = accelerator.prepare(make_loader(train_set, config.data, teacher_views, 64, False, **copy_args))
         teacher.to(accelerator.device)
         batches = ((b["index"], b["views"][base_size]) for b in plain)
-        distiller.use_cache(cache_teacher_outputs(distiller, batches, len(train_set), gather=accelerator.gather))
+        items = len(train_set) * max(copies, 1)
+        distiller.use_cache(cache_teacher_outputs(distiller, batches, items, gather=accelerator.gather))
         cache_seconds = time.perf_counter() - start
-        accelerator.print(f"cached teacher outputs for {len(train_set)} images in {cache_seconds:.1f} s")
+        accelerator.print(f"cached teacher outputs for {items} views in {cache_seconds:.1f} s")
 
     run = TrainingRun(
         task=distiller,
         model=student,
-        train_loader=make_loader(train_set, config.data, views_for(base_size, (size,), augment), batch, True),
+        train_loader=make_loader(
+            train_set, config.data, views_for(base_size, (size,), augment), batch, True, **copy_args
+        ),
         val_loader=make_loader(val_set, config.data, views_for(base_size, (size,), False), batch, False),
         data=config.data,
         command=script_command("train/distill_student.py", argv),
@@ -161,6 +173,7 @@ def main(argv=None) -> dict:
             "layer_pairs": layer_pairs,
             "ablation": settings.ablation,
             "teacher_mode": distiller.teacher_mode,
+            "augment_copies": copies,
         },
     )
     final = fit_and_save_best(run, config.loop, accelerator)

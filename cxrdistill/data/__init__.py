@@ -13,6 +13,7 @@ from cxrdistill.data.splits import split_indices, train_val_split
 from cxrdistill.data.tbx11k import TBX11K, TBX11K_SPLITS, classify_tbx11k_path
 from cxrdistill.data.transforms import (
     AugmentConfig,
+    AugmentedCopies,
     MultiResolutionViews,
     ViewDataset,
     area_resize,
@@ -28,6 +29,7 @@ __all__ = [
     "TBX11K",
     "TBX11K_SPLITS",
     "AugmentConfig",
+    "AugmentedCopies",
     "CSVDataset",
     "CachedDataset",
     "FolderDataset",

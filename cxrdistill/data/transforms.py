@@ -354,6 +354,38 @@ class ViewDataset(torch.utils.data.Dataset):
         return item
 
 
+class AugmentedCopies(torch.utils.data.Dataset):
+    """``copies`` fixed augmented views of every image of ``dataset``: item ``j`` is image ``j % len(dataset)``
+    through ``views`` with a generator seeded by ``(seed, j)``, so the same item is the same view every time it is
+    read, in any process or worker. A teacher cached on these items (its targets looked up by the item's ``index``)
+    therefore saw exactly the view the student is trained on: consistent distillation on augmented views without
+    running the teacher every step (Beyer et al., "Knowledge distillation: a good teacher is patient and
+    consistent", CVPR 2022). Items carry ``index`` (the item) and ``film`` (the image's index in ``dataset``).
+
+    The view sizes do not change the draws (the random transform is drawn on the base view), so views made with
+    only the teacher's size and views made with the teacher's and the student's sizes agree on the shared size.
+    """
+
+    def __init__(self, dataset, views: MultiResolutionViews, copies: int, seed: int = 0) -> None:
+        if copies < 1:
+            raise ValueError(f"copies must be at least 1, got {copies}")
+        if views.augment is None:
+            raise ValueError("AugmentedCopies needs augmenting views (views.augment is None)")
+        self.dataset, self.views, self.copies, self.seed = dataset, views, copies, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.copies
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} augmented copies")
+        film = index % len(self.dataset)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        item = self.views(self.dataset[film], generator)
+        item["index"], item["film"] = index, film
+        return item
+
+
 def collate_views(batch: list[dict]) -> dict:
     """DataLoader ``collate_fn`` for :class:`MultiResolutionViews` outputs.
 
