@@ -44,8 +44,13 @@ ABLATION_NAMES = {
     "attention": "+ attention KD (gamma)",
     "all": "+ MLCAK (all terms)",
 }
-GRIDS = {"": "14 x 14 tokens", "-p4": "7 x 7 tokens (patch 4)", "-tiny": "7 x 7 tokens, 4 layers x 64 (tiny)"}
-RUN_NAME = re.compile(r"student-(\d+)-(none|logits|attention|all)(-p4|-tiny)?(?:-s(\d+))?$")
+GRIDS = {
+    "": "14 x 14 tokens",
+    "-p4": "7 x 7 tokens (patch 4)",
+    "-tiny": "7 x 7 tokens, 4 layers x 64 (tiny)",
+    "-tiny-aug4": "tiny, 4 fixed augmented copies, 40 passes",
+}
+RUN_NAME = re.compile(r"student-(\d+)-(none|logits|attention|all)(-p4|-tiny-aug4|-tiny)?(?:-s(\d+))?$")
 
 
 def finished(folder: Path) -> bool:

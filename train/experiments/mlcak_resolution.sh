@@ -10,7 +10,7 @@
 # Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
 # (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore, the released
-# architecture's full grids nihgrid and tbgrid, or single runs DATASET/SIZE/ABLATION/SEED[/VARIANT] such as
+# architecture's full grids nihgrid and tbgrid, its augmented-copies runs nihcopies and tbcopies, or single runs DATASET/SIZE/ABLATION/SEED[/VARIANT] such as
 # nih/28/all/1/p4 or tb/112/none/0/tiny; default: the first ten stages, in that order)
 # Teachers: NIH_TEACHER / TB_TEACHER, by default the released folders (models/nih1024-teacher-224 and
 # models/mlcak-teacher-224 are the nihteacher / tbteacher runs' best epochs, stored in float16), so a fresh clone can
@@ -82,6 +82,12 @@ for stage in "${stages[@]}"; do
         for size in 56 112; do for ab in none all; do $run $size $ab 0 -tiny $(tiny $size); done; done
         for size in 56 112; do for ab in logits attention; do $run $size $ab 0 -tiny $(tiny $size); done; done
         for seed in 1 2; do for ab in logits attention; do $run 28 $ab $seed -tiny $(tiny 28); done; done ;;
+    nihcopies | tbcopies)  # patient and consistent: 4 fixed augmented copies of each film, the teacher cached on
+        # them, 10 epochs of 4 passes (40 passes, twice the grid's), alone and MLCAK on the same views
+        run=${stage%copies}
+        for seed in 0 1 2; do for ab in none all; do
+            $run 28 $ab $seed -tiny-aug4 $(tiny 28) --augment-copies 4 --epochs 10 --warmup-epochs 2
+        done; done ;;
     */*/*/*) # one run: DATASET/SIZE/ABLATION/SEED[/VARIANT], e.g. nih/28/all/1/p4 or tb/28/none/0
         IFS=/ read -r dataset size ablation seed variant <<< "$stage"
         args=(); case ${variant:-} in
