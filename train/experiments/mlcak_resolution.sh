@@ -7,6 +7,10 @@
 # Which 28-px student is released (rule fixed before the runs finished): of the three 28-px architectures (14 x 14
 # tokens, 7 x 7 patch-4, the tiny 7 x 7), the fastest (bench/bench_mlcak.py, ONNX int8 batch-1) whose MLCAK
 # seed-mean AUROC is within 0.01 of the best architecture's; the teacher is the dataset's hybrid teacher.
+# Rules added before the grids and copies runs below finished (2026-12-02, second session): at 56 and 112 px the
+# MLCAK (all terms) tiny student of seed 0 is released for each dataset (the method, not the best row); at 28 px the
+# released student becomes the augmented-copies MLCAK student of seed 0 only where its seed mean beats the grid's
+# tiny MLCAK seed mean by at least 0.01 on that dataset, else the released 28-px student stays.
 # Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
 # (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore, the released
