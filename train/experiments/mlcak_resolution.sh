@@ -14,8 +14,9 @@
 # Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
 # (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore, the released
-# architecture's full grids nihgrid and tbgrid, its augmented-copies runs nihcopies and tbcopies, or single runs DATASET/SIZE/ABLATION/SEED[/VARIANT] such as
-# nih/28/all/1/p4 or tb/112/none/0/tiny; default: the first ten stages, in that order)
+# architecture's full grids nihgrid and tbgrid, its augmented-copies runs nihcopies and tbcopies, or single runs
+# DATASET/SIZE/ABLATION/SEED[/VARIANT] such as nih/28/all/1/p4 or tb/112/none/0/tiny; default: the first ten
+# stages, in that order)
 # Teachers: NIH_TEACHER / TB_TEACHER, by default the released folders (models/nih1024-teacher-224 and
 # models/mlcak-teacher-224 are the nihteacher / tbteacher runs' best epochs, stored in float16), so a fresh clone can
 # rerun every student row without retraining the teachers.
