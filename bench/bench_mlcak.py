@@ -1,15 +1,17 @@
 """Benchmark issue 16's speed targets: is the 28-px MLCAK student fast because it is small?
 
-    python bench/bench_mlcak.py --grid docs/results/mlcak_nih1024.json --plot docs/images/mlcak_auroc_latency.png
+    python bench/bench_mlcak.py --grid docs/results/mlcak_nih1024.json docs/results/mlcak_nih1024_tiny.json \
+        --plot docs/images/mlcak_auroc_latency.png
 
-For the hybrid teacher (224 px) and each student architecture (the 14 x 14-token students at 28 / 56 / 112 px and the
-7 x 7-token patch-4 student at 28 px): batch-1 latency p50 / p95 in torch (eager, ``inference_mode``, this machine's
-threads and one thread), TorchScript (traced and frozen: the same weights without Python's per-layer overhead), ONNX
-Runtime float32 and dynamic int8; batch-64 images/s in torch and ONNX int8; and each student's batch-64 throughput
-as a multiple of the teacher's. Speed depends on the architecture, not on the weight values: a model is loaded from
-its released folder (``models/...``) when there is one, else built from its preset with random weights (the table
-says which). ``--grid`` (mlcak_grid.py's JSON) adds each architecture's validation AUROC (the MLCAK rows, seed mean)
-and ``--plot`` draws AUROC against batch-1 latency.
+For the hybrid teacher (224 px) and each student architecture (the 14 x 14-token students at 28 / 56 / 112 px, the 7
+x 7-token patch-4 student at 28 px and the tiny 7 x 7-token students at 28 / 56 / 112 px): batch-1 latency p50 / p95
+in torch (eager, ``inference_mode``, this machine's threads and one thread), TorchScript (traced and frozen: the
+same weights without Python's per-layer overhead), ONNX Runtime float32 and dynamic int8; batch-64 images/s in torch
+and ONNX int8; and each student's batch-64 throughput as a multiple of the teacher's. Speed depends on the
+architecture, not on the weight values: a model is loaded from its released folder (``models/...``) when there is
+one, else built from its preset with random weights (the table says which). ``--grid`` (mlcak_grid.py's JSON files)
+adds each architecture's validation AUROC (the MLCAK rows, seed mean; a later file's cell wins) and ``--plot`` draws
+AUROC against batch-1 latency.
 
 Targets (issue 16): the released 28-px student >= 20x the teacher's batch-64 throughput, batch-1 < 2 ms in torch and
 < 0.5 ms ONNX int8. Run it on an otherwise idle machine; prints a table and writes JSON (bench/results/mlcak.json).
@@ -81,14 +83,33 @@ ARCHITECTURES = {
         112,
         "112:all",
     ),
+    "student-56 tiny (7 x 7 tokens, patch 8)": (
+        "nih1024-student-56",
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-tiny-patch4",
+        56,
+        "56-tiny:all",
+    ),
+    "student-112 tiny (7 x 7 tokens, patch 16)": (
+        "nih1024-student-112",
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-tiny-patch4",
+        112,
+        "112-tiny:all",
+    ),
 }
+# the tiny preset's patch is 4; at 56 and 112 px the grid's tiny students keep 7 x 7 tokens (patch = size / 7)
+PATCH_FOR_SIZE = {"mlcak-student-tiny-patch4": lambda size: size // 7}
 TEACHER = "teacher-224 (hybrid Lite0 + 4 layers)"
 
 
 def build(name: str):
     """The architecture ``name``: its released folder when that folder holds this architecture, else the preset."""
     folder, model_class, config_class, preset, size, _ = ARCHITECTURES[name]
-    config = preset_config(config_class, preset, image_size=size)
+    overrides = {"patch_size": PATCH_FOR_SIZE[preset](size)} if preset in PATCH_FOR_SIZE else {}
+    config = preset_config(config_class, preset, image_size=size, **overrides)
     path = REPO / "models" / folder if folder else None
     if path is not None and (path / "config.json").is_file():
         released = json.loads((path / "config.json").read_text())
@@ -166,15 +187,18 @@ def measure(name: str, repeats: int, seconds: float) -> dict:
     return row
 
 
-def attach_auroc(rows: dict, grid_path: Path) -> None:
-    grid = json.loads(grid_path.read_text())
-    for name, row in rows.items():
-        cell = ARCHITECTURES[name][5]
-        entry = grid.get("teacher") if cell == "teacher" else grid["cells"].get(cell)
-        if entry:
-            row["auroc"] = entry["auroc"]
-            row["auroc_ci95"] = entry["auroc_ci95"]
-            row["auroc_metric"] = grid["metric"] + f" ({grid['dataset_name']}, our validation split)"
+def attach_auroc(rows: dict, grid_paths: list[Path]) -> None:
+    """Each architecture's MLCAK seed-mean AUROC from mlcak_grid.py's JSON files (a later file's cell wins)."""
+    for grid_path in grid_paths:
+        grid = json.loads(grid_path.read_text())
+        for name, row in rows.items():
+            cell = ARCHITECTURES[name][5] if name in ARCHITECTURES else None
+            entry = grid.get("teacher") if cell == "teacher" else grid["cells"].get(cell)
+            if entry:
+                row["auroc"] = entry["auroc"]
+                row["auroc_ci95"] = entry["auroc_ci95"]
+                row["auroc_metric"] = grid["metric"] + f" ({grid['dataset_name']}, our validation split)"
+                row["auroc_from"] = str(grid_path)
 
 
 def plot(rows: dict, path: Path) -> None:
@@ -224,7 +248,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--only", nargs="*", help="substrings of the architecture names to run")
-    parser.add_argument("--grid", type=Path, help="mlcak_grid.py's JSON: adds the AUROCs")
+    parser.add_argument(
+        "--grid", type=Path, nargs="*", default=[], help="mlcak_grid.py's JSON files: add the AUROCs (later wins)"
+    )
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "mlcak.json")
     parser.add_argument(
