@@ -114,6 +114,7 @@ def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_p
     from cxrdistill_train.common import (
         DataConfig,
         LoopConfig,
+        Sampling,
         build_datasets,
         make_accelerator,
         make_loader,
@@ -127,10 +128,9 @@ def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_p
     size = teacher.config.image_size
     student = StudentViT(_student_config(teacher))
     distiller = MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2))
-    copies = dict(copies=2, copy_seed=3)
-    plain = make_loader(train_set, data, views_for(size, (), True), 5, False, **copies)
+    plain = make_loader(train_set, data, views_for(size, (), True), 5, Sampling(copies=2, copy_seed=3))
     cache = cache_teacher_outputs(distiller, ((b["index"], b["views"][size]) for b in plain), 2 * len(train_set))
-    loader = make_loader(train_set, data, views_for(size, (28,), True), 4, True, **copies)
+    loader = make_loader(train_set, data, views_for(size, (28,), True), 4, Sampling(True, copies=2, copy_seed=3))
     assert len(loader.dataset) == 2 * len(train_set)
     batch = next(iter(loader))
     cached, online = cache.lookup(batch["index"]), distiller.teacher_targets(batch["views"][size])
@@ -480,7 +480,7 @@ def test_source_balanced_sampling_draws_every_source_and_class_equally_and_repla
 
     from cxrdistill.data import TBX11K
     from cxrdistill.labels import TB_BINARY
-    from cxrdistill_train.common import DataConfig, make_loader, source_balanced_weights, views_for
+    from cxrdistill_train.common import DataConfig, Sampling, make_loader, source_balanced_weights, views_for
     from cxrdistill_train.tb_localize import class_weight_tensor
 
     dataset = TBX11K(tiny_tbx11k, "all_train", global_space=TB_BINARY)
@@ -500,7 +500,7 @@ def test_source_balanced_sampling_draws_every_source_and_class_equally_and_repla
     torch.testing.assert_close(class_weight_tensor(targets, "balanced", weights), expected.float())
 
     config = DataConfig(root=str(tiny_tbx11k), cache_size=64, num_workers=0)
-    loader = make_loader(dataset, config, views_for(32, (), False), 4, True, weights)
+    loader = make_loader(dataset, config, views_for(32, (), False), 4, Sampling(True, weights))
 
     def epoch(seed: int) -> list[int]:
         loader.generator.manual_seed(seed)  # what fit() does at every epoch
@@ -508,7 +508,7 @@ def test_source_balanced_sampling_draws_every_source_and_class_equally_and_repla
 
     assert epoch(1) == epoch(1) and epoch(1) != epoch(2)
     with pytest.raises(ValueError, match="sample weights for"):
-        make_loader(dataset, config, views_for(32, (), False), 4, True, weights[:-1])
+        make_loader(dataset, config, views_for(32, (), False), 4, Sampling(True, weights[:-1]))
 
 
 def test_card_result_names_say_which_class_is_positive():

@@ -100,41 +100,54 @@ def script_command(script: str, argv) -> str:
     return f"python {script} " + " ".join(argv if argv is not None else sys.argv[1:])
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How a loader draws its items (the default: every image once, in order, as evaluation wants).
+
+    Attributes:
+        shuffle: a new order every epoch (training).
+        weights: ``(N,)`` one per image: draw with replacement in proportion to them, as many as one epoch
+            (:func:`source_balanced_weights`); shuffles.
+        copies: K > 0: the items are K fixed augmented views of each image (:class:`AugmentedCopies`, seeded by
+            ``copy_seed``), so one epoch is K passes over the images.
+        copy_seed: the seed of those views.
+    """
+
+    shuffle: bool = False
+    weights: np.ndarray | None = None
+    copies: int = 0
+    copy_seed: int = 0
+
+
 def make_loader(
-    dataset,
-    config: DataConfig,
-    views: MultiResolutionViews,
-    batch_size: int,
-    shuffle: bool,
-    sample_weights: np.ndarray | None = None,
-    copies: int = 0,
-    copy_seed: int = 0,
+    dataset, config: DataConfig, views: MultiResolutionViews, batch_size: int, sampling: Sampling = Sampling()
 ) -> DataLoader:
-    """A loader of ``views`` of ``dataset`` from its tensor cache; shuffled, or (given ``sample_weights``, one per
-    image) drawn with replacement in proportion to them (:func:`source_balanced_weights`), as many as one epoch.
-    With ``copies`` > 0 the items are ``copies`` fixed augmented views of each image (:class:`AugmentedCopies`,
-    seeded by ``copy_seed``): one epoch is then ``copies`` passes over the images."""
+    """A loader of ``views`` of ``dataset`` from its tensor cache, drawn as ``sampling`` says."""
     # A shuffling loader gets a generator of its own, which fit() re-seeds at every epoch: it draws the order (the
     # weighted sampler draws with the same generator) and the workers' augmentation seeds, so a resumed run replays
     # the order an uninterrupted one used, under any number of processes (Accelerate shards the batches of that
     # one order and keeps the generator in sync).
     cached = CachedDataset(dataset, size=config.cache_size, cache_dir=config.cache_dir)
-    generator = torch.Generator() if shuffle or sample_weights is not None else None
+    shuffle = sampling.shuffle or sampling.weights is not None
+    generator = torch.Generator() if shuffle else None
     sampler = None
-    if sample_weights is not None:
-        if len(sample_weights) != len(dataset):
-            raise ValueError(f"{len(sample_weights)} sample weights for {len(dataset)} images")
-        if copies:
-            raise ValueError("sample weights and augmented copies do not combine")
-        weights = torch.as_tensor(sample_weights, dtype=torch.double)
+    if sampling.weights is not None:
+        if len(sampling.weights) != len(dataset):
+            raise ValueError(f"{len(sampling.weights)} sample weights for {len(dataset)} images")
+        if sampling.copies:
+            raise ValueError(f"sample weights and {sampling.copies} augmented copies do not combine")
+        weights = torch.as_tensor(sampling.weights, dtype=torch.double)
         sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
-    items = AugmentedCopies(cached, views, copies, copy_seed) if copies else ViewDataset(cached, views)
+    if sampling.copies:
+        items = AugmentedCopies(cached, views, sampling.copies, sampling.copy_seed)
+    else:
+        items = ViewDataset(cached, views)
     return DataLoader(
         items,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
-        drop_last=(shuffle or sampler is not None) and len(items) > batch_size,
+        drop_last=shuffle and len(items) > batch_size,
         num_workers=config.num_workers,
         collate_fn=collate_views,
         generator=generator,

@@ -29,6 +29,7 @@ from cxrdistill.models import StudentViT, StudentViTConfig, TeacherViT
 from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
+    Sampling,
     TrainingRun,
     build_datasets,
     end_processes,
@@ -146,12 +147,12 @@ def main(argv=None) -> dict:
     # cached targets are for plain views, or for the fixed augmented copies they were computed on
     augment = settings.augment if (online or not uses_teacher) else False
     augment = augment or copies > 0
-    copy_args = {"copies": copies, "copy_seed": config.loop.seed}
+    copies_of = {"copies": copies, "copy_seed": config.loop.seed}
     cache_seconds = 0.0
     if uses_teacher and not online:
         start = time.perf_counter()
         teacher_views = views_for(base_size, (), copies > 0)
-        plain = accelerator.prepare(make_loader(train_set, config.data, teacher_views, 64, False, **copy_args))
+        plain = accelerator.prepare(make_loader(train_set, config.data, teacher_views, 64, Sampling(**copies_of)))
         teacher.to(accelerator.device)
         batches = ((b["index"], b["views"][base_size]) for b in plain)
         items = len(train_set) * max(copies, 1)
@@ -163,9 +164,9 @@ def main(argv=None) -> dict:
         task=distiller,
         model=student,
         train_loader=make_loader(
-            train_set, config.data, views_for(base_size, (size,), augment), batch, True, **copy_args
+            train_set, config.data, views_for(base_size, (size,), augment), batch, Sampling(True, **copies_of)
         ),
-        val_loader=make_loader(val_set, config.data, views_for(base_size, (size,), False), batch, False),
+        val_loader=make_loader(val_set, config.data, views_for(base_size, (size,), False), batch),
         data=config.data,
         command=script_command("train/distill_student.py", argv),
         extra={

@@ -27,6 +27,7 @@ from cxrdistill.models import CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeach
 from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
+    Sampling,
     TrainingRun,
     build_datasets,
     end_processes,
@@ -182,9 +183,13 @@ def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict
         task=SupervisedTask(model, size, class_weights=weights, adversary=adversary),
         model=model,
         train_loader=make_loader(
-            train_set, config.data, views_for(size, (), augment, config.tb.harmonise), batch, True, sample_weights
+            train_set,
+            config.data,
+            views_for(size, (), augment, config.tb.harmonise),
+            batch,
+            Sampling(True, sample_weights),
         ),
-        val_loader=make_loader(val_set, config.data, views_for(size, (), False), batch, False),
+        val_loader=make_loader(val_set, config.data, views_for(size, (), False), batch),
         data=config.data,
         command=command,
     )
@@ -220,10 +225,9 @@ def train_student(config: TBTrainConfig, output_dir: Path, command: str, teacher
             config.data,
             views_for(base, (teacher_size, size), config.tb.augment, config.tb.harmonise),
             batch,
-            True,
-            sample_weights,
+            Sampling(True, sample_weights),
         ),
-        val_loader=make_loader(val_set, config.data, views_for(base, (size,), False), batch, False),
+        val_loader=make_loader(val_set, config.data, views_for(base, (size,), False), batch),
         data=config.data,
         command=command,
     )

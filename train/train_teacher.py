@@ -21,6 +21,7 @@ from cxrdistill.models import TeacherViT, TeacherViTConfig
 from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
+    Sampling,
     TrainingRun,
     build_datasets,
     end_processes,
@@ -95,8 +96,10 @@ def main(argv=None) -> dict:
     run = TrainingRun(
         task=SupervisedTask(model, size, config.task.local_weight),
         model=model,
-        train_loader=make_loader(train_set, config.data, views_for(size, (), config.task.augment), batch, True),
-        val_loader=make_loader(val_set, config.data, views_for(size, (), False), batch, False),
+        train_loader=make_loader(
+            train_set, config.data, views_for(size, (), config.task.augment), batch, Sampling(shuffle=True)
+        ),
+        val_loader=make_loader(val_set, config.data, views_for(size, (), False), batch),
         data=config.data,
         command=script_command("train/train_teacher.py", argv),
     )
