@@ -14,7 +14,8 @@
 # Runs are queued in the order they were run for the README; a finished run (best/model.safetensors) is skipped,
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
 # (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore, the released
-# architecture's full grids nihgrid and tbgrid, its augmented-copies runs nihcopies and tbcopies, or single runs
+# architecture's full grids nihgrid and tbgrid (seeds 1-2 at 56 / 112 px: nihsizeseeds tbsizeseeds), its
+# augmented-copies runs nihcopies and tbcopies, or single runs
 # DATASET/SIZE/ABLATION/SEED[/VARIANT] such as nih/28/all/1/p4 or tb/112/none/0/tiny; default: the first ten
 # stages, in that order)
 # Teachers: NIH_TEACHER / TB_TEACHER, by default the released folders (models/nih1024-teacher-224 and
@@ -87,6 +88,11 @@ for stage in "${stages[@]}"; do
         for size in 56 112; do for ab in none all; do $run $size $ab 0 -tiny $(tiny $size); done; done
         for size in 56 112; do for ab in logits attention; do $run $size $ab 0 -tiny $(tiny $size); done; done
         for seed in 1 2; do for ab in logits attention; do $run 28 $ab $seed -tiny $(tiny 28); done; done ;;
+    nihsizeseeds | tbsizeseeds)  # seeds 1 and 2 of the grid's 56 / 112-px alone and MLCAK rows
+        run=${stage%sizeseeds}
+        for seed in 1 2; do for size in 56 112; do for ab in none all; do
+            $run $size $ab $seed -tiny $(tiny $size)
+        done; done; done ;;
     nihcopies | tbcopies)  # patient and consistent: 4 fixed augmented copies of each film, the teacher cached on
         # them, 10 epochs of 4 passes (40 passes, twice the grid's), alone and MLCAK on the same views
         run=${stage%copies}
