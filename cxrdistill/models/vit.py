@@ -363,8 +363,18 @@ class StudentViT(
     """Low-resolution ViT student (default 28 px, patch 2, a 14 x 14 token grid like the teacher's)."""
 
     config_class = StudentViTConfig
-    card_summary = (
-        "Low-resolution Vision Transformer **student** for chest X-rays. Its token grid matches the teacher's "
-        "(14 x 14), so the teacher's attention maps can be distilled into it layer by layer (MLCAK, Akhter et al., "
-        "ISBI 2024, arXiv 2405.13370)."
-    )
+
+    @property
+    def card_summary(self) -> str:  # the card says how this student's token grid meets the teacher's 14 x 14
+        grid = self.config.grid_size
+        if grid == 14:
+            how = "matches the teacher's (14 x 14), so the teacher's attention maps are distilled into it one to one"
+        else:
+            how = (
+                f"is {grid} x {grid}: the MLCAK loss compares its attention with the teacher's 14 x 14 maps after "
+                "resampling them to one grid, keeping each row's mass"
+            )
+        return (
+            f"Low-resolution Vision Transformer **student** for chest X-rays. Its token grid {how} (MLCAK, "
+            "Akhter et al., ISBI 2024, arXiv 2405.13370)."
+        )
