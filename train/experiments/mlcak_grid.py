@@ -370,7 +370,7 @@ def main(argv=None) -> dict:
             summary,
             args.plot,
             metric_name,
-            f"{summary['dataset_name']}: students ({what}), seed means (our split)",
+            f"{summary['dataset_name']}\nstudents: {what}; seed means with 95% CIs (our split)",
             args.plot_grid,
         )
     return summary
