@@ -202,41 +202,48 @@ def attach_auroc(rows: dict, grid_paths: list[Path]) -> None:
 
 
 def plot(rows: dict, path: Path) -> None:
+    """AUROC (95% CI) against batch-1 latency: one colour per architecture, joined from torch (filled circle) to
+    ONNX int8 (open square) so each architecture reads as one segment; a legend instead of labels on the points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for name, row in rows.items():
-        if "auroc" not in row:
-            continue
-        for key, marker, label in (("torch_b1", "o", "torch"), ("onnx_int8_b1", "s", "ONNX int8")):
-            if key not in row:
-                continue
-            x = row[key]["p50_ms"]
-            low, high = row["auroc_ci95"]
-            ax.errorbar(
-                x,
-                row["auroc"],
-                yerr=[[row["auroc"] - low], [high - row["auroc"]]],
-                marker=marker,
-                capsize=3,
-                color="black" if name == TEACHER else None,
-                alpha=0.9,
-            )
-            ax.annotate(
-                f"{name.split(' (')[0]}{' p4' if 'patch 4' in name else ''} {label}",
-                (x, row["auroc"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=7,
-            )
+    fig, ax = plt.subplots(figsize=(7.6, 4.6), dpi=120)
+    colours = plt.get_cmap("tab10")
+    for k, (name, row) in enumerate((n, r) for n, r in rows.items() if "auroc" in r):
+        colour = "black" if name == TEACHER else colours(k % 10)
+        low, high = row["auroc_ci95"]
+        points = [row[key]["p50_ms"] for key in ("torch_b1", "onnx_int8_b1") if key in row]
+        ax.plot(points, [row["auroc"]] * len(points), color=colour, linewidth=1, alpha=0.6)
+        x0 = points[0]
+        ax.errorbar(
+            x0,
+            row["auroc"],
+            yerr=[[row["auroc"] - low], [high - row["auroc"]]],
+            color=colour,
+            capsize=3,
+            marker="o",
+            label=name,
+        )
+        for x in points[1:]:
+            ax.plot(x, row["auroc"], marker="s", markerfacecolor="white", markeredgecolor=colour, linestyle="none")
+    ax.plot([], [], marker="o", color="grey", linestyle="none", label="filled: torch, 2 threads")
+    ax.plot(
+        [],
+        [],
+        marker="s",
+        markerfacecolor="white",
+        markeredgecolor="grey",
+        linestyle="none",
+        label="open: ONNX Runtime int8, 2 threads",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 latency, p50 (ms, this CPU)")
     ax.set_ylabel(next(iter(r["auroc_metric"] for r in rows.values() if "auroc" in r)).split(" (")[0])
-    ax.set_title("MLCAK students: AUROC against latency (error bars: 95% CI)", fontsize=10)
+    ax.set_title("MLCAK students: AUROC (MLCAK seed mean, 95% CI) against latency", fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
