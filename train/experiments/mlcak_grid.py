@@ -49,8 +49,10 @@ GRIDS = {
     "-p4": "7 x 7 tokens (patch 4)",
     "-tiny": "7 x 7 tokens, 4 layers x 64 (tiny)",
     "-tiny-aug4": "tiny, 4 fixed augmented copies, 40 passes",
+    "-tiny-aug4-a5": "tiny, augmented copies, alpha = beta = 5",
 }
-RUN_NAME = re.compile(r"student-(\d+)-(none|logits|attention|all)(-p4|-tiny-aug4|-tiny)?(?:-s(\d+))?$")
+ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4"}  # a grid whose student alone is another grid's (only loss weights differ)
+RUN_NAME = re.compile(r"student-(\d+)-(none|logits|attention|all)(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny)?(?:-s(\d+))?$")
 
 
 def finished(folder: Path) -> bool:
@@ -203,7 +205,7 @@ def summarise(scorer: Scorer, preds: dict[str, dict], students: list[dict], teac
         seeds = sorted(cell["runs"])
         cell["seeds"] = seeds
         cell.update(seed_mean([cell["runs"][s] for s in seeds]))
-        alone = cells.get(f"{cell['size']}{cell['grid']}:none")
+        alone = cells.get(f"{cell['size']}{ALONE_OF.get(cell['grid'], cell['grid'])}:none")
         if cell["ablation"] != "none" and alone:
             common = [s for s in seeds if s in alone["runs"]]
             if common:
