@@ -15,7 +15,8 @@
 # so the script can be restarted. Usage: bash train/experiments/mlcak_resolution.sh [STAGE...]
 # (stages: nihteacher nih28 nih28p4 nihtiny tbteacher tb28 nihsizes nihsizesmore nih28more tbmore, the released
 # architecture's full grids nihgrid and tbgrid (seeds 1-2 at 56 / 112 px: nihsizeseeds tbsizeseeds), its
-# augmented-copies runs nihcopies and tbcopies (loss weights: nihcopieslogits nihcopiesstrong), or single runs
+# augmented-copies runs nihcopies and tbcopies (loss weights: nihcopieslogits, nihcopiesstrong,
+# tbcopiesstrong), or single runs
 # DATASET/SIZE/ABLATION/SEED[/VARIANT] such as nih/28/all/1/p4 or tb/112/none/0/tiny; default: the first ten
 # stages, in that order)
 # Teachers: NIH_TEACHER / TB_TEACHER, by default the released folders (models/nih1024-teacher-224 and
@@ -92,9 +93,10 @@ for stage in "${stages[@]}"; do
         for seed in 0 1 2; do
             nih 28 logits $seed -tiny-aug4 $(tiny 28) --augment-copies 4 --epochs 10 --warmup-epochs 2
         done ;;
-    nihcopiesstrong)  # ... and all terms with the logits' weights alpha = beta = 5 (default 1)
+    nihcopiesstrong | tbcopiesstrong)  # ... and all terms with the logits' weights alpha = beta = 5 (default 1)
+        run=${stage%copiesstrong}
         for seed in 0 1 2; do
-            nih 28 all $seed -tiny-aug4-a5 $(tiny 28) --augment-copies 4 --epochs 10 --warmup-epochs 2 --alpha 5 --beta 5
+            $run 28 all $seed -tiny-aug4-a5 $(tiny 28) --augment-copies 4 --epochs 10 --warmup-epochs 2 --alpha 5 --beta 5
         done ;;
     nihsizeseeds | tbsizeseeds)  # seeds 1 and 2 of the grid's 56 / 112-px alone and MLCAK rows
         run=${stage%sizeseeds}
