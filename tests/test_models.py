@@ -445,7 +445,12 @@ def test_the_hybrid_teacher_takes_imagenet_features_offline_and_keeps_the_14x14_
     cnn = model.backbone.patch_embed.proj[0].cnn
     torch.testing.assert_close(cnn.conv_stem.weight, state["conv_stem.weight"], atol=0, rtol=0)
     torch.testing.assert_close(cnn.blocks[4][-1].bn3.weight, state["blocks.4.2.bn3.weight"], atol=0, rtol=0)
+    ran = []
+    for index, stage in enumerate(cnn.blocks):
+        stage.register_forward_hook(lambda module, inputs, output, index=index: ran.append(index))
+    assert not any(key.startswith("blocks.5") for key in cnn.state_dict())  # no stride-32 stage stored
     output = model(torch.rand(1, 1, 224, 224), return_attention=True)
+    assert ran == [0, 1, 2, 3, 4]  # ... nor run: the tokens come from stage 4
     assert len(output.attentions) == 4 and output.attentions[0].shape == (1, 3, 197, 197)
     assert "stem's CNN from ImageNet" in model.architecture_summary()
     with pytest.raises(ValueError, match="patch_size must be 16"):
