@@ -301,8 +301,8 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
     # over the size budget: it says so and the release already there is left exactly as it was
     before = {f: f.read_bytes() for f in target.parent.rglob("*") if f.is_file()}
     other = tmp_path / "models" / "tb-teacher-64"
-    with pytest.raises(SystemExit, match=r"over the 0\.01 MiB budget: nothing was replaced"):
-        release.main([f"{source}={target}", f"{source}={other}", "--root", str(tiny_tbx11k), "--budget-mib", "0.01"])
+    with pytest.raises(SystemExit, match=r"over the 0\.01 MB budget: nothing was replaced"):
+        release.main([f"{source}={target}", f"{source}={other}", "--root", str(tiny_tbx11k), "--budget-mb", "0.01"])
     assert {f: f.read_bytes() for f in target.parent.rglob("*") if f.is_file()} == before
 
 

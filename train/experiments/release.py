@@ -10,7 +10,7 @@ model's heatmaps against the radiologists' boxes (mIoU with the threshold cross-
 game, beside the location prior), store the threshold that is best on the validation images as the config's
 ``heatmap_threshold`` and put the localisation numbers on the card; the screening threshold's sensitivity /
 specificity are also estimated on films it was not chosen on (cross-fitted); write config.json, model.safetensors,
-metrics.json and the card. Fails if the whole release folder (every model in it) would exceed ``--budget-mib``.
+metrics.json and the card. Fails if the whole release folder (every model in it) would exceed ``--budget-mb``.
 """
 
 from __future__ import annotations
@@ -191,7 +191,9 @@ def main(argv=None) -> None:
         "--max-auroc-change", type=float, default=0.001, help="largest AUROC change float16 may cause (0.001)"
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (1000)")
-    parser.add_argument("--budget-mib", type=float, default=40.0, help="size budget of the release folder (40 MiB)")
+    parser.add_argument(
+        "--budget-mb", type=float, default=40.0, help="size budget of the release folder (40 MB = 40,000,000 bytes)"
+    )
     parser.add_argument("--localisation", action="store_true", help="score heatmaps against boxes (TBX11K)")
     parser.add_argument("--lung-model", help="a LungSegmenter: score the heatmaps inside the lungs too")
     parser.add_argument(
@@ -208,11 +210,11 @@ def main(argv=None) -> None:
         staged = {target: Path(scratch) / str(i) for i, (_, target) in enumerate(pairs)}
         for source, target in pairs:
             release(source, staged[target], options)
-        total = _release_size(staged) / 2**20
-        print(f"release size: {total:.1f} MiB (budget {args.budget_mib} MiB)")
-        if total > args.budget_mib:
+        total = _release_size(staged) / 10**6
+        print(f"release size: {total:.1f} MB (budget {args.budget_mb} MB)")
+        if total > args.budget_mb:
             raise SystemExit(
-                f"the release would be {total:.1f} MiB, over the {args.budget_mib} MiB budget: nothing was replaced"
+                f"the release would be {total:.1f} MB, over the {args.budget_mb} MB budget: nothing was replaced"
             )
         for target, folder in staged.items():
             shutil.rmtree(target, ignore_errors=True)
