@@ -40,8 +40,15 @@ from cxrdistill.metrics import (
     operating_point_ci,
     per_label_auroc,
     pointing_game,
-    threshold_for_sensitivity,
     youden_threshold,
+)
+from cxrdistill.triage import (
+    RULE_IN_SPECIFICITY,
+    RULE_OUT_SENSITIVITY,
+    Cuts,
+    cross_fitted_state_rates,
+    finding_trust,
+    state_rates,
 )
 
 # Sub-sources whose TB and normal images come from one hospital each (the TBX11K extra sets): AUROC on them alone
@@ -435,16 +442,6 @@ def roc_points(predictions: dict[str, Any], positive: int, max_points: int = 100
     }
 
 
-def screening_threshold(predictions: dict[str, Any], positive: int, sensitivity: float = 0.9) -> float:
-    """The positive class's screening threshold: the highest at which sensitivity on the reference films
-    (:func:`reference_films`) is at least ``sensitivity``."""
-    p = predictions
-    rows = reference_films(p, positive)
-    return threshold_for_sensitivity(
-        p["global_targets"][rows, positive], p["global_probs"][rows, positive], sensitivity
-    )
-
-
 def operating_points_with_ci(
     predictions: dict[str, Any], positive: int, thresholds: dict[str, float], samples: int = 1000
 ) -> dict[str, dict]:
@@ -460,38 +457,40 @@ def operating_points_with_ci(
     return points
 
 
-def cross_fitted_screening(
-    predictions: dict[str, Any], positive: int, sensitivity: float = 0.9, folds: int = 5, samples: int = 1000
-) -> dict[str, Any]:
-    """How the screening rule does on films it was not tuned on: the same-hospital films are split into ``folds``
-    (stratified by class, every ``folds``-th film by id), each fold is called at the threshold
-    :func:`screening_threshold` picks on the others, and sensitivity / specificity are pooled over all the calls
-    (95% CIs: bootstrap over films). The threshold a release ships is chosen on all the films, so its own
-    sensitivity there is at least ``sensitivity`` by construction; this is the honest estimate beside it. (The
-    reference films of :func:`reference_films`: every film of a one-hospital dataset.)"""
+def measure_triage(
+    predictions: dict[str, Any],
+    positive: int,
+    rule_out_sensitivity: float = RULE_OUT_SENSITIVITY,
+    rule_in_specificity: float = RULE_IN_SPECIFICITY,
+    folds: int = 5,
+) -> tuple[Cuts, dict[str, Any]]:
+    """The two cuts of ``positive`` (:mod:`cxrdistill.triage`) chosen on the reference films
+    (:func:`reference_films`), and the card's record of them: how often each state happens among the validation
+    positives and negatives, on the films the cuts were chosen on and ``folds``-fold cross-fitted (on films they
+    were not chosen on), with Wilson 95% intervals."""
     p = predictions
-    same = np.flatnonzero(reference_films(p, positive))
-    targets = p["global_targets"][same, positive] > 0.5
-    scores = p["global_probs"][same, positive]
-    fold = np.empty(len(same), dtype=int)
-    for cls in (False, True):
-        members = np.flatnonzero(targets == cls)
-        members = members[np.argsort(p["id"][same][members], kind="stable")]
-        fold[members] = np.arange(len(members)) % folds
-    called = np.zeros(len(same), dtype=bool)
-    thresholds = []
-    for k in range(folds):
-        fit = fold != k
-        threshold = threshold_for_sensitivity(targets[fit], scores[fit], sensitivity)
-        thresholds.append(threshold)
-        called[fold == k] = scores[fold == k] >= threshold
-    point = operating_point(targets, called.astype(float), 0.5)
-    intervals = operating_point_ci(targets, called.astype(float), 0.5, samples) if samples else {}
+    rows = reference_films(p, positive)
+    targets, scores = p["global_targets"][rows, positive], p["global_probs"][rows, positive]
+    cuts = Cuts.choose(targets, scores, rule_out_sensitivity, rule_in_specificity)
+    record = {
+        "films": reference_name(p, positive),
+        "images": int(rows.sum()),
+        "positives": int((targets > 0.5).sum()),
+        "rule_out": {"threshold": cuts.rule_out, "sensitivity_target": rule_out_sensitivity},
+        "rule_in": {"threshold": cuts.rule_in, "specificity_target": rule_in_specificity},
+        "rates": state_rates(targets, scores, cuts),
+        "cross_fitted": cross_fitted_state_rates(
+            targets, scores, p["id"][rows], folds, rule_out_sensitivity, rule_in_specificity
+        ),
+    }
+    return cuts, record
+
+
+def measure_findings(predictions: dict[str, Any], local_labels, samples: int = 1000) -> dict[str, dict[str, Any]]:
+    """``{finding: finding_trust(...)}`` on the validation films whose label for it is known."""
+    p = predictions
+    known = p["local_mask"] > 0.5
     return {
-        "sensitivity": point["sensitivity"],
-        "specificity": point["specificity"],
-        **{f"{k}_ci95": v for k, v in intervals.items()},
-        "folds": folds,
-        "fold_thresholds": thresholds,
-        "images": len(same),
+        label: finding_trust(p["local_targets"][known[:, k], k], p["local_probs"][known[:, k], k], samples)
+        for k, label in enumerate(local_labels)
     }

@@ -42,6 +42,9 @@ class ReleaseFamily:
         title: what the app calls it (the finding the models answer for, and the dataset).
         students: the low-resolution students, smallest input first.
         teacher: the 224-px teacher shown beside them.
+        answer: the model that answers for the family, one of its folders: picked by
+            :func:`cxrdistill.triage.answer_model` (the highest validation AUROC on the reference films; a test
+            checks the name against the cards).
         tb: the CNN whose class activation map gives TB boxes (TB families only).
         lungs: the lung model that keeps maps inside the lungs.
     """
@@ -49,6 +52,7 @@ class ReleaseFamily:
     title: str
     students: tuple[str, ...]
     teacher: str | None
+    answer: str
     tb: str | None = None
     lungs: str | None = RELEASE_LUNGS
 
@@ -59,11 +63,14 @@ class ReleaseFamily:
 
 # family name (a dataset of cxrdistill.data.registry) -> its released folders; the first is the app's default
 RELEASE_FAMILIES = {
-    "tbx11k": ReleaseFamily("Tuberculosis (TBX11K)", RELEASE_STUDENTS, RELEASE_TEACHER, RELEASE_TB),
+    "tbx11k": ReleaseFamily(
+        "Tuberculosis (TBX11K)", RELEASE_STUDENTS, RELEASE_TEACHER, answer=RELEASE_TEACHER, tb=RELEASE_TB
+    ),
     "nih1024": ReleaseFamily(
         "Pneumonia (NIH ChestX-ray14, 512-px films)",
         ("nih1024-student-28", "nih1024-student-56", "nih1024-student-112"),
         "nih1024-teacher-224",
+        answer="nih1024-teacher-224",
     ),
 }
 APP_MODELS = tuple(dict.fromkeys(name for family in RELEASE_FAMILIES.values() for name in family.folders))
@@ -179,7 +186,65 @@ def _evaluation(metrics: dict[str, Any] | None) -> str:
     for result in metrics["results"]:
         ci = result.get("ci95")
         rows.append(f"| {result['name']} | {result['value']:.4f} | {f'{ci[0]:.4f} to {ci[1]:.4f}' if ci else ''} |")
+    raw = metrics.get("raw", {})
+    if raw.get("triage"):
+        rows += ["", _triage_table(raw["triage"])]
+    if raw.get("findings"):
+        rows += ["", _findings_table(raw["findings"])]
     return "\n".join(rows)
+
+
+def _share(rate: dict[str, Any]) -> str:
+    if rate.get("share") is None:
+        return "-"
+    low, high = rate["ci95"]
+    return f"{rate['share']:.0%} ({rate['count']}/{rate['films']}; {low:.0%}-{high:.0%})"
+
+
+def _triage_table(triage: dict[str, Any]) -> str:
+    """The card's "Answers" section: the two cuts and how often each state happens among validation films."""
+    rule_out, rule_in = triage["rule_out"], triage["rule_in"]
+    lines = [
+        "### Answers: low / indeterminate / signal",
+        "",
+        f"Two cuts on the positive class's probability, chosen on the {triage['images']} validation "
+        f"{triage['films']} ({triage['positives']} positive): below the rule-out cut **{rule_out['threshold']:.4f}** "
+        f"(sensitivity >= {rule_out['sensitivity_target']:g}) the answer is `low`; at or above the rule-in cut "
+        f"**{rule_in['threshold']:.4f}** (specificity >= {rule_in['specificity_target']:g}) it is `signal`; between "
+        "them `indeterminate` (a reader should look). Share of films in each state (count; Wilson 95% CI):",
+        "",
+        "| films | cuts chosen on | low | indeterminate | signal |",
+        "|---|---|---|---|---|",
+    ]
+    for where, rates in (
+        ("the same films", triage["rates"]),
+        ("other films (cross-fitted)", triage["cross_fitted"]["rates"]),
+    ):
+        for group in ("positive", "negative"):
+            cells = " | ".join(_share(rates[group][state]) for state in ("low", "indeterminate", "signal"))
+            lines.append(f"| {group} | {where} | {cells} |")
+    return "\n".join(lines)
+
+
+def _findings_table(findings: dict[str, Any]) -> str:
+    """Which multi-label findings are called, and why the others are not."""
+    lines = [
+        "### Findings",
+        "",
+        "A finding is called only where its validation AUROC's lower 95% bound is at least 0.70 and the validation "
+        "split had at least 20 positive films; the others are shown as probabilities, uncalled.",
+        "",
+        "| finding | validation AUROC (95% CI) | positive films | called |",
+        "|---|---|---|---|",
+    ]
+    for label, trust in findings.items():
+        value = "-" if trust["auroc"] is None else f"{trust['auroc']:.3f}"
+        if trust.get("auroc_ci95"):
+            value += f" ({trust['auroc_ci95'][0]:.3f}-{trust['auroc_ci95'][1]:.3f})"
+        lines.append(
+            f"| {label} | {value} | {trust['positives']} | {'yes' if trust['called'] else 'no: ' + trust['reason']} |"
+        )
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ push / pull

@@ -71,7 +71,7 @@ def test_threshold_for_sensitivity_is_the_highest_that_finds_enough_positives():
 
 
 def test_thresholds_are_calibrated_on_same_hospital_films_not_where_the_source_wins():
-    from cxrdistill.evaluation import calibrate_thresholds, operating_points_with_ci, screening_threshold
+    from cxrdistill.evaluation import calibrate_thresholds, measure_triage, operating_points_with_ci
 
     # TBX11K TB films (source "tb") all score high; among the same-hospital films TB scores 0.3-0.6, normal 0.1-0.35
     source = np.array(["tb"] * 20 + ["shenzhen"] * 20)
@@ -84,50 +84,23 @@ def test_thresholds_are_calibrated_on_same_hospital_films_not_where_the_source_w
         "local_probs": np.zeros((40, 0)),
         "local_targets": np.zeros((40, 0)),
         "local_mask": np.zeros((40, 0)),
+        "id": np.array([f"{i:02d}" for i in range(40)]),
     }
     (_, tb_threshold), _ = calibrate_thresholds(predictions)
     assert 0.3 <= tb_threshold <= 0.4  # separates TB from normal among same-hospital films, not 0.97 from the rest
-    screening = screening_threshold(predictions, 1, 0.9)
-    assert screening == pytest.approx(np.linspace(0.3, 0.6, 10)[1])  # 9 of the 10 same-hospital TB films
-    points = operating_points_with_ci(predictions, 1, {"screening": screening}, samples=50)
-    assert points["screening"]["sensitivity"] == 0.9 and points["screening"]["images"] == 20
-    low, high = points["screening"]["sensitivity_ci95"]
+    cuts, record = measure_triage(predictions, 1, rule_out_sensitivity=0.9)
+    assert cuts.rule_out == pytest.approx(np.linspace(0.3, 0.6, 10)[1])  # 9 of the 10 same-hospital TB films
+    assert record["images"] == 20 and record["films"] == "same-hospital films"  # the 0.97 archive films left out
+    points = operating_points_with_ci(predictions, 1, {"rule-out": cuts.rule_out}, samples=50)
+    assert points["rule-out"]["sensitivity"] == 0.9 and points["rule-out"]["images"] == 20
+    low, high = points["rule-out"]["sensitivity_ci95"]
     assert low <= 0.9 <= high
-
-
-def test_cross_fitted_screening_calls_each_film_with_a_threshold_chosen_on_the_others():
-    from cxrdistill.evaluation import cross_fitted_screening, screening_threshold
-
-    rng = np.random.default_rng(0)
-    n = 100
-    tb = rng.random(n) < 0.4
-    scores = np.where(tb, 0.4 + 0.6 * rng.random(n), 0.7 * rng.random(n))
-    predictions = {
-        "global_targets": np.stack([~tb, tb], 1).astype(float),
-        "global_probs": np.stack([1 - scores, scores], 1),
-        "source": np.array(["shenzhen"] * (n - 10) + ["tbx11k"] * 10),  # the archive's films are left out
-        "id": np.array([f"{i:03d}" for i in range(n)]),
-    }
-    crossed = cross_fitted_screening(predictions, 1, 0.9, folds=5, samples=50)
-    assert crossed["images"] == n - 10 and len(crossed["fold_thresholds"]) == 5
-    # by hand: fold k holds every 5th film of each class; its films are called at the others' screening threshold
-    same = np.arange(n - 10)
-    fold = np.empty(n - 10, dtype=int)
-    for cls in (False, True):
-        members = same[tb[same] == cls]
-        fold[members] = np.arange(len(members)) % 5
-    called = np.zeros(n - 10, dtype=bool)
-    for k in range(5):
-        others = {key: value[: n - 10][fold != k] for key, value in predictions.items()}
-        called[fold == k] = scores[same][fold == k] >= screening_threshold(others, 1, 0.9)
-    assert crossed["sensitivity"] == pytest.approx(called[tb[same]].mean())
-    assert crossed["specificity"] == pytest.approx((~called[~tb[same]]).mean())
 
 
 def test_one_hospital_datasets_take_their_operating_points_and_roc_on_every_film():
     """NIH-1024 has no same-hospital subset: calls and the card's ROC use every film; TBX11K keeps its subset."""
     from cxrdistill.evaluation import (
-        cross_fitted_screening,
+        measure_triage,
         operating_points_with_ci,
         reference_films,
         reference_name,
@@ -148,7 +121,7 @@ def test_one_hospital_datasets_take_their_operating_points_and_roc_on_every_film
     assert reference_films(predictions, 1).all() and reference_name(predictions, 1) == "all validation films"
     points = operating_points_with_ci(predictions, 1, {"balanced": 0.5}, samples=20)
     assert points["balanced"]["images"] == n and 0 < points["balanced"]["sensitivity"] < 1
-    assert cross_fitted_screening(predictions, 1, 0.9, samples=20)["images"] == n
+    assert measure_triage(predictions, 1)[1]["images"] == n
     roc = roc_points(predictions, 1, max_points=30)
     assert roc["images"] == n and roc["positives"] == sick.sum() and len(roc["fpr"]) <= 30
     assert (roc["fpr"][0], roc["tpr"][0], roc["fpr"][-1], roc["tpr"][-1]) == (0, 0, 1, 1)

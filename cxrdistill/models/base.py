@@ -32,6 +32,10 @@ from cxrdistill.models.presets import CUSTOM, check_preset
 
 logger = logging.getLogger(__name__)
 
+# config fields of earlier releases that no longer mean anything (the single screening cut, replaced by the two
+# triage cuts): dropped on load instead of refusing the model
+RETIRED_FIELDS = ("screening_threshold", "screening_sensitivity")
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
@@ -81,12 +85,12 @@ class ModelConfig:
         local_labels: names of the multi-label local findings, in head order (may be empty).
         global_thresholds: calibrated operating threshold on each global class probability, or ``None`` when the
             model has not been calibrated (then nothing may be called positive).
-        local_thresholds: likewise for the local findings.
-        screening_threshold: a second operating threshold on the positive class's probability, chosen for
-            screening: the highest at which validation sensitivity is at least ``screening_sensitivity`` (on
-            same-hospital films); ``None`` when not calibrated. Where it is set, the app calls with it.
-        screening_sensitivity: the sensitivity ``screening_threshold`` was chosen for (0.90: the WHO target product
-            profile for TB triage).
+        local_thresholds: likewise for the local findings; an entry is ``None`` where the finding is not trusted
+            enough to be called (see :func:`cxrdistill.triage.finding_trust`): its probability is shown, uncalled.
+        rule_out_threshold / rule_in_threshold: the positive class's two cuts (:mod:`cxrdistill.triage`): below
+            the first the answer is ``low``, at or above the second ``signal``, between them ``indeterminate``;
+            ``None`` when not calibrated (then no state is given).
+        rule_out_sensitivity / rule_in_specificity: what the cuts were chosen for on the validation films (0.95 each).
         mean, std: input normalisation, applied inside ``forward`` to images in ``[0, 1]``.
         heatmap_threshold: relative threshold (share of the map's maximum) that turns this model's explanation map
             into a mask and boxes, chosen on the validation split for localisation mIoU; ``None`` when it has not
@@ -102,8 +106,10 @@ class ModelConfig:
     local_labels: tuple[str, ...] = ("active_tb", "latent_tb", "uncertain_tb")
     global_thresholds: tuple[float, ...] | None = None
     local_thresholds: tuple[float, ...] | None = None
-    screening_threshold: float | None = None
-    screening_sensitivity: float | None = None
+    rule_out_threshold: float | None = None
+    rule_in_threshold: float | None = None
+    rule_out_sensitivity: float | None = None
+    rule_in_specificity: float | None = None
     mean: float = 0.449
     std: float = 0.226
     heatmap_threshold: float | None = None
@@ -133,9 +139,10 @@ class ModelConfig:
                 continue
             if len(thresholds) != len(labels):
                 raise ValueError(f"{name} has {len(thresholds)} values for {len(labels)} labels {labels}")
-            if not all(0.0 <= float(t) <= 1.0 for t in thresholds):
+            uncalled = name == "local_thresholds"  # a local finding may be left uncalled (None)
+            if not all((t is None and uncalled) or (t is not None and 0.0 <= float(t) <= 1.0) for t in thresholds):
                 raise ValueError(f"{name} must be probabilities in [0, 1], got {thresholds}")
-        for name in ("screening_threshold", "screening_sensitivity"):
+        for name in ("rule_out_threshold", "rule_in_threshold", "rule_out_sensitivity", "rule_in_specificity"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -155,8 +162,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a ``config.json`` dict; unknown fields are an error, not silently dropped."""
+        """Build from a ``config.json`` dict; unknown fields are an error, not silently dropped, except the retired
+        screening fields of releases made before the two triage cuts (logged: such a model gives no state until it
+        is released again)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        retired = sorted(set(data) & set(RETIRED_FIELDS))
+        if retired:
+            logger.warning("ignoring retired config field(s) %s: re-release the model to calibrate its cuts", retired)
+            data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields are {sorted(known)}")
@@ -226,7 +239,11 @@ class CXRModel(PyTorchModelHubMixin):
             ("global (softmax, one-of-K)", config.global_labels, config.global_thresholds),
             ("local (sigmoid, multi-label)", config.local_labels, config.local_thresholds),
         ):
-            shown = [f"{v:.3f}" for v in values] if values is not None else ["not calibrated"] * len(labels)
+            shown = (
+                ["not called" if v is None else f"{v:.3f}" for v in values]
+                if values is not None
+                else ["not calibrated"] * len(labels)
+            )
             rows += [f"| {head} | {label} | {value} |" for label, value in zip(labels, shown, strict=True)]
         return "\n".join(rows)
 

@@ -4,13 +4,15 @@
         runs/teacher-224/best=models/mlcak-teacher-224 runs/student-28-mlcak/best=models/mlcak-student-28
 
 For each model: evaluate it in float32 and as float16 weights on the validation split it was selected on; keep
-float16 only if every AUROC moves by at most ``--max-auroc-change`` (0.001); calibrate per-label thresholds on
-that split (Youden's J) and store them in the config; with ``--localisation`` (TB boxes of TBX11K) also score the
-model's heatmaps against the radiologists' boxes (mIoU with the threshold cross-fitted between halves, pointing
-game, beside the location prior), store the threshold that is best on the validation images as the config's
-``heatmap_threshold`` and put the localisation numbers on the card; the screening threshold's sensitivity /
-specificity are also estimated on films it was not chosen on (cross-fitted); write config.json, model.safetensors,
-metrics.json and the card. Fails if the whole release folder (every model in it) would exceed ``--budget-mb``.
+float16 only if every AUROC moves by at most ``--max-auroc-change`` (0.001); calibrate on that split per-label
+thresholds (Youden's J), the positive class's rule-out and rule-in cuts (cxrdistill.triage) and which findings
+are trusted enough to be called, and store them in the config; with ``--localisation`` (TB boxes of TBX11K) also
+score the model's heatmaps against the radiologists' boxes (mIoU with the threshold cross-fitted between halves,
+pointing game, beside the location prior), store the threshold that is best on the validation images as the
+config's ``heatmap_threshold`` and put the localisation numbers on the card; how often each answer state happens
+among validation positives and negatives is also estimated on films the cuts were not chosen on (cross-fitted);
+write config.json, model.safetensors, metrics.json and the card.
+Fails if the whole release folder (every model in it) would exceed ``--budget-mb``.
 """
 
 from __future__ import annotations
@@ -30,20 +32,21 @@ from cxrdistill.evaluation import (
     EvalData,
     calibrate_thresholds,
     classification_metrics,
-    cross_fitted_screening,
     load_dataset,
     load_train_val,
     localisation_metrics,
     location_prior,
+    measure_findings,
+    measure_triage,
     operating_points_with_ci,
     predict_dataset,
     reference_name,
     roc_points,
-    screening_threshold,
     to_jsonable,
 )
 from cxrdistill.hub import load_model
 from cxrdistill.models import LungSegmenter
+from cxrdistill.triage import RULE_IN_SPECIFICITY, RULE_OUT_SENSITIVITY
 from cxrdistill_train.common import card_result, card_result_names
 
 COMPARED = ("global_auroc", "same_hospital_auroc", "local_macro_auroc")
@@ -58,7 +61,8 @@ class ReleaseOptions:
     bootstrap: int = 1000
     localisation: bool = False
     lung_model: str | None = None  # a LungSegmenter: localisation also scored inside the lungs
-    screening_sensitivity: float = 0.9
+    rule_out_sensitivity: float = RULE_OUT_SENSITIVITY
+    rule_in_specificity: float = RULE_IN_SPECIFICITY
 
 
 def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
@@ -93,17 +97,24 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
 
     global_thresholds, local_thresholds = calibrate_thresholds(predictions)  # on the same-hospital films
     positive = chosen.positive_index
-    screening = screening_threshold(predictions, positive, options.screening_sensitivity)
+    cuts, triage = measure_triage(predictions, positive, options.rule_out_sensitivity, options.rule_in_specificity)
+    findings = measure_findings(predictions, chosen.config.local_labels, bootstrap)
+    called_thresholds = tuple(  # a finding that is not trusted is shown, never called
+        threshold if findings[label]["called"] else None
+        for label, threshold in zip(chosen.config.local_labels, local_thresholds, strict=True)
+    )
     located = localisation_metrics(predictions["localisation"], bootstrap=bootstrap) if localisation else {}
     model_maps = [name for name in located if " x " not in name and "no model" not in name]  # the pure map
     heatmap_threshold = located[model_maps[0]]["best_threshold"] if model_maps else None
     chosen.config = dataclasses.replace(
         chosen.config,
         global_thresholds=global_thresholds,
-        local_thresholds=local_thresholds,
+        local_thresholds=called_thresholds,
         heatmap_threshold=heatmap_threshold,
-        screening_threshold=screening,
-        screening_sensitivity=options.screening_sensitivity,
+        rule_out_threshold=cuts.rule_out,
+        rule_in_threshold=cuts.rule_in,
+        rule_out_sensitivity=cuts.rule_out_sensitivity,
+        rule_in_specificity=cuts.rule_in_specificity,
     )
     metrics = classification_metrics(
         predictions,
@@ -119,16 +130,18 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
     card["release"] = {
         "weights": "float16" if use_half else "float32",
         "auroc_change_fp16": changes,
-        "thresholds": f"global: Youden's J on the validation split ({films}); "
-        f"screening: the highest threshold with sensitivity >= {options.screening_sensitivity:g} on them",
+        "thresholds": f"global: Youden's J on the validation split ({films}); rule-out: the highest threshold "
+        f"with sensitivity >= {cuts.rule_out_sensitivity:g} on them; rule-in: the lowest with specificity >= "
+        f"{cuts.rule_in_specificity:g}; findings: called only where the validation AUROC's lower 95% bound is at "
+        "least 0.70 with at least 20 positive films",
     }
     label = chosen.positive_label
     points = operating_points_with_ci(
-        predictions, positive, {"Youden's J": global_thresholds[positive], "screening": screening}, bootstrap
+        predictions, positive, {"rule-out": cuts.rule_out, "rule-in": cuts.rule_in}, bootstrap
     )
-    card["raw"]["same_hospital_calls"] = to_jsonable(points)  # (the key predates one-hospital datasets)
-    crossed = cross_fitted_screening(predictions, positive, options.screening_sensitivity, samples=bootstrap)
-    card["raw"]["same_hospital_screening_cross_fitted"] = to_jsonable(crossed)
+    card["raw"]["reference_calls"] = to_jsonable(points)
+    card["raw"]["triage"] = to_jsonable(triage)
+    card["raw"]["findings"] = to_jsonable(findings)
     card["raw"]["roc"] = roc_points(predictions, positive)
     by_name = {name: key for key, name in card_result_names(chosen.config.global_labels).items()}
     card["results"] = [  # the training run's AUROCs, re-measured on the released weights; a re-release drops the
@@ -162,14 +175,16 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
                     point.get(f"{measure}_ci95"),
                 )
             )
-    for measure in ("sensitivity", "specificity"):
+    crossed = triage["cross_fitted"]
+    for group, state in (("positive", "low"), ("negative", "signal"), ("positive", "signal"), ("negative", "low")):
+        rate = crossed["rates"][group][state]
         card["results"].append(
             card_result(
-                measure,
-                f"{measure}, {label}, screening rule with the threshold chosen on other films "
-                f"({crossed['folds']}-fold cross-fitted, {films})",
-                crossed[measure],
-                crossed.get(f"{measure}_ci95"),
+                "accuracy",
+                f"share of {label if group == 'positive' else 'not-' + label} films answered {state!r}, cuts chosen "
+                f"on other films ({crossed['folds']}-fold cross-fitted, {films})",
+                rate["share"],
+                rate["ci95"],
             )
         )
     if heatmap_threshold is not None:
@@ -197,12 +212,27 @@ def main(argv=None) -> None:
     parser.add_argument("--localisation", action="store_true", help="score heatmaps against boxes (TBX11K)")
     parser.add_argument("--lung-model", help="a LungSegmenter: score the heatmaps inside the lungs too")
     parser.add_argument(
-        "--screening-sensitivity", type=float, default=0.9, help="sensitivity of the screening threshold (0.90)"
+        "--rule-out-sensitivity",
+        type=float,
+        default=RULE_OUT_SENSITIVITY,
+        help=f"sensitivity the rule-out cut keeps ({RULE_OUT_SENSITIVITY})",
+    )
+    parser.add_argument(
+        "--rule-in-specificity",
+        type=float,
+        default=RULE_IN_SPECIFICITY,
+        help=f"specificity the rule-in cut keeps ({RULE_IN_SPECIFICITY})",
     )
     args = parser.parse_args(argv)
     data = EvalData(args.dataset, args.root, None, "val", args.val_fraction, args.split_seed)
     options = ReleaseOptions(
-        data, args.max_auroc_change, args.bootstrap, args.localisation, args.lung_model, args.screening_sensitivity
+        data,
+        args.max_auroc_change,
+        args.bootstrap,
+        args.localisation,
+        args.lung_model,
+        args.rule_out_sensitivity,
+        args.rule_in_specificity,
     )
     pairs = [(Path(source), Path(target)) for source, target in (pair.split("=", 1) for pair in args.pairs)]
     with tempfile.TemporaryDirectory() as scratch:
