@@ -1,10 +1,12 @@
-"""Predict over whole archives: ``cxrdistill predict PATH... --model SRC [--tb-model SRC] --out FILE.csv|.jsonl``.
+"""Predict over whole archives: ``cxrdistill predict PATH... --out FILE.csv|.jsonl`` with the app's models.
 
 Inputs are files, folders (searched recursively for X-ray files) or list files (``.txt``: one path per line).
-DataLoader workers decode; the main process runs the models in batches. Every input gets one row: probabilities
-and calls at the model's calibrated thresholds, TB probability and boxes (original-image pixels) with a TB model,
-or ``status=error`` and the reason for a file that cannot be read (never a crash). Rows are flushed batch by batch,
-so a killed run loses at most one batch and ``--resume`` skips the paths already in the output.
+DataLoader workers decode; the main process runs :meth:`Predictor.predict` on each film, the same call the app
+makes, and :func:`prediction_row` only copies its results: the family's answer (model, probability, state), each
+model's probabilities, state and finding calls, the TB boxes (original-image pixels, inside the lungs) and whether
+the lungs were found; or ``status=error`` and the reason for a file that cannot be read (never a crash).
+Rows are flushed every few films, so a killed run loses at most those, and ``--resume`` skips the paths already
+in the output.
 
 Under ``accelerate launch`` (or torchrun) each process takes every ``WORLD_SIZE``-th input and writes a part file;
 the first process then merges the parts, in input order, into the output.
@@ -23,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cxrdistill.data.transforms import model_input
-from cxrdistill.inference import BASE_SIZE, calls, display_boxes, display_image, grid_to_display
-from cxrdistill.io import ReadLimits, XRayReadError, load_xray
+from cxrdistill.inference import Prediction, Predictor, read_for_prediction
+from cxrdistill.io import ReadLimits, XRayReadError
 
 logger = logging.getLogger(__name__)
 
@@ -59,35 +59,24 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[str]:
 
 
 class XRayFiles(Dataset):
-    """Decoded, model-ready views of files: ``{"path", "views": {size: (1, size, size)}, "shape", "original",
-    "error"}``; a file that cannot be read gives ``error`` (the reason) and no views."""
+    """Files decoded as :meth:`Predictor.read` decodes an upload (:func:`read_for_prediction`): ``{"index",
+    "path", "xray", "error"}``; a file that cannot be read gives ``error`` (the reason) and no ``xray``."""
 
-    def __init__(self, paths: Sequence[str], sizes: Sequence[int], limits: ReadLimits | None = None) -> None:
-        self.paths, self.sizes, self.limits = list(paths), sorted(set(sizes)), limits or ReadLimits()
+    def __init__(self, paths: Sequence[str], limits: ReadLimits) -> None:
+        self.paths, self.limits = list(paths), limits
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
-        item: dict[str, Any] = {"index": index, "path": path, "views": None, "shape": None, "original": None}
-        started = time.perf_counter()
+        item: dict[str, Any] = {"index": index, "path": path, "xray": None, "error": None}
         try:
-            xray = load_xray(path, limits=self.limits)
+            return {**item, "xray": read_for_prediction(path, self.limits)}
         except XRayReadError as error:
-            return {**item, "error": str(error), "decode_s": time.perf_counter() - started}
+            return {**item, "error": str(error)}
         except OSError as error:  # missing file, permission denied: the reason without the traceback
             return {**item, "error": f"cannot open the file ({error.strerror or type(error).__name__})"}
-        display = display_image(xray.pixels)
-        views = {size: model_input(display, size, BASE_SIZE)[0] for size in self.sizes}
-        return {
-            **item,
-            "views": views,
-            "shape": display.shape,
-            "original": xray.meta.original_size,
-            "error": None,
-            "decode_s": time.perf_counter() - started,
-        }
 
 
 def _keep_list(items: list[dict]) -> list[dict]:
@@ -96,57 +85,115 @@ def _keep_list(items: list[dict]) -> list[dict]:
 
 @dataclass
 class Columns:
-    """The output's columns, fixed by the models' label spaces."""
+    """The output's columns, fixed by the predictor's models: the family's answer first, then each model's
+    probabilities, state and finding calls (named as in ``Prediction.to_dict``: ``student-28``, ``teacher-224``,
+    ``tb-28``), the TB boxes and whether the lungs were found."""
 
-    student: Any
-    tb_model: Any | None
+    predictor: Predictor
+    resolution: int
+
+    def models(self) -> dict[str, Any]:
+        """name -> model of every model a row reports, in the order :meth:`Predictor.predict` runs them."""
+        predictor = self.predictor
+        chosen = [("student", predictor.students[self.resolution]), ("teacher", predictor.teacher)]
+        chosen += [("tb", predictor.tb_model), (None, predictor.classifiers[predictor.answer_name])]
+        return {predictor.name_of(role or predictor.role_of(model), model): model for role, model in chosen if model}
 
     def names(self) -> list[str]:
-        config = self.student.config
-        names = ["path", "status", "error", "height", "width"]
-        for label in (*config.global_labels, *config.local_labels):
-            names += [f"p_{label}", f"call_{label}"]
-        if self.tb_model is not None:
-            names += ["tb_probability", "tb_call", "tb_boxes"]
+        names = ["path", "status", "error", "height", "width", *ANSWER_COLUMNS]
+        for name, model in self.models().items():
+            config = model.config
+            names += [f"{name}_p_{label}" for label in config.global_labels] + [f"{name}_state"]
+            for label in config.local_labels:
+                names += [f"{name}_p_{label}", f"{name}_call_{label}"]
+        if self.predictor.tb_model is not None:
+            names.append("tb_boxes")
+        if self.predictor.lung_model is not None:
+            names.append("lungs_found")
         return names
+
+
+ANSWER_COLUMNS = (
+    "answer_model",
+    "answer_label",
+    "answer_probability",
+    "answer_state",
+    "answer_rule_out",
+    "answer_rule_in",
+)
+
+
+def prediction_row(path: str, prediction: Prediction) -> dict[str, Any]:
+    """One output row from a :class:`Prediction`: every value is read from ``prediction.to_dict()``, the same
+    dict the app and the API show, so a row cannot answer differently from them."""
+    result = prediction.to_dict()
+    height, width = result["image"]["original_size"]
+    answer = result["answer"]
+    row: dict[str, Any] = {"path": path, "status": "ok", "error": "", "height": height, "width": width}
+    row.update(
+        {f"answer_{key}": answer[key] for key in ("model", "label", "probability", "state", "rule_out", "rule_in")}
+    )
+    for model in prediction.results:
+        name = model.name
+        for label, p in model.global_probs.items():
+            row[f"{name}_p_{label}"] = round(p, 6)
+        row[f"{name}_state"] = model.decision.state
+        for label, p in model.local_probs.items():
+            row[f"{name}_p_{label}"] = round(p, 6)
+            row[f"{name}_call_{label}"] = model.local_calls[label]
+    if prediction.tb is not None:
+        row["tb_boxes"] = json.dumps([b["box"] + [b["score"]] for b in result["tb"]["boxes"]])
+    if result["lungs"] is not None:
+        row["lungs_found"] = result["lungs"]["found"]
+    return row
 
 
 def predict_files(
     paths: Sequence[str],
-    student,
+    predictor: Predictor,
     out: str | os.PathLike,
-    tb_model=None,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    resume: bool = False,
-    progress: bool = True,
-    limits: ReadLimits | None = None,
+    options: BatchOptions | None = None,
 ) -> dict[str, Any]:
-    """Write one row per path to ``out`` (``.csv`` or ``.jsonl``); returns counts and timings.
+    """Write one row per path to ``out`` (``.csv`` or ``.jsonl``) from ``predictor.predict``; returns counts
+    and timings.
 
     Raises:
-        FileExistsError: ``out`` exists and ``resume`` is false.
+        FileExistsError: ``out`` exists and ``options.resume`` is false.
+        ValueError: ``out`` is not a .csv / .jsonl file, or the predictor has no student of that resolution.
     """
+    options = options or BatchOptions()
     out = Path(out)
-    if tb_model is not None and getattr(tb_model, "explains_with", None) != "cam":
-        raise ValueError(f"the TB model must be a CNN with class activation maps, got {type(tb_model).__name__}")
+    resolution = options.resolution or predictor.resolutions[0]
+    if resolution not in predictor.students:
+        raise ValueError(f"no student for {resolution} px; available: {predictor.resolutions}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    columns = Columns(student, tb_model)
+    columns = Columns(predictor, resolution)
     if out.suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"--out must end in .csv or .jsonl, got {out.name!r}")
-    if out.exists() and not resume:
+    if out.exists() and not options.resume:
         raise FileExistsError(f"{out} exists; pass --resume to continue it or choose another file")
-    done = {row["path"] for row in read_rows(out)} if resume and out.exists() else set()
+    done = {row["path"] for row in read_rows(out)} if options.resume and out.exists() else set()
     target = out if world == 1 else out.with_name(f"{out.name}.part{rank}-of-{world}")
-    if world > 1 and resume and target.exists():
+    if world > 1 and options.resume and target.exists():
         done |= {row["path"] for row in read_rows(target)}
     mine = [p for i, p in enumerate(paths) if i % world == rank and p not in done]
-    stats = _predict_into(target, mine, columns, batch_size, num_workers, progress and rank == 0, limits)
+    stats = _predict_into(target, mine, columns, options, progress=options.progress and rank == 0)
     stats["skipped_already_done"] = len([p for i, p in enumerate(paths) if i % world == rank]) - len(mine)
     stats.update(process=rank, processes=world)
     if world > 1:
         _merge_parts(out, paths, world, rank, columns)
     return stats
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How :func:`predict_files` runs: the student's input size (default: the smallest), DataLoader workers that
+    decode files, whether to continue an existing output, and a progress bar."""
+
+    resolution: int | None = None
+    num_workers: int = 0
+    resume: bool = False
+    progress: bool = True
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -167,34 +214,34 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _predict_into(target, paths, columns, batch_size, num_workers, progress, limits) -> dict[str, Any]:
-    student, tb_model = columns.student, columns.tb_model
-    sizes = [student.config.image_size] + ([tb_model.config.image_size] if tb_model is not None else [])
+def _predict_into(target: Path, paths, columns: Columns, options: BatchOptions, progress: bool) -> dict[str, Any]:
+    predictor = columns.predictor
     loader = DataLoader(
-        XRayFiles(paths, sizes, limits),
-        batch_size=batch_size,
-        num_workers=num_workers,
+        XRayFiles(paths, predictor.limits),
+        batch_size=8,  # decoded films handed over a few at a time; the models run film by film
+        num_workers=options.num_workers,
         collate_fn=_keep_list,
     )
     existing = read_rows(target)
     csv_format = target.suffix.lower() == ".csv" or ".csv.part" in target.name
-    # Rewrite what is there without a half-written last line, then append batch by batch.
+    # Rewrite what is there without a half-written last line, then append as films are done.
     _write_rows(target, existing, columns, csv_format, mode="w")
     counts = {"ok": 0, "error": 0}
-    model_s = decode_s = 0.0
+    model_s = 0.0
     started = time.perf_counter()
     with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
         for items in loader:
-            good = [item for item in items if item["error"] is None]
-            t0 = time.perf_counter()
-            rows = {item["index"]: _error_row(item) for item in items if item["error"] is not None}
-            if good:
-                rows.update(_model_rows(good, student, tb_model))
-            model_s += time.perf_counter() - t0
-            decode_s += sum(item.get("decode_s", 0.0) for item in items)
-            ordered = [rows[item["index"]] for item in items]
-            _write_rows(target, ordered, columns, csv_format, mode="a")
-            for row in ordered:
+            rows = []
+            for item in items:
+                if item["error"] is not None:
+                    rows.append({"path": item["path"], "status": "error", "error": item["error"]})
+                    continue
+                t0 = time.perf_counter()
+                prediction = predictor.predict(item["xray"], resolution=columns.resolution)
+                model_s += time.perf_counter() - t0
+                rows.append(prediction_row(item["path"], prediction))
+            _write_rows(target, rows, columns, csv_format, mode="a")
+            for row in rows:
                 counts[row["status"]] += 1
             bar.update(len(items))
     wall = time.perf_counter() - started
@@ -204,51 +251,7 @@ def _predict_into(target, paths, columns, batch_size, num_workers, progress, lim
         "wall_s": round(wall, 3),
         "images_per_s": round(len(paths) / wall, 2) if wall > 0 else None,
         "model_s": round(model_s, 3),
-        "decode_s": round(decode_s, 3),
     }
-
-
-def _error_row(item: dict) -> dict[str, Any]:
-    return {"path": item["path"], "status": "error", "error": item["error"]}
-
-
-@torch.inference_mode()
-def _model_rows(items: list[dict], student, tb_model) -> dict[int, dict[str, Any]]:
-    config = student.config
-    views = torch.stack([item["views"][config.image_size] for item in items])
-    output = student(views)
-    global_probs = output.global_logits.float().softmax(-1).numpy()
-    local_probs = output.local_logits.float().sigmoid().numpy()
-    tb = None
-    if tb_model is not None:
-        tb_views = torch.stack([item["views"][tb_model.config.image_size] for item in items])
-        tb = tb_model.forward_for_maps(tb_views)
-    rows = {}
-    for k, item in enumerate(items):
-        height, width = item["original"]
-        row: dict[str, Any] = {"path": item["path"], "status": "ok", "error": "", "height": height, "width": width}
-        for labels, probs, thresholds in (
-            (config.global_labels, global_probs[k], config.global_thresholds),
-            (config.local_labels, local_probs[k], config.local_thresholds),
-        ):
-            decided = calls(labels, probs.tolist(), thresholds)
-            for label, p in zip(labels, probs.tolist(), strict=True):
-                row[f"p_{label}"] = round(p, 6)
-                row[f"call_{label}"] = decided[label]
-        if tb is not None:
-            tb_config = tb_model.config
-            positive = tb_model.positive_index
-            p_tb = float(tb.global_logits[k].float().softmax(-1)[positive])
-            threshold = tb_config.global_thresholds[positive] if tb_config.global_thresholds is not None else None
-            cam = next(iter(tb_model.explanation_maps(tb).values()))[k]
-            heatmap = grid_to_display(cam, tb_config.image_size, item["shape"]).numpy()
-            scale = height / item["shape"][0]
-            boxes = display_boxes(heatmap, tb_config, scale)
-            row["tb_probability"] = round(p_tb, 6)
-            row["tb_call"] = None if threshold is None else bool(p_tb >= threshold)
-            row["tb_boxes"] = json.dumps([[round(v, 1) for v in b.box] + [round(b.score, 4)] for b in boxes])
-        rows[item["index"]] = row
-    return rows
 
 
 def _write_rows(path: Path, rows: list[dict], columns: Columns, csv_format: bool, mode: str) -> None:

@@ -108,44 +108,44 @@ def _space_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_classifier(source: str, revision: str | None, backend: str):
-    from cxrdistill.hub import load_model
+def load_predictor(args: argparse.Namespace):
+    """The models the app would load for the same options: ``--student`` (with ``--teacher`` / ``--tb-model``)
+    from folders or the Hub, else the release family ``--family`` in ``--models-dir`` (with ``--teacher`` /
+    ``--tb-model`` replacing the release's)."""
+    from cxrdistill.inference import Predictor
 
-    if backend == "torch":
-        return load_model(source, revision=revision)
-    from cxrdistill.export import OnnxClassifier
-
-    return OnnxClassifier(source, int8=backend == "onnx-int8")
+    if args.student:
+        return Predictor.from_sources(
+            args.student, args.teacher, args.tb_model, revision=args.revision, answer=args.answer
+        )
+    return Predictor.from_release(
+        args.models_dir,
+        args.family,
+        teacher=args.teacher,
+        tb_model=args.tb_model,
+        revision=args.revision,
+        answer=args.answer,
+    )
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from cxrdistill.batch import collect_inputs, predict_files
-    from cxrdistill.hub import load_model
+    from cxrdistill.batch import BatchOptions, collect_inputs, predict_files
     from cxrdistill.models import ModelLoadError
 
     if args.threads:
         torch_threads(args.threads)
     try:
-        student = _load_classifier(args.model, args.revision, args.backend)
-        tb_model = load_model(args.tb_model, revision=args.revision) if args.tb_model else None
+        predictor = load_predictor(args)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
-        print(f"cannot load the model: {error}", file=sys.stderr)
+        print(f"cannot load the models: {error}", file=sys.stderr)
         return 1
     paths = collect_inputs(args.paths)
     if not paths:
         print("no input files found", file=sys.stderr)
         return 2
+    options = BatchOptions(args.resolution, args.workers, args.resume, not args.quiet)
     try:
-        stats = predict_files(
-            paths,
-            student,
-            args.out,
-            tb_model=tb_model,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            resume=args.resume,
-            progress=not args.quiet,
-        )
+        stats = predict_files(paths, predictor, args.out, options)
     except (FileExistsError, ValueError) as error:
         print(f"cxrdistill predict: {error}", file=sys.stderr)
         return 2
@@ -303,20 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict over files, folders or list files into a CSV / JSONL")
     predict.add_argument("paths", nargs="+", help="X-ray files, folders (searched recursively) or .txt path lists")
-    predict.add_argument("--model", required=True, help="student (or any classifier): folder or Hub repo id")
-    predict.add_argument("--tb-model", help="a CNN whose class activation map gives TB boxes")
+    predict.add_argument(
+        "--models-dir", default="models", help="folder of released models (default: models), as the app loads them"
+    )
+    predict.add_argument(
+        "--family", default="tbx11k", help="release family to load from --models-dir (tbx11k or nih1024)"
+    )
+    predict.add_argument(
+        "--student", action="append", help="a student (folder or Hub repo id) instead of a release; repeatable"
+    )
+    predict.add_argument("--teacher", help="the teacher (replaces the release's)")
+    predict.add_argument("--tb-model", help="the CNN whose class activation map gives TB boxes")
+    predict.add_argument("--answer", help="the model that answers (default: the family's, or picked by its rule)")
+    predict.add_argument("--resolution", type=int, help="the student's input size (default: the smallest)")
     predict.add_argument("--revision", help="Hub revision of the models")
     predict.add_argument("--out", required=True, help="output .csv or .jsonl (one row per input)")
     predict.add_argument("--resume", action="store_true", help="skip inputs already in --out and append")
-    predict.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     predict.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding files (default 2)")
     predict.add_argument("--threads", type=int, help="torch threads for the models")
-    predict.add_argument(
-        "--backend",
-        choices=["torch", "onnx", "onnx-int8"],
-        default="torch",
-        help="run --model (a folder from cxrdistill export) with ONNX Runtime",
-    )
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=_predict)
 

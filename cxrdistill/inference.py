@@ -27,6 +27,7 @@ from cxrdistill.explain import ScoredBox, heatmap_to_boxes, to_source_frame
 from cxrdistill.hub import RELEASE_FAMILIES, load_metrics, load_model
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
 from cxrdistill.models.base import CXRModel
+from cxrdistill.triage import Cuts, answer_model, explain_state, reference_auroc, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -41,30 +42,32 @@ BASE_SIZE = 224  # the square every model input is area-averaged from (as in tra
 
 @dataclass(frozen=True)
 class Decision:
-    """A one-of-K head's one decision about its positive class: the probability, the threshold it was compared
-    with and which operating point that threshold is.
+    """What a one-of-K head says about its positive class: the probability, the two cuts it is read against and
+    the state it falls in (:mod:`cxrdistill.triage`).
 
     Attributes:
         label: the positive class (``tb``, ``pneumonia``).
         probability: its softmax probability.
-        threshold: the operating threshold (``None``: the model has none, so no call is made).
-        operating_point: how the threshold was chosen, in words.
-        positive: ``probability >= threshold`` (``None`` without a threshold).
+        rule_out / rule_in: the model's cuts (``None``: not calibrated, so no state is given).
+        state: ``low``, ``indeterminate`` or ``signal`` (``None`` without cuts).
+        explanation: the state in plain words.
     """
 
     label: str
     probability: float
-    threshold: float | None
-    operating_point: str
-    positive: bool | None
+    rule_out: float | None
+    rule_in: float | None
+    state: str | None
+    explanation: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "probability": round(self.probability, 4),
-            "threshold": None if self.threshold is None else round(self.threshold, 4),
-            "operating_point": self.operating_point,
-            "positive": self.positive,
+            "state": self.state,
+            "rule_out": None if self.rule_out is None else round(self.rule_out, 4),
+            "rule_in": None if self.rule_in is None else round(self.rule_in, 4),
+            "explanation": self.explanation,
         }
 
 
@@ -76,7 +79,8 @@ class ModelResult:
         name: the role and size, e.g. ``"student-28"``.
         global_probs / local_probs: label -> probability (softmax over the global classes, sigmoid per finding).
         global_calls / local_calls: label -> positive at the model's calibrated threshold, or ``None`` when the
-            model has no calibrated threshold (never a silent 0.5).
+            model has no calibrated threshold (never a silent 0.5) or the finding is not trusted enough to be
+            called (``local_reasons`` says why).
         forward_ms: the model's own forward pass (what a deployment without maps pays), input preparation
             excluded; ``latency_ms`` adds ``maps_ms``.
         maps_ms: the explanation maps: the forward pass that records them (attention or features), the maps, their
@@ -86,9 +90,9 @@ class ModelResult:
         boxes: boxes from the first map, in the original image's pixels, best score first; none when a lung model
             is loaded and finds no lungs (the boxes of a film are always inside its lungs).
         positive_label: the global class the maps and boxes explain (TB for a TB model).
-        screening_threshold / screening_sensitivity / screening_call: the model's screening operating point on
-            the positive class (chosen for that sensitivity on validation films) and the call at it; ``None`` when
-            the model has none.
+        source: where the model came from: the release folder's name (``tb-student-28``) or the Hub repo id.
+        cuts: the positive class's rule-out and rule-in cuts (``None`` when the model has none).
+        local_reasons: finding -> why it is not called (only the uncalled findings).
         global_thresholds: global class -> its balanced (Youden's J) threshold (empty when uncalibrated).
         mask_threshold: the model's relative mask threshold chosen on validation data for localisation mIoU
             (``None`` when not chosen). Boxes use :data:`BOX_THRESHOLD` instead: a threshold that maximises mask
@@ -108,9 +112,9 @@ class ModelResult:
     maps: dict[str, np.ndarray] = field(repr=False)
     boxes: list[ScoredBox] = field(default_factory=list)
     positive_label: str = ""
-    screening_threshold: float | None = None
-    screening_sensitivity: float | None = None
-    screening_call: bool | None = None
+    source: str = ""
+    cuts: Cuts | None = None
+    local_reasons: dict[str, str] = field(default_factory=dict)
     mask_threshold: float | None = None
     global_thresholds: dict[str, float] = field(default_factory=dict)
 
@@ -121,21 +125,14 @@ class ModelResult:
 
     @property
     def decision(self) -> Decision:
-        """The call on the positive class: at the screening threshold where the model has one (what a screener
-        acts on), else at its balanced (Youden's J) threshold, else none."""
+        """The positive class's state between the model's two cuts (none without cuts)."""
         probability = self.global_probs[self.positive_label]
-        if self.screening_threshold is not None:
-            threshold = self.screening_threshold
-            point = (
-                f"screening: the highest threshold that keeps at least {self.screening_sensitivity:.0%} of the "
-                f"{self.positive_label} films of the validation split above it"
-            )
-        elif self.global_calls.get(self.positive_label) is not None:
-            threshold = self.global_thresholds[self.positive_label]
-            point = "balanced: maximises sensitivity + specificity (Youden's J) on the validation split"
-        else:
-            return Decision(self.positive_label, probability, None, "no calibrated threshold", None)
-        return Decision(self.positive_label, probability, threshold, point, probability >= threshold)
+        cuts = self.cuts
+        if cuts is None:
+            return Decision(self.positive_label, probability, None, None, None, "no calibrated cuts: no answer")
+        state = state_of(probability, cuts.rule_out, cuts.rule_in)
+        words = explain_state(state, self.positive_label, cuts.rule_out_sensitivity, cuts.rule_in_specificity)
+        return Decision(self.positive_label, probability, cuts.rule_out, cuts.rule_in, state, words)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,15 +149,41 @@ class ModelResult:
             "boxes": [{"box": [round(v, 1) for v in b.box], "score": round(b.score, 4)} for b in self.boxes],
             "box_threshold": BOX_THRESHOLD,
             "positive_label": self.positive_label,
-            "screening": None
-            if self.screening_threshold is None
-            else {
-                "threshold": self.screening_threshold,
-                "sensitivity_target": self.screening_sensitivity,
-                "call": self.screening_call,
-            },
+            "source": self.source,
+            "not_called": self.local_reasons,
             "mask_threshold": self.mask_threshold,
             "decision": self.decision.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The one answer a family gives for a film: its answering model's state (see :class:`Decision`).
+
+    Attributes:
+        family: the release family (``tbx11k``, ``nih1024``) or ``custom``.
+        model: the answering model's source (release folder name or Hub repo id).
+        decision: its positive class's probability, cuts and state.
+        auroc: its validation AUROC on the reference films, from its card (``None`` when unmeasured).
+    """
+
+    family: str
+    model: str
+    decision: Decision
+    auroc: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "family": self.family,
+            "model": self.model,
+            "label": d.label,
+            "probability": round(d.probability, 4),
+            "state": d.state,
+            "rule_out": None if d.rule_out is None else round(d.rule_out, 4),
+            "rule_in": None if d.rule_in is None else round(d.rule_in, 4),
+            "explanation": d.explanation,
+            "validation_auroc": None if self.auroc is None else round(self.auroc, 4),
         }
 
 
@@ -170,12 +193,16 @@ class Prediction:
 
     ``image`` is the X-ray scaled to at most ``DISPLAY_SIZE`` px (``scale`` = original / display pixels); maps are
     over it, boxes are in the original's pixels. ``meta`` holds technical facts only (no patient data).
+    ``answer`` is the family's one answer; ``student``, ``teacher`` and ``tb`` are the models compared beneath it
+    (the answering model's result is one of them, or ``answer_result`` when none of them is it).
     """
 
     image: np.ndarray = field(repr=False)
     scale: float
     meta: dict[str, Any]
     student: ModelResult
+    answer: Answer
+    answer_result: ModelResult = field(repr=False)
     teacher: ModelResult | None = None
     tb: ModelResult | None = None
     lungs: np.ndarray | None = field(default=None, repr=False)
@@ -190,13 +217,21 @@ class Prediction:
         """The lung model found two lungs (see :func:`two_lungs`)."""
         return self.lungs is not None and bool(two_lungs(self.lungs))
 
+    @property
+    def results(self) -> list[ModelResult]:
+        """Every model that ran, the answering one first, each once."""
+        ran = [self.answer_result, self.student, self.teacher, self.tb]
+        return list({id(r): r for r in ran if r is not None}.values())
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly results (no arrays): what the API endpoint and ``cxrdistill predict`` return."""
         return {
             "image": {"original_size": list(self.meta["original_size"]), "format": self.meta["format"]},
+            "answer": self.answer.to_dict(),
             "student": self.student.to_dict(),
             "teacher": self.teacher.to_dict() if self.teacher else None,
             "tb": self.tb.to_dict() if self.tb else None,
+            "answer_result": self.answer_result.to_dict(),
             "lungs": None
             if self.lungs is None
             else {"fraction_of_image": round(self.lung_fraction, 4), "found": self.lungs_found},
@@ -215,6 +250,11 @@ class Predictor:
         lung_model: keeps maps and boxes inside the lungs it finds.
         cards: model name (``student-28``, ``teacher-224``, ``tb-28``: :meth:`name_of`) -> the metrics its card
             reports (``metrics.json``), for "how good is this model?".
+        sources: model name -> where it came from (release folder name or Hub repo id; default: the name).
+        family: what the answer is for (a release family's key, e.g. ``tbx11k``).
+        answer: the model that answers for the family (a name or a source); default: chosen by
+            :func:`cxrdistill.triage.answer_model` from the cards of the models with cuts, else the smallest
+            student.
     """
 
     def __init__(
@@ -227,6 +267,9 @@ class Predictor:
         *,
         lung_model: CXRModel | None = None,
         cards: Mapping[str, dict] | None = None,
+        sources: Mapping[str, str] | None = None,
+        family: str = "custom",
+        answer: str | None = None,
     ) -> None:
         if not students:
             raise ValueError("a Predictor needs at least one student model")
@@ -242,6 +285,39 @@ class Predictor:
         self.limits = limits or ReadLimits(max_file_bytes=32 * 2**20)
         self.min_box_area = min_box_area
         self.cards = dict(cards or {})
+        self.sources = dict(sources or {})
+        self.family = family
+        self.answer_name = self._answer_name(answer)
+
+    def _answer_name(self, answer: str | None) -> str:
+        classifiers = self.classifiers
+        if answer is not None:
+            by_source = {self.sources.get(name, name): name for name in classifiers}
+            if answer not in classifiers and answer not in by_source:
+                raise ValueError(f"no loaded model {answer!r} can answer; loaded: {', '.join(by_source)}")
+            return answer if answer in classifiers else by_source[answer]
+        with_cuts = {
+            name: (model.config.image_size, self.cards.get(name))
+            for name, model in classifiers.items()
+            if model_cuts(model.config) is not None
+        }
+        return answer_model(with_cuts) or next(iter(classifiers))
+
+    @property
+    def classifiers(self) -> dict[str, CXRModel]:
+        """name -> every loaded classifier (students smallest first, the teacher, the TB model)."""
+        models = [("student", m) for m in self.students.values()] + [("teacher", self.teacher), ("tb", self.tb_model)]
+        return {self.name_of(role, model): model for role, model in models if model is not None}
+
+    def _not_called(self, name: str, config) -> dict[str, str]:
+        """finding -> why it is not called: the card's reason, or "not calibrated"."""
+        findings = self.cards.get(name, {}).get("raw", {}).get("findings", {})
+        thresholds = config.local_thresholds or (None,) * len(config.local_labels)
+        return {
+            label: findings.get(label, {}).get("reason") or "not calibrated"
+            for label, threshold in zip(config.local_labels, thresholds, strict=True)
+            if threshold is None
+        }
 
     # ------------------------------------------------------------------------------------------ construction
 
@@ -258,18 +334,20 @@ class Predictor:
         """Load every model with ``from_pretrained`` (folders or Hub repo ids, all at ``revision``), and the metrics
         each one's card reports."""
         roles = [("student", source) for source in students] + [("teacher", teacher), ("tb", tb_model)]
-        loaded, cards = {}, {}
+        loaded, cards, sources = {}, {}, {}
         for role, source in roles:
             if source:
                 model = load_model(source, revision=revision)
                 loaded.setdefault(role, []).append(model)
                 cards[cls.name_of(role, model)] = load_metrics(source, revision=revision)
+                sources[cls.name_of(role, model)] = source_name(source)
         return cls(
             {model.config.image_size: model for model in loaded["student"]},
             teacher=loaded.get("teacher", [None])[0],
             tb_model=loaded.get("tb", [None])[0],
             lung_model=load_model(lung_model, revision=revision) if lung_model else None,
             cards={name: card for name, card in cards.items() if card},
+            sources=sources,
             **kwargs,
         )
 
@@ -279,9 +357,21 @@ class Predictor:
         return f"{role}-{model.config.image_size}"
 
     @classmethod
-    def from_release(cls, folder: str | os.PathLike = "models", family: str = "tbx11k", **kwargs) -> Predictor:
+    def from_release(
+        cls,
+        folder: str | os.PathLike = "models",
+        family: str = "tbx11k",
+        *,
+        teacher: str | None = None,
+        tb_model: str | None = None,
+        revision: str | None = None,
+        answer: str | None = None,
+        **kwargs,
+    ) -> Predictor:
         """The released models of ``family`` (a key of :data:`cxrdistill.hub.RELEASE_FAMILIES`) in ``folder``;
-        those present: a missing teacher, TB or lung model is left out.
+        those present: a missing teacher, TB or lung model is left out. ``teacher`` / ``tb_model`` (folders or Hub
+        repo ids, at ``revision``) replace the release's; ``answer`` names the model that answers
+        (default: the family's, or the rule's choice where a replaced model may have changed it).
 
         Raises:
             FileNotFoundError: none of the family's students is in ``folder``.
@@ -299,11 +389,16 @@ class Predictor:
             raise FileNotFoundError(
                 f"no released {family} student in {folder} (looked for {', '.join(release.students)})"
             )
+        if answer is None and teacher is None and tb_model is None and present(release.answer):
+            answer = release.answer  # with a replaced model the release's choice may be gone: the rule picks again
         return cls.from_sources(
             students,
-            teacher=present(release.teacher),
-            tb_model=present(release.tb),
+            teacher=teacher or present(release.teacher),
+            tb_model=tb_model or present(release.tb),
             lung_model=present(release.lungs),
+            revision=revision,
+            family=family,
+            answer=answer,
             **kwargs,
         )
 
@@ -320,8 +415,7 @@ class Predictor:
         Raises:
             XRayReadError: the upload is not a readable chest X-ray (the message says why).
         """
-        xray = source if isinstance(source, XRay) else load_xray(source, limits=self.limits)
-        return XRay(display_image(xray.pixels), xray.meta)
+        return read_for_prediction(source, self.limits)
 
     @torch.inference_mode()
     def predict(
@@ -352,34 +446,48 @@ class Predictor:
         scale = xray.meta.original_size[0] / display.shape[0]  # original / display pixels
         lungs = self.lungs(display)
         inside = lungs if lungs is not None and two_lungs(lungs) else None  # every map and box stays in the lungs
-        prediction = Prediction(
+        ran: dict[str, ModelResult] = {}
+
+        def run(model: CXRModel | None, role: str) -> ModelResult | None:
+            if model is None:
+                return None
+            name = self.name_of(role, model)
+            if name not in ran:
+                ran[name] = self._run(name, model, display, scale, layer, inside)
+            return ran[name]
+
+        student = run(self.students[resolution], "student")
+        teacher_result = run(self.teacher, "teacher") if teacher else None
+        tb_result = run(self.tb_model, "tb") if tb else None
+        answering = self.classifiers[self.answer_name]  # always runs: the family's answer never depends on options
+        answer_result = run(answering, self.role_of(answering))
+        return Prediction(
             image=display,
             scale=scale,
             meta=xray.meta.to_dict(),
             lungs=lungs,
-            student=self._run(
-                self.name_of("student", self.students[resolution]),
-                self.students[resolution],
-                display,
-                scale,
-                layer,
-                inside,
-            ),
+            student=student,
+            teacher=teacher_result,
+            tb=tb_result,
+            answer=self._answer(answer_result),
+            answer_result=answer_result,
         )
-        if teacher and self.teacher is not None:
-            prediction.teacher = self._run(
-                self.name_of("teacher", self.teacher), self.teacher, display, scale, layer, inside
-            )
-        if tb and self.tb_model is not None:
-            prediction.tb = self._run(self.name_of("tb", self.tb_model), self.tb_model, display, scale, layer, inside)
-        return prediction
+
+    def role_of(self, model: CXRModel) -> str:
+        """``student``, ``teacher`` or ``tb``: the role ``model`` has in this predictor."""
+        if model is self.teacher:
+            return "teacher"
+        return "tb" if model is self.tb_model else "student"
+
+    def _answer(self, result: ModelResult) -> Answer:
+        return Answer(self.family, result.source, result.decision, reference_auroc(self.cards.get(result.name)))
 
     @torch.inference_mode()
     def predict_view(self, view: np.ndarray, layer: int = -1) -> Prediction:
         """Classify an already reduced student input: the low-bandwidth mode, where the browser makes the
         ``(size, size)`` view in ``[0, 1]`` (as :func:`cxrdistill.data.transforms.model_input` would) and sends
         only that. The student for that size runs; its maps are over the view itself; no teacher, TB model or lung
-        model, which all need the full film.
+        model, which all need the full film, so the answer is this student's own.
 
         Raises:
             ValueError: the view is not square, not in ``[0, 1]``, or no student takes its size.
@@ -401,6 +509,8 @@ class Predictor:
             scale=1.0,
             meta={"original_size": [size, size], "format": "reduced in the browser"},
             student=student,
+            answer=self._answer(student),  # the only model that can run on a reduced view
+            answer_result=student,
         )
 
     def lungs(self, display: np.ndarray) -> np.ndarray | None:
@@ -454,11 +564,9 @@ class Predictor:
             maps=maps,
             boxes=boxes,
             positive_label=model.positive_label,
-            screening_threshold=config.screening_threshold,
-            screening_sensitivity=config.screening_sensitivity,
-            screening_call=None
-            if config.screening_threshold is None
-            else bool(global_probs[model.positive_index] >= config.screening_threshold),
+            source=self.sources.get(name, name),
+            cuts=model_cuts(config),
+            local_reasons=self._not_called(name, config),
             mask_threshold=config.heatmap_threshold,
             global_thresholds={}
             if config.global_thresholds is None
@@ -467,6 +575,21 @@ class Predictor:
 
 
 # ------------------------------------------------------- pieces shared with batch prediction (cxrdistill.batch)
+
+
+def read_for_prediction(source: XRaySource | XRay, limits: ReadLimits) -> XRay:
+    """Decode ``source`` within ``limits`` (an ``XRay`` is taken as decoded) and keep a display-size copy of its
+    pixels: what :meth:`Predictor.read` and the batch CLI's decoding workers both hand to :meth:`Predictor.predict`.
+    """
+    xray = source if isinstance(source, XRay) else load_xray(source, limits=limits)
+    return XRay(display_image(xray.pixels), xray.meta)
+
+
+def source_name(source: str | os.PathLike) -> str:
+    """How answers name a model: a folder's name (``models/tb-student-28`` -> ``tb-student-28``), or the Hub repo
+    id as given."""
+    path = Path(source)
+    return path.name if path.exists() else str(source)
 
 
 def two_lungs(mask: np.ndarray) -> bool:
@@ -521,6 +644,19 @@ def display_image(pixels: np.ndarray) -> np.ndarray:
 
 
 def calls(labels, probs, thresholds) -> dict[str, bool | None]:
+    """label -> ``probability >= threshold``; ``None`` where there is no threshold (uncalibrated or not called)."""
     if thresholds is None:
         return dict.fromkeys(labels)
-    return {label: bool(p >= t) for label, p, t in zip(labels, probs, thresholds, strict=True)}
+    return {label: None if t is None else bool(p >= t) for label, p, t in zip(labels, probs, thresholds, strict=True)}
+
+
+def model_cuts(config) -> Cuts | None:
+    """The rule-out / rule-in cuts a model's config carries (``None`` when it was released without them)."""
+    if config.rule_out_threshold is None or config.rule_in_threshold is None:
+        return None
+    return Cuts(
+        config.rule_out_threshold,
+        config.rule_in_threshold,
+        config.rule_out_sensitivity or 0.0,
+        config.rule_in_specificity or 0.0,
+    )

@@ -1,4 +1,5 @@
-"""`cxrdistill predict` over files, folders and lists: real and broken files, resume, 2-process runs, ONNX."""
+"""`cxrdistill predict` over files, folders and lists: rows equal to the app's answers, real and broken files,
+resume, 2-process runs; ONNX export."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -16,7 +16,7 @@ import torch
 from conftest import REPO_ROOT, make_dicom, png_bytes, shared_path, synthetic_chest
 from test_inference import tb_model
 
-from cxrdistill.batch import collect_inputs, predict_files, read_rows
+from cxrdistill.batch import BatchOptions, collect_inputs, predict_files, read_rows
 from cxrdistill.cli import main
 from cxrdistill.hub import load_model
 
@@ -49,10 +49,14 @@ def test_collect_inputs_walks_folders_expands_lists_and_keeps_missing_paths(arch
     assert found[-1] == str(archive / "missing.png")  # kept: it becomes an error row
 
 
+RELEASE = ["--models-dir", str(REPO_ROOT / "models")]
+ONE_STUDENT = ["--student", str(STUDENT)]  # a light predictor for the tests of files, resume and processes
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_every_input_gets_a_row_and_bad_files_are_error_rows(archive, tmp_path, suffix):
     out = tmp_path / f"out{suffix}"
-    options = ["--model", str(STUDENT), "--out", str(out), "--workers", "1", "--batch-size", "3", "--quiet"]
+    options = [*ONE_STUDENT, "--out", str(out), "--workers", "1", "--quiet"]
     code = main(["predict", str(archive), str(tmp_path / "gone.png"), *options])
     assert code == 0
     rows = {os.path.basename(r["path"]): r for r in read_rows(out)}
@@ -64,21 +68,79 @@ def test_every_input_gets_a_row_and_bad_files_are_error_rows(archive, tmp_path, 
         ("gone.png", "no such file"),
     ):
         assert rows[bad]["status"] == "error" and reason in rows[bad]["error"], rows[bad]
+        assert rows[bad]["answer_state"] in ("", None)  # an unreadable file gets no answer
     ok = rows["a_synthetic.png"]
-    assert float(ok["p_tb"]) + float(ok["p_not_tb"]) == pytest.approx(1.0, abs=1e-5)
-    assert str(ok["call_tb"]) in ("True", "False")  # calibrated thresholds in the released model
+    assert ok["answer_model"] == "mlcak-student-28" and ok["answer_state"] in ("low", "indeterminate", "signal")
     assert int(ok["height"]) == 300 and int(ok["width"]) == 260
 
 
-def test_real_tb_films_in_an_archive_are_called_tb(archive, tmp_path):
-    real = shared_path("tbx11k", "imgs", "tb")
-    for name in ("tb0005.png", "tb0007.png"):
-        shutil.copy(real / name, archive / f"f_{name}")
+def expected_row(result: dict) -> dict:
+    """What a row must hold for ``Prediction.to_dict()`` of the same file (built from the dict's keys, not by the
+    code under test)."""
+    expected = {f"answer_{key}": result["answer"][key] for key in ("model", "label", "probability", "state")}
+    models = [result["answer_result"]] + [result[role] for role in ("student", "teacher", "tb") if result[role]]
+    for model in models:
+        for label, p in model["global_probs"].items():
+            expected[f"{model['name']}_p_{label}"] = p
+        expected[f"{model['name']}_state"] = model["decision"]["state"]
+        for label, p in model["local_probs"].items():
+            expected[f"{model['name']}_p_{label}"] = p
+            expected[f"{model['name']}_call_{label}"] = model["local_calls"][label]
+    if result["tb"]:
+        expected["tb_boxes"] = [box["box"] + [box["score"]] for box in result["tb"]["boxes"]]
+    if result["lungs"]:
+        expected["lungs_found"] = result["lungs"]["found"]
+    return expected
+
+
+def same_value(written, wanted) -> bool:
+    """A CSV cell (text) or JSONL value against the Python value the app shows."""
+    if isinstance(wanted, bool) or wanted is None:
+        return str(written) == ("" if wanted is None else str(wanted)) or written == wanted
+    if isinstance(wanted, float):
+        return written not in ("", None) and float(written) == pytest.approx(wanted, abs=1e-4)
+    if isinstance(wanted, list):
+        return np.allclose(np.array(json.loads(written) if isinstance(written, str) else written), wanted, atol=0.06)
+    return str(written) == str(wanted)
+
+
+@pytest.mark.parametrize("family", ["tbx11k", "nih1024"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_every_row_equals_the_app_prediction_for_the_same_file(tmp_path, family, suffix):
+    """TB and normal films, PNG and DICOM: each row holds what ``Predictor.predict`` (the app) says for the file,
+    for every column: the family's answer, each model's probabilities, states and finding calls, the boxes."""
+    from cxrdistill.inference import Predictor
+
+    films = [
+        shared_path("tbx11k", "imgs", "tb", "tb0005.png"),
+        shared_path("tbx11k", "imgs", "extra", "mc+shenzhen", "train") / "CHNCXR_0004_0.png",
+        shared_path("tbx11k", "imgs", "extra", "mc+shenzhen", "train") / "CHNCXR_0331_1.png",
+        shared_path("dicom_samples", "NIH_DX_mono2_1024_nofinding.dcm"),
+        shared_path("dicom_samples", "RG1_UNCR.dcm"),
+    ]
+    out = tmp_path / f"out{suffix}"
+    args = ["predict", *map(str, films), *RELEASE, "--family", family, "--out", str(out), "--workers", "0"]
+    assert main([*args, "--quiet"]) == 0
+    rows = read_rows(out)
+    predictor = Predictor.from_release(REPO_ROOT / "models", family)
+    assert [r["path"] for r in rows] == list(map(str, films))
+    for film, row in zip(films, rows, strict=True):
+        assert row["status"] == "ok", row
+        wanted = expected_row(predictor.predict(film).to_dict())
+        columns = set(row) - {"path", "status", "error", "height", "width", "answer_rule_out", "answer_rule_in"}
+        assert columns == set(wanted), film  # no column the app does not show, none it shows missing
+        wrong = {key: (row[key], value) for key, value in wanted.items() if not same_value(row[key], value)}
+        assert not wrong, (film.name, wrong)
+
+
+def test_real_tb_and_normal_films_get_the_answers_of_the_app(tmp_path):
+    train = shared_path("tbx11k", "imgs", "extra", "mc+shenzhen", "train")
     out = tmp_path / "out.csv"
-    assert main(["predict", str(archive), "--model", str(STUDENT), "--out", str(out), "--workers", "0", "--quiet"]) == 0
-    rows = {os.path.basename(r["path"]): r for r in read_rows(out)}
-    assert rows["f_tb0005.png"]["status"] == rows["f_tb0007.png"]["status"] == "ok"
-    assert str(rows["f_tb0005.png"]["call_tb"]) == "True"  # the released student calls this TB film TB
+    films = [str(train / "CHNCXR_0004_0.png"), str(shared_path("tbx11k", "imgs", "tb", "tb0007.png"))]
+    assert main(["predict", *films, *RELEASE, "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    normal, tb = read_rows(out)
+    assert tb["answer_state"] == "signal" and normal["answer_state"] != "signal"
+    assert float(tb["answer_probability"]) > float(normal["answer_probability"])
 
 
 def test_tb_boxes_are_written_in_original_pixels(tmp_path):
@@ -96,25 +158,32 @@ def test_tb_boxes_are_written_in_original_pixels(tmp_path):
     tb_folder = tmp_path / "tb-model"
     tb_model().save_pretrained(tb_folder)
     out = tmp_path / "out.jsonl"
-    options = ["--model", str(STUDENT), "--tb-model", str(tb_folder), "--out", str(out), "--workers", "0", "--quiet"]
+    options = [*ONE_STUDENT, "--tb-model", str(tb_folder), "--out", str(out), "--workers", "0", "--quiet"]
     assert main(["predict", str(tmp_path / "big.png"), str(tmp_path / "small.png"), *options]) == 0
     rows = {os.path.basename(r["path"]): r for r in read_rows(out)}
-    assert rows["big.png"]["tb_call"] is None  # an uncalibrated model: no call
+    assert rows["big.png"]["tb-28_state"] is None  # an uncalibrated model: no state
     big_boxes, small_boxes = (np.array(rows[name]["tb_boxes"])[:, :4] for name in ("big.png", "small.png"))
     assert len(small_boxes), "a CAM always has a hottest region"
     np.testing.assert_allclose(big_boxes, 2 * small_boxes, atol=2.0)
     assert (big_boxes[:, [0, 2]] <= 880).all() and (big_boxes[:, [1, 3]] <= 1024).all() and big_boxes.max() > 512
 
 
+def light_predictor():
+    from cxrdistill.inference import Predictor
+
+    return Predictor.from_sources([str(STUDENT)])
+
+
 def test_resume_skips_done_rows_and_redoes_a_half_written_line(archive, tmp_path):
     files = collect_inputs([archive])
     out = tmp_path / "out.csv"
-    predict_files(files[:2], load_model(STUDENT), out, progress=False)
+    predictor, quiet = light_predictor(), BatchOptions(progress=False)
+    predict_files(files[:2], predictor, out, quiet)
     with out.open("a") as handle:
         handle.write(f"{files[2]},ok,,12")  # a crash in the middle of a row
     with pytest.raises(FileExistsError, match="--resume"):
-        predict_files(files, load_model(STUDENT), out, progress=False)
-    stats = predict_files(files, load_model(STUDENT), out, resume=True, progress=False)
+        predict_files(files, predictor, out, quiet)
+    stats = predict_files(files, predictor, out, BatchOptions(resume=True, progress=False))
     assert stats["skipped_already_done"] == 2 and stats["images"] == len(files) - 2
     rows = read_rows(out)
     assert [r["path"] for r in rows] == files  # each once, in order, the cut row redone
@@ -124,7 +193,7 @@ def test_resume_skips_done_rows_and_redoes_a_half_written_line(archive, tmp_path
 
 def test_two_processes_under_torchrun_split_the_files_and_give_the_same_rows_as_one(archive, tmp_path):
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    args = ["predict", str(archive), "--model", str(STUDENT), "--workers", "0", "--quiet"]
+    args = ["predict", str(archive), *ONE_STUDENT, "--workers", "0", "--quiet"]
     assert main([*args, "--out", str(one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [
@@ -147,24 +216,29 @@ def test_two_processes_under_torchrun_split_the_files_and_give_the_same_rows_as_
     assert [r["path"] for r in rows_two] == [r["path"] for r in rows_one]
     for a, b in zip(rows_one, rows_two, strict=True):
         assert a["status"] == b["status"] and a["error"] == b["error"]
-        assert a["call_tb"] == b["call_tb"]
+        assert a["answer_state"] == b["answer_state"]
         if a["status"] == "ok":
-            assert a["p_tb"] == pytest.approx(b["p_tb"], abs=1e-5)
+            assert a["student-28_p_tb"] == pytest.approx(b["student-28_p_tb"], abs=1e-5)
     assert not list(tmp_path.glob("two.jsonl.part*"))  # parts merged and removed
 
 
-def test_a_vit_is_refused_as_tb_model(tmp_path):
-    with pytest.raises(ValueError, match="CNN"):
-        predict_files(["x.png"], load_model(STUDENT), tmp_path / "o.csv", tb_model=load_model(STUDENT))
+def test_a_vit_is_refused_as_tb_model(tmp_path, capsys):
+    png = tmp_path / "x.png"
+    png.write_bytes(png_bytes((synthetic_chest() * 255).astype(np.uint8)))
+    out = ["--out", str(tmp_path / "o.csv"), "--quiet"]
+    assert main(["predict", str(png), *ONE_STUDENT, "--tb-model", str(STUDENT), *out]) == 1
+    assert "CNN" in capsys.readouterr().err
 
 
 def test_bad_output_suffix_and_no_inputs_are_clear(tmp_path, capsys):
-    assert main(["predict", str(tmp_path), "--model", str(STUDENT), "--out", str(tmp_path / "o.csv")]) == 2
+    assert main(["predict", str(tmp_path), *ONE_STUDENT, "--out", str(tmp_path / "o.csv")]) == 2
     assert "no input files" in capsys.readouterr().err
     png = tmp_path / "x.png"
     png.write_bytes(png_bytes((synthetic_chest() * 255).astype(np.uint8)))
-    assert main(["predict", str(png), "--model", str(STUDENT), "--out", str(tmp_path / "o.txt"), "--quiet"]) == 2
+    assert main(["predict", str(png), *ONE_STUDENT, "--out", str(tmp_path / "o.txt"), "--quiet"]) == 2
     assert ".csv or .jsonl" in capsys.readouterr().err
+    assert main(["predict", str(png), *ONE_STUDENT, "--resolution", "56", "--out", str(tmp_path / "o.csv")]) == 2
+    assert "no student for 56 px" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -238,12 +312,3 @@ def test_exported_student_keeps_auroc_on_real_validation_images(exported):
     # dynamic int8 of the tiny released student (width 64) moved its AUROCs by up to 0.003 (same-hospital 0.7429 ->
     # 0.7459 on 73 films: 4 of 1,330 TB / not-TB pairs reordered); the ResNet / width-96 students moved < 0.002
     assert np.allclose(aurocs["int8"], aurocs["torch"], atol=0.005), aurocs
-
-
-def test_predict_runs_an_exported_model(exported, archive, tmp_path):
-    out_torch, out_onnx = tmp_path / "t.csv", tmp_path / "o.csv"
-    common = [str(archive / "a_synthetic.png"), "--workers", "0", "--quiet"]
-    assert main(["predict", *common, "--model", str(STUDENT), "--out", str(out_torch)]) == 0
-    assert main(["predict", *common, "--model", str(exported), "--backend", "onnx", "--out", str(out_onnx)]) == 0
-    (a,), (b,) = read_rows(out_torch), read_rows(out_onnx)
-    assert float(a["p_tb"]) == pytest.approx(float(b["p_tb"]), abs=1e-5) and a["call_tb"] == b["call_tb"]

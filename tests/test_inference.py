@@ -7,12 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, png_bytes, synthetic_chest
+from conftest import REPO_ROOT, png_bytes, shared_path, synthetic_chest
 from PIL import Image
 
 from cxrdistill.inference import Predictor
 from cxrdistill.io import XRayReadError
 from cxrdistill.models import CNNStudent, CNNStudentConfig, StudentViT, StudentViTConfig
+from cxrdistill.triage import state_of
 
 
 def tb_model(seed: int = 0) -> CNNStudent:
@@ -137,38 +138,82 @@ def test_each_model_reports_its_own_forward_time_apart_from_its_maps(predictor):
     assert list(prediction.student.global_probs.values()) == pytest.approx(recorded, abs=1e-5)
 
 
-def test_a_one_of_k_head_makes_one_decision_at_its_stated_operating_point():
-    """The call on the positive class uses the screening threshold where the model has one, else the balanced
-    (Youden) threshold, else none; the class that is not positive never gets a call of its own in the decision."""
+def test_a_one_of_k_head_gives_one_state_between_its_two_cuts():
+    """The positive class's probability against the model's rule-out and rule-in cuts: a probability equal to a
+    cut takes the state above it; a model without cuts gives no state."""
     from cxrdistill.inference import ModelResult
+    from cxrdistill.triage import Cuts
 
-    def result(**kwargs):
-        fields = dict(
+    default = Cuts(0.10, 0.40)
+
+    def result(p_tb: float, cuts: Cuts | None = default):
+        return ModelResult(
             name="m",
             model_type="x",
             image_size=28,
-            global_probs={"not_tb": 0.959, "tb": 0.041},
+            global_probs={"not_tb": 1 - p_tb, "tb": p_tb},
             local_probs={},
-            global_calls={"not_tb": True, "tb": False},
+            global_calls={},
             local_calls={},
             forward_ms=1.0,
             maps_ms=1.0,
             view=np.zeros((28, 28)),
             maps={},
             positive_label="tb",
-            global_thresholds={"not_tb": 0.5, "tb": 0.5},
+            cuts=cuts,
         )
-        return ModelResult(**{**fields, **kwargs})
 
-    balanced = result().decision
-    assert (balanced.label, balanced.probability, balanced.threshold, balanced.positive) == ("tb", 0.041, 0.5, False)
-    assert balanced.operating_point.startswith("balanced")
-    screening = result(screening_threshold=0.03, screening_sensitivity=0.9).decision
-    assert (
-        screening.threshold == 0.03
-        and screening.positive
-        and "at least 90% of the tb films" in (screening.operating_point)
+    states = [result(p).decision.state for p in (0.05, 0.10, 0.39, 0.40, 0.9)]
+    assert states == ["low", "indeterminate", "indeterminate", "signal", "signal"]
+    decision = result(0.40).decision
+    assert (decision.label, decision.rule_out, decision.rule_in) == ("tb", 0.10, 0.40)
+    assert "rule-in cut" in decision.explanation
+    assert "a reader should look" in result(0.2).decision.explanation
+    uncalibrated = result(0.9, cuts=None).decision
+    assert uncalibrated.state is None and uncalibrated.rule_in is None
+    assert result(0.2).to_dict()["decision"] == result(0.2).decision.to_dict()
+
+
+def test_the_family_answer_comes_from_its_answering_model_whatever_the_options(predictor):
+    """One answer per film: the release family's answering model runs even when the comparisons are switched off,
+    and ``answer`` carries its name, probability, state and cuts."""
+    from cxrdistill.hub import RELEASE_FAMILIES
+
+    answering = RELEASE_FAMILIES["tbx11k"].answer
+    assert predictor.sources[predictor.answer_name] == answering
+    film = shared_path("tbx11k", "imgs", "tb") / "tb0005.png"
+    full = predictor.predict(film, resolution=28)
+    bare = predictor.predict(film, resolution=56, teacher=False, tb=False)
+    answer = full.to_dict()["answer"]
+    assert set(answer) >= {"family", "model", "label", "probability", "state", "rule_out", "rule_in"}
+    assert (answer["family"], answer["model"], answer["label"]) == ("tbx11k", answering, "tb")
+    assert bare.to_dict()["answer"] == answer and bare.teacher is None and bare.tb is None
+    result = full.answer_result
+    model = predictor.classifiers[predictor.answer_name]
+    assert answer["probability"] == round(result.global_probs["tb"], 4)
+    assert (answer["rule_out"], answer["rule_in"]) == (
+        round(model.config.rule_out_threshold, 4),
+        round(model.config.rule_in_threshold, 4),
     )
-    uncalibrated = result(global_calls={"not_tb": None, "tb": None}, global_thresholds={}).decision
-    assert uncalibrated.threshold is None and uncalibrated.positive is None
-    assert result().to_dict()["decision"] == balanced.to_dict()
+    assert answer["state"] == state_of(
+        result.global_probs["tb"], model.config.rule_out_threshold, model.config.rule_in_threshold
+    )
+    assert full.results[0].name == predictor.answer_name  # the answering model is listed first, once
+    assert len({r.name for r in full.results}) == len(full.results)
+
+
+def test_tb_boxes_are_drawn_from_the_map_kept_inside_the_lungs(predictor):
+    from cxrdistill.inference import display_boxes
+
+    film = shared_path("tbx11k", "imgs", "tb") / "tb0007.png"
+    prediction = predictor.predict(film)
+    assert prediction.lungs_found
+    tb = prediction.tb
+    masked_name, masked = next(iter(tb.maps.items()))
+    assert masked_name.endswith("inside the lungs")
+    assert tb.boxes and tb.boxes == display_boxes(masked, predictor.tb_model.config, prediction.scale)
+    unmasked = tb.maps[masked_name.removesuffix(" inside the lungs")]
+    assert tb.boxes != display_boxes(unmasked, predictor.tb_model.config, prediction.scale)
+    for box in tb.boxes:  # each box's centre lies in the lungs
+        x0, y0, x1, y1 = (v / prediction.scale for v in box.box)
+        assert prediction.lungs[int((y0 + y1) / 2), int((x0 + x1) / 2)]
