@@ -36,7 +36,8 @@ from cxrdistill.hub import RELEASE_FAMILIES
 from cxrdistill.inference import Prediction, Predictor
 from cxrdistill.io import XRay, XRayMeta, XRayReadError
 from cxrdistill.models import ModelLoadError
-from cxrdistill.render import draw_boxes, draw_outline, enlarge, gray_to_rgb, overlay, roc_picture
+from cxrdistill.pages import CSS, answer_html, comparisons_html, model_panel, tb_note
+from cxrdistill.render import draw_boxes, draw_outline, enlarge, gray_to_rgb, overlay
 
 logger = logging.getLogger("cxrdistill.app")
 
@@ -67,17 +68,6 @@ LOW_BANDWIDTH_NOTE = (
     "full-resolution maps (all need the whole film); the student's attention is shown over what was sent. DICOM "
     "files cannot be decoded by a browser: export them as PNG or JPG first."
 )
-
-CSS = """
-.cxr-table {width: 100%; border-collapse: collapse; font-size: 0.95em}
-.cxr-table th, .cxr-table td {padding: 4px 8px; border-bottom: 1px solid var(--border-color-primary)}
-.cxr-bar {display: inline-block; height: 0.8em; background: #3b528b; vertical-align: middle; margin-right: 6px}
-.cxr-pos {color: #b00020; font-weight: 600}
-.cxr-neg {color: #2e7d32}
-.cxr-disclaimer {border-left: 4px solid #e65100; padding-left: 10px}
-.cxr-card {display: inline-block; vertical-align: top; width: 31%; min-width: 260px; margin: 0 1% 12px 0}
-.cxr-card ul {padding-left: 18px; font-size: 0.9em}
-"""
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -118,21 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
     """The models of ``--student`` / ``--teacher`` / ``--tb-model``, or else the default release family (with the
-    teacher or TB model replaced where one of those is given)."""
+    teacher or TB model replaced where one of those is given): what ``cxrdistill predict`` loads for the same
+    options."""
     if args.student:
         return Predictor.from_sources(args.student, args.teacher, args.tb_model, revision=args.revision)
-    default = next(iter(RELEASE_FAMILIES))
-    predictor = Predictor.from_release(args.models_dir, default)
-    if args.teacher or args.tb_model:  # replace single roles of the release
-        extra = Predictor.from_sources(
-            [str(Path(args.models_dir) / RELEASE_FAMILIES[default].students[0])],
-            args.teacher,
-            args.tb_model,
-            revision=args.revision,
-        )
-        predictor.teacher = extra.teacher or predictor.teacher
-        predictor.tb_model = extra.tb_model or predictor.tb_model
-    return predictor
+    return Predictor.from_release(
+        args.models_dir,
+        next(iter(RELEASE_FAMILIES)),
+        teacher=args.teacher,
+        tb_model=args.tb_model,
+        revision=args.revision,
+    )
 
 
 def load_predictors(args: argparse.Namespace) -> dict[str, Predictor]:
@@ -231,204 +217,28 @@ def _describe(meta: XRayMeta, seconds: float, uploaded: bool = True) -> str:
     return f"Read {' · '.join(parts)} in {seconds * 1000:.0f} ms.{note}"
 
 
-def _verdict(call: bool | None) -> str:
-    if call is None:
-        return "<span title='no calibrated threshold'>(no call: uncalibrated)</span>"
-    return '<span class="cxr-pos">positive</span>' if call else '<span class="cxr-neg">negative</span>'
-
-
-def _bar(probability: float) -> str:
-    return f'<span class="cxr-bar" style="width:{60 * probability:.0f}px"></span>{probability:.3f}'
-
-
-def _decision_cell(result) -> str:
-    """The one decision of a one-of-K head: the positive class's probability, the threshold it was compared with,
-    and the call."""
-    d = result.decision
-    if d.threshold is None:
-        return f"<td>{_bar(d.probability)} {_verdict(None)}</td>"
-    sign = "&ge;" if d.positive else "&lt;"
-    return (
-        f'<td class="cxr-decision" data-probability="{d.probability:.4f}" data-threshold="{d.threshold:.4f}">'
-        f"{_bar(d.probability)} {sign} {d.threshold:.3f}: {_verdict(d.positive)}"
-        f'<br><small title="{html.escape(d.operating_point)}">{html.escape(d.operating_point.split(":")[0])} '
-        "threshold</small></td>"
-    )
-
-
-def _probability_table(prediction: Prediction) -> str:
-    """One row for the classification head's decision (its positive class against its threshold), then one row
-    per finding (each multi-label finding is a decision of its own)."""
-    student, teacher = prediction.student, prediction.teacher
-    models = [student] + ([teacher] if teacher else [])
-    head = "".join(
-        f"<th>{html.escape(m.name)} ({m.image_size} px)<br><small>model {m.forward_ms:.1f} ms, maps "
-        f"{m.maps_ms:.1f} ms</small></th>"
-        for m in models
-    )
-    positive = student.decision.label
-    rows = [
-        f"<tr><td><b>{html.escape(positive)}</b> <small>(probability vs threshold)</small></td>"
-        + "".join(_decision_cell(m) for m in models)
-        + "</tr>"
-    ]
-    for label in student.local_probs:
-        cells = []
-        for m in models:
-            p = m.local_probs.get(label)
-            cells.append(f"<td>{_bar(p)} {_verdict(m.local_calls.get(label))}</td>" if p is not None else "<td>-</td>")
-        rows.append(f"<tr><td>{html.escape(label)} <small>(finding)</small></td>{''.join(cells)}</tr>")
-    points = dict.fromkeys(m.decision.operating_point for m in models if m.decision.threshold is not None)
-    return (
-        f'<table class="cxr-table" id="cxr-probabilities"><tr><th>label</th>{head}</tr>{"".join(rows)}</table>'
-        f"<small>The {html.escape(positive)} probability is one softmax decision (the other classes share the rest); "
-        "it is called positive at or above the model's threshold. "
-        + " ".join(f"{html.escape(point[0].upper() + point[1:])}." for point in points)
-        + " Findings are separate sigmoid outputs, each called at its own balanced (Youden's J) threshold.</small>"
-    )
-
-
 def _heat(prediction: Prediction, result, index: int) -> np.ndarray | None:
     if result is None or len(result.maps) <= index:
         return None
     return overlay(prediction.image, list(result.maps.values())[index])
 
 
-def lung_sentence(prediction) -> str:
-    """What the lung model saw: the outline drawn, or a warning that this upload shows no lungs."""
-    if prediction.lungs is None:
-        return ""
-    if not prediction.lungs_found:
-        return (
-            f"**No lungs found** (the lung model marks {prediction.lung_fraction:.0%} of the image): is this a "
-            "frontal chest X-ray? No TB boxes are drawn, and the TB map below is not kept inside lungs. "
-        )
-    return (
-        f"Blue: the lungs as the lung model outlines them ({prediction.lung_fraction:.0%} of the image); the TB map "
-        "and boxes are kept inside them. "
-    )
-
-
-def decision_sentence(result) -> str:
-    """The call in words: the probability, the threshold it was compared with, and which operating point that is."""
-    d = result.decision
-    if d.threshold is None:
-        return f"{d.label} probability {d.probability:.3f}; this model has no calibrated threshold, so no call. "
-    verdict = f"at or above it: **{d.label} signal**" if d.positive else f"below it: **no {d.label} signal**"
-    return (
-        f"{d.label} probability **{d.probability:.3f}**, threshold {d.threshold:.3f} ({d.operating_point}): {verdict}. "
-    )
-
-
 def _tb_outputs(prediction: Prediction):
     tb = prediction.tb
     if tb is None:
-        return None, None, "No TB localisation model is loaded."
+        return None, None, tb_note(prediction)
     boxes = [[v / prediction.scale for v in b.box] for b in tb.boxes]
     labels = [f"{b.score:.2f}" for b in tb.boxes]
     picture = gray_to_rgb(prediction.image)
     if prediction.lungs is not None:
         picture = draw_outline(picture, prediction.lungs)  # the lung model's outline, in blue
     picture = draw_boxes(picture, boxes, labels)
-    boxes_text = (
-        f"{len(boxes)} box(es) around the regions where the class activation map is above half its maximum; the "
-        "number on a box is the mean map value inside it. Boxes are drawn whatever the probability: read them "
-        "together with it. On validation X-rays these maps overlap the radiologists' boxes poorly (see the "
-        "README's localisation table)."
-        if prediction.lungs is None or prediction.lungs_found
-        else ""
-    )
-    text = (
-        f"{lung_sentence(prediction)}{decision_sentence(tb)}({tb.name}: model {tb.forward_ms:.1f} ms, maps "
-        f"{tb.maps_ms:.1f} ms.) {boxes_text}"
-    )
-    return picture, overlay(prediction.image, next(iter(tb.maps.values()))), text
+    return picture, overlay(prediction.image, next(iter(tb.maps.values()))), tb_note(prediction)
 
 
-def _interval(values) -> str:
-    return f" (95% CI {values[0]:.2f}-{values[1]:.2f})" if values else ""
-
-
-def _png_data_uri(rgb: np.ndarray) -> str:
-    import base64
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def model_card_row(name: str, model, card: dict | None) -> str:
-    """One model of the "How good is this model?" panel, from its card: validation AUROC with its CI (the
-    same-hospital films first where the dataset has them), sensitivity / specificity at the operating point the
-    app's call uses, the validation set's size and source, and the ROC curve drawn from the card's points."""
-    title = f"<h4>{html.escape(name)} ({model.config.image_size} px)</h4>"
-    if not card:
-        return (
-            f'<div class="cxr-card">{title}<p>No measurements travel with this model: treat it as unmeasured.</p></div>'
-        )
-    raw, dataset = card.get("raw", {}), card.get("dataset", {})
-    positive = model.positive_label
-    lines = []
-    if raw.get("same_hospital_images"):
-        lines.append(
-            f"Same-hospital validation films ({raw['same_hospital_images']}): <b>AUROC "
-            f"{raw['same_hospital_auroc']:.3f}</b>{_interval(raw.get('same_hospital_auroc_ci95'))}"
-        )
-    lines.append(
-        f"All {raw.get('images', '?')} validation films: AUROC {raw['global_auroc']:.3f}"
-        f"{_interval(raw.get('global_auroc_ci95'))}"
-        + (" (includes films whose source alone gives TB away)" if raw.get("same_hospital_images") else "")
-    )
-    calls, point = raw.get("same_hospital_calls", {}), None
-    screening = model.config.screening_threshold is not None and "screening" in calls
-    chosen = calls.get("screening" if screening else "Youden's J")
-    if chosen:
-        point = (1 - chosen["specificity"], chosen["sensitivity"])
-        lines.append(
-            f"At its {'screening' if screening else 'balanced'} threshold {chosen['threshold']:.3f} (the one the call "
-            f"above uses): sensitivity {chosen['sensitivity']:.2f}{_interval(chosen.get('sensitivity_ci95'))}, "
-            f"specificity {chosen['specificity']:.2f}{_interval(chosen.get('specificity_ci95'))} on the films it was "
-            "chosen on"
-        )
-        crossed = raw.get("same_hospital_screening_cross_fitted")
-        if screening and crossed:
-            lines.append(
-                f"On films it was not chosen on ({crossed['folds']}-fold cross-fitted): sensitivity "
-                f"{crossed['sensitivity']:.2f}{_interval(crossed.get('sensitivity_ci95'))}, specificity "
-                f"{crossed['specificity']:.2f}{_interval(crossed.get('specificity_ci95'))}"
-            )
-    else:
-        lines.append("No calibrated operating point on its card.")
-    lines.append(f"Validation set: {html.escape(dataset.get('name', '?'))}, {html.escape(dataset.get('split', '?'))}")
-    roc = raw.get("roc")
-    picture = (
-        f'<img class="cxr-roc" alt="ROC curve of {html.escape(name)}" src="'
-        + _png_data_uri(roc_picture(roc["fpr"], roc["tpr"], point, f"{positive}: ROC, {roc['films']}"))
-        + '">'
-        if roc
-        else "<p><small>(no ROC points on this card)</small></p>"
-    )
-    items = "".join(f"<li>{line}</li>" for line in lines)
-    return f'<div class="cxr-card" data-model="{html.escape(name)}">{title}{picture}<ul>{items}</ul></div>'
-
-
-def model_panel(predictor: Predictor, size: int) -> str:
-    """The "How good is this model?" panel for the student of ``size``, the teacher and the TB model."""
-    models = [("student", predictor.students[size]), ("teacher", predictor.teacher), ("tb", predictor.tb_model)]
-    rows = [
-        model_card_row(predictor.name_of(role, model), model, predictor.cards.get(predictor.name_of(role, model)))
-        for role, model in models
-        if model is not None
-    ]
-    return (
-        '<div id="cxr-model-panel">'
-        + "".join(rows)
-        + "<p><small>Measured by us on our validation split (numbers from each model's card, metrics.json); held-out "
-        "films may score lower. The red dot is the operating point the app's call uses.</small></p></div>"
-    )
+def _results_html(prediction: Prediction, predictor: Predictor, title: str, answer_id: str) -> tuple[str, str]:
+    """The answer (first, in words) and the comparisons beneath it."""
+    return answer_html(prediction, title, answer_id), comparisons_html(prediction, predictor.cards)
 
 
 def reduced_view(payload: str) -> np.ndarray:
@@ -480,7 +290,7 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
 
     def analyse(xray: XRay | None, family, resolution, layer):
         if xray is None:  # nothing readable uploaded: clear every result rather than show the last image's
-            return (None,) * 9 + ("", None)
+            return ("",) + (None,) * 9 + ("", None)
         predictor, size = choose(family, resolution)
         try:
             prediction = predictor.predict(xray, resolution=size, layer=int(layer) - 1)
@@ -488,10 +298,12 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
             raise gr.Error(str(error)) from None
         student, teacher = prediction.student, prediction.teacher
         tb_boxes, tb_heat, tb_text = _tb_outputs(prediction)
+        answer, comparisons = _results_html(prediction, predictor, family or default, "cxr-answer")
         return (
+            answer,
             gray_to_rgb(prediction.image),
             enlarge(student.view),
-            _probability_table(prediction),
+            comparisons,
             _heat(prediction, student, 0),
             _heat(prediction, student, 1),
             _heat(prediction, teacher, 0),
@@ -548,10 +360,12 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
         heat = next(iter(prediction.student.maps.values()))
         factor = max(1, 336 // size)
         big_view, big_heat = (np.kron(a, np.ones((factor, factor), dtype=np.float32)) for a in (view, heat))
-        return status, enlarge(view), overlay(big_view, big_heat), _probability_table(prediction)
+        answer, comparisons = _results_html(prediction, predictor, family or default, "cxr-lowbw-answer")
+        return status, enlarge(view), overlay(big_view, big_heat), answer + comparisons
 
     def predict_api(path, resolution=smallest, family=default):
-        """JSON results for one X-ray: per-label probabilities and calls of the student (and teacher), TB boxes."""
+        """JSON results for one X-ray: the family's answer (``answer``: model, probability, state and cuts), then
+        each model's probabilities, states and finding calls, and the TB boxes."""
         if not path:
             raise gr.Error("No file received.")
         if family not in families:
@@ -569,7 +383,8 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
         gr.Markdown(
             "# cxrdistill: chest X-ray AI at low resolution\n"
             f"A ViT student that sees the X-ray at **{smallest} x {smallest} pixels**, distilled from a 224-px "
-            "teacher (MLCAK), and a CNN that localises TB from image labels only. Upload an X-ray to see what each "
+            "teacher (MLCAK), and a CNN that localises TB from image labels only. Upload an X-ray: one answer "
+            "(**low**, **indeterminate** or **signal**) from the family's best-validated model, then what each "
             "model sees, what it says and where it looks."
         )
         gr.Markdown(DISCLAIMER, elem_classes="cxr-disclaimer", elem_id="cxr-disclaimer")
@@ -597,6 +412,7 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
                 status = gr.Markdown(elem_id="cxr-status")
                 gr.Markdown(_models_note(families))
             with gr.Column(scale=2):
+                answer_box = gr.HTML(elem_id="cxr-answer-box")
                 with gr.Row():
                     original = gr.Image(label="Original (display size)", height=320, elem_id="cxr-original")
                     student_view = gr.Image(label="What the student sees", height=320, elem_id="cxr-student-view")
@@ -631,6 +447,7 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
         with gr.Accordion("Results as JSON", open=False):
             details = gr.JSON()
         outputs = [
+            answer_box,
             original,
             student_view,
             probabilities,
@@ -682,7 +499,7 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
 def _models_note(families: Mapping[str, Predictor]) -> str:
     def describe(model) -> str:
         config = model.config
-        calibrated = "calibrated thresholds" if config.global_thresholds is not None else "no calibrated thresholds"
+        calibrated = "answer cuts" if config.rule_out_threshold is not None else "no answer cuts"
         return f"{type(model).__name__} {config.image_size} px ({calibrated})"
 
     lines = []

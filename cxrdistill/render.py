@@ -138,12 +138,13 @@ def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]
 def roc_picture(
     fpr: Sequence[float],
     tpr: Sequence[float],
-    point: tuple[float, float] | None = None,
+    points: Sequence[tuple[float, float]] = (),
     title: str = "",
     size: int = 240,
 ) -> np.ndarray:
     """A ROC curve (false-positive rate on x, sensitivity on y, both ``[0, 1]``) on white with the chance diagonal;
-    ``point`` (false-positive rate, sensitivity) marks the model's operating point. ``(size, size, 3)`` ``uint8``."""
+    each of ``points`` (false-positive rate, sensitivity) marks one of the model's cuts. ``(size, size, 3)``
+    ``uint8``."""
     picture = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(picture)
     font = _font(max(10, size // 22))
@@ -158,9 +159,9 @@ def roc_picture(
         draw.line((*xy(0, tick), *xy(1, tick)), fill=(232, 232, 232))
     draw.line((*xy(0, 0), *xy(1, 1)), fill=(170, 170, 170))
     draw.line([xy(x, y) for x, y in zip(fpr, tpr, strict=True)], fill=tuple(int(v) for v in _VIRIDIS[2]), width=3)
-    if point is not None:
+    radius = max(4, size // 45)
+    for point in points:
         x, y = xy(*point)
-        radius = max(4, size // 45)
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=BOX_COLOUR, outline=(0, 0, 0))
     draw.text((left, bottom + 4), "0", fill=(60, 60, 60), font=font)
     draw.text((right - 8, bottom + 4), "1", fill=(60, 60, 60), font=font)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import time
@@ -23,6 +22,7 @@ from test_inference import tb_model
 
 import app
 from cxrdistill.inference import Predictor
+from cxrdistill.pages import model_card_row, model_panel
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = os.environ.get("CXRDISTILL_SCREENSHOTS")  # keep the browser screenshots here when set
@@ -248,36 +248,48 @@ def test_a_missing_model_stops_the_app_with_a_message(tmp_path):
         app.main(["--models-dir", str(tmp_path)])
 
 
+def check_answer_on_page(page, expected: dict) -> None:
+    """The answer box says what ``Prediction.to_dict()["answer"]`` says: state, model and probability, in words."""
+    from cxrdistill.pages import display_label
+
+    box = page.locator("#cxr-answer")
+    assert box.get_attribute("data-state") == expected["state"]
+    assert box.get_attribute("data-model") == expected["model"]
+    assert float(box.get_attribute("data-probability")) == pytest.approx(expected["probability"], abs=1e-4)
+    text = box.inner_text()
+    assert f"{display_label(expected['label'])}: {expected['state']}" in text
+    assert f"probability {expected['probability']:.3f}" in text and expected["model"] in text
+    assert f"rule-out cut {expected['rule_out']:.3f}, rule-in cut {expected['rule_in']:.3f}" in text
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
-def test_browser_upload_shows_probabilities_attention_and_boxes(served, tmp_path):
+def test_browser_upload_shows_one_answer_comparisons_attention_and_boxes(served, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     url, predictor = served
     xray = shared_path("tbx11k", "imgs", "tb", "tb0005.png")  # a TB film: lungs to find, boxes to draw
     screenshots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
     screenshots.mkdir(parents=True, exist_ok=True)
+    expected = predictor.predict(xray.read_bytes())
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.goto(url)
         expect(page.locator("#cxr-disclaimer")).to_contain_text("not a medical device")
         page.set_input_files("#cxr-upload input[type=file]", str(xray))
+        answer = page.locator("#cxr-answer")
+        expect(answer).to_be_visible(timeout=60_000)
+        check_answer_on_page(page, expected.to_dict()["answer"])
+        # beneath it, each model once, the answering one first; each with its own state and validation AUROC
         table = page.locator("#cxr-probabilities")
-        expect(table).to_contain_text("student-28", timeout=60_000)
-        expect(table).to_contain_text("teacher-224")
-        # one decision per model: the positive class against its threshold, called as the numbers say
-        decisions = table.locator(".cxr-decision")
-        assert decisions.count() == 2 and "not_tb" not in table.inner_text()
-        for k in range(2):
-            cell = decisions.nth(k)
-            probability, threshold = (float(cell.get_attribute(f"data-{a}")) for a in ("probability", "threshold"))
-            positive = cell.locator(".cxr-pos").count() == 1
-            assert positive == (probability >= threshold) and cell.locator(".cxr-pos, .cxr-neg").count() == 1
-            assert f"{probability:.3f} {'≥' if positive else '<'} {threshold:.3f}" in cell.inner_text()
-        expected = predictor.predict(xray.read_bytes())
-        assert float(decisions.nth(0).get_attribute("data-probability")) == pytest.approx(
-            expected.student.decision.probability, abs=1e-4
-        )
+        rows = table.locator("tr[data-model]")
+        assert [rows.nth(k).get_attribute("data-model") for k in range(rows.count())] == [
+            r.source for r in expected.results
+        ]
+        for k, result in enumerate(expected.results):
+            assert rows.nth(k).get_attribute("data-state") == result.decision.state
+        assert "answers" in rows.nth(0).inner_text() and "comparison" in rows.nth(1).inner_text()
+        assert "not_tb" not in table.inner_text()
         expect(page.locator("#cxr-student-attention img")).to_be_visible()
         expect(page.locator("#cxr-student-view img")).to_be_visible()
         page.screenshot(path=str(screenshots / "app.png"), full_page=True)
@@ -285,41 +297,25 @@ def test_browser_upload_shows_probabilities_attention_and_boxes(served, tmp_path
         page.get_by_role("tab", name="TB localisation").click()
         expect(page.locator("#cxr-tb-boxes img")).to_be_visible()
         note = page.locator("#cxr-tb-note")
-        expect(note).to_contain_text("tb probability")
-        call = re.search(r"tb probability ([0-9.]+), threshold ([0-9.]+) \((\w+)", note.inner_text())
-        assert call, note.inner_text()
-        p_tb, threshold, point = float(call[1]), float(call[2]), call[3]
-        tb = expected.tb.decision
-        assert (p_tb, threshold) == (round(tb.probability, 3), round(tb.threshold, 3)) and point == "screening"
-        assert ("at or above it: tb signal" in note.inner_text()) == (tb.probability >= tb.threshold)
+        expect(note).to_contain_text("box(es)")
+        # the TB tab says which model draws the boxes and gives no second TB answer
+        assert expected.tb.source in note.inner_text() and "probability" not in note.inner_text()
         page.screenshot(path=str(screenshots / "app-tb.png"), full_page=True)
-        # the boxes on the page (the same predictor, the same film) lie inside the lungs the lung model outlines
         assert expected.lungs_found and expected.tb.boxes
         assert f"{len(expected.tb.boxes)} box(es)" in note.inner_text()
-        for box in expected.tb.boxes:
-            x0, y0, x1, y1 = (round(v / expected.scale) for v in box.box)
-            assert expected.lungs[y0:y1, x0:x1].mean() > 0.5, box
 
         page.get_by_role("tab", name="How good is this model?").click()  # the cards' numbers
         panel = page.locator("#cxr-panel")
-        for name, folder in (("student-28", "mlcak-student-28"), ("tb-28", "tb-student-28")):
+        for name, folder in (("teacher-224", "mlcak-teacher-224"), ("tb-28", "tb-student-28")):
             raw = json.loads((REPO_ROOT / "models" / folder / "metrics.json").read_text())["raw"]
             card = panel.locator(f'.cxr-card[data-model="{name}"]')
             expect(card).to_contain_text(f"AUROC {raw['same_hospital_auroc']:.3f}")
             expect(card).to_contain_text(f"All {raw['images']} validation films")
+            signal = raw["triage"]["cross_fitted"]["rates"]["negative"]["signal"]
+            low, high = signal["ci95"]
+            expect(card).to_contain_text(f"signal {signal['share']:.0%} (95% CI {low:.2f}-{high:.2f})")
+        expect(panel.locator(".cxr-card").first).to_contain_text("answers for this family")
         page.screenshot(path=str(screenshots / "app-panel.png"), full_page=True)
-
-        # the other family (pneumonia on NIH-1024): its own students and decision
-        from cxrdistill.hub import RELEASE_FAMILIES
-
-        page.get_by_label(RELEASE_FAMILIES["nih1024"].title).check()
-        expect(table.locator(".cxr-decision").first).to_be_visible(timeout=30_000)
-        expect(table).to_contain_text("pneumonia", timeout=30_000)
-        sizes = page.locator("#cxr-resolution input[type=radio]")
-        if sizes.count() > 1:  # another input size: the table follows
-            size = sizes.nth(1).get_attribute("value") or sizes.nth(1).input_value()
-            sizes.nth(1).check()
-            expect(table).to_contain_text(f"student-{size}", timeout=30_000)
 
         page.locator("#cxr-upload button[aria-label=Clear]").click()
         fake = tmp_path / "notes.png"
@@ -327,8 +323,45 @@ def test_browser_upload_shows_probabilities_attention_and_boxes(served, tmp_path
         page.set_input_files("#cxr-upload input[type=file]", str(fake))
         expect(page.locator("#cxr-status")).to_contain_text("Cannot use this file", timeout=30_000)
         expect(table).to_have_count(0, timeout=30_000)  # the previous image's results are gone
+        expect(answer).to_have_count(0, timeout=30_000)
         browser.close()
     assert (screenshots / "app.png").stat().st_size > 50_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("family", ["tbx11k", "nih1024"])
+def test_browser_answer_text_equals_the_api_answer_for_tb_normal_and_dicom_films(served, client, tmp_path, family):
+    """A TB film, a normal film from the same hospital and the example DICOM, in each family: the page's answer is
+    the API's ``answer`` for the same file."""
+    from gradio_client import handle_file
+    from playwright.sync_api import expect, sync_playwright
+
+    from cxrdistill.examples import example_path
+    from cxrdistill.hub import RELEASE_FAMILIES
+
+    url, _ = served
+    title = RELEASE_FAMILIES[family].title
+    train = shared_path("tbx11k", "imgs", "extra", "mc+shenzhen", "train")
+    films = {"tb": train / "CHNCXR_0331_1.png", "normal": train / "CHNCXR_0004_0.png", "dicom": Path(example_path())}
+    screenshots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        page.get_by_label(title).check()
+        for name, film in films.items():
+            expected = client.predict(handle_file(str(film)), 28, title, api_name="/predict")["answer"]
+            page.set_input_files("#cxr-upload input[type=file]", str(film))
+            expect(page.locator("#cxr-answer")).to_have_attribute("data-model", expected["model"], timeout=60_000)
+            expect(page.locator("#cxr-answer")).to_have_attribute(
+                "data-probability", f"{expected['probability']:.4f}", timeout=60_000
+            )
+            check_answer_on_page(page, expected)
+            page.screenshot(path=str(screenshots / f"app-{family}-{name}.png"))
+            page.locator("#cxr-upload button[aria-label=Clear]").click()
+            expect(page.locator("#cxr-answer")).to_have_count(0, timeout=30_000)
+        browser.close()
 
 
 def test_space_push_uploads_app_package_and_models(hub):
@@ -457,21 +490,6 @@ def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_serving(serv
     assert client.predict(handle_file(str(write_png(tmp_path, "ok.png"))), 28, api_name="/predict")["student"]
 
 
-def test_the_call_text_states_the_probability_the_threshold_and_the_operating_point():
-    from cxrdistill.inference import Decision
-
-    def result(decision):
-        return type("Result", (), {"decision": decision})()
-
-    none = Decision("tb", 0.31, None, "no calibrated threshold", None)
-    assert "no calibrated threshold, so no call" in app.decision_sentence(result(none))
-    above = Decision("tb", 0.3141, 0.214, "screening: ...at least 90%...", True)
-    text = app.decision_sentence(result(above))
-    assert "probability **0.314**, threshold 0.214 (screening: ...at least 90%...)" in text and "**tb signal**" in text
-    below = Decision("pneumonia", 0.1, 0.214, "balanced: Youden", False)
-    assert "below it: **no pneumonia signal**" in app.decision_sentence(result(below))
-
-
 def test_the_model_panel_shows_each_cards_numbers_and_its_roc_curve(tmp_path):
     """The "How good is this model?" panel reads the numbers from the card (metrics.json) that travels with each
     model; a model without a card is said to be unmeasured rather than shown with made-up numbers."""
@@ -483,16 +501,27 @@ def test_the_model_panel_shows_each_cards_numbers_and_its_roc_curve(tmp_path):
     card = predictor.cards["tb-28"]
     assert card == json.loads((REPO_ROOT / "models" / "tb-student-28" / "metrics.json").read_text())
     raw = card["raw"]
-    row = app.model_card_row("tb-28", predictor.tb_model, card)
+    row = model_card_row("tb-28", predictor.tb_model, card, "tb-student-28")
     assert f"AUROC {raw['same_hospital_auroc']:.3f}" in row and f"({raw['same_hospital_images']})" in row
     assert row.index("Same-hospital") < row.index(f"All {raw['images']} validation films")
-    screening = raw["same_hospital_calls"]["screening"]
-    assert f"threshold {screening['threshold']:.3f}" in row and f"sensitivity {screening['sensitivity']:.2f}" in row
+    triage = raw["triage"]
+    assert (
+        f"below {triage['rule_out']['threshold']:.3f}" in row and f"above {triage['rule_in']['threshold']:.3f}" in row
+    )
+    for where, rates in (("chosen on", triage["rates"]), ("cross-fitted", triage["cross_fitted"]["rates"])):
+        for group, name in (("positive", "tb films"), ("negative", "films without tb")):
+            line = next(x for x in row.split("<li>") if x.startswith(f"{name} (") and where in x)
+            for state in ("low", "indeterminate", "signal"):
+                rate = rates[group][state]
+                low, high = rate["ci95"]  # a swapped interval would read high-low here
+                assert f"{state} {rate['share']:.0%} (95% CI {low:.2f}-{high:.2f})" in line, (line, state)
+                assert low <= rate["share"] <= high
     with_roc = {**card, "raw": {**raw, "roc": {"films": "same-hospital films", "fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1]}}}
-    assert 'src="data:image/png;base64,' in app.model_card_row("tb-28", predictor.tb_model, with_roc)
-    assert "unmeasured" in app.model_card_row("student-28", predictor.students[28], None)
-    panel = app.model_panel(predictor, 28)
+    assert 'src="data:image/png;base64,' in model_card_row("tb-28", predictor.tb_model, with_roc)
+    assert "unmeasured" in model_card_row("student-28", predictor.students[28], None)
+    panel = model_panel(predictor, 28)
     assert [name in panel for name in ("student-28", "teacher-224", "tb-28")] == [True] * 3
+    assert panel.index("mlcak-teacher-224") < panel.index("mlcak-student-28")  # the answering model first
     bare = tmp_path / "bare"  # weights and config only
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
@@ -578,8 +607,8 @@ def test_browser_low_bandwidth_mode_sends_only_the_reduced_film(served, tmp_path
         assert 0 < sent < 20_000 and sent < film.stat().st_size / 50, sent
         payload = next(json.loads(r.post_data)["data"][0] for r in posts if r.url.split("?")[0].endswith("/join"))
         assert f"Sent {len(payload):,} bytes" in status.inner_text()
-        shown = float(page.locator("#cxr-lowbw-table .cxr-decision").get_attribute("data-probability"))
-        same_input = predictor.predict_view(app.reduced_view(payload)).student.decision.probability
+        shown = float(page.locator("#cxr-lowbw-answer").get_attribute("data-probability"))
+        same_input = predictor.predict_view(app.reduced_view(payload)).answer.decision.probability
         full_film = predictor.predict(film.read_bytes()).student.decision.probability
         assert shown == pytest.approx(same_input, abs=1e-4)  # the server's prediction on what was sent
         assert shown == pytest.approx(full_film, abs=0.02)  # and close to the full-upload path's

@@ -217,3 +217,25 @@ def test_tb_boxes_are_drawn_from_the_map_kept_inside_the_lungs(predictor):
     for box in tb.boxes:  # each box's centre lies in the lungs
         x0, y0, x1, y1 = (v / prediction.scale for v in box.box)
         assert prediction.lungs[int((y0 + y1) / 2), int((x0 + x1) / 2)]
+
+
+def test_findings_that_are_not_trusted_are_shown_but_never_called():
+    """NIH-1024's findings: called only where the card's validation AUROC's lower bound reaches 0.70 with 20
+    positive films; the others keep their probability, get no call, and say why."""
+    from cxrdistill.triage import FINDING_MIN_AUROC_LOWER, FINDING_MIN_POSITIVES
+
+    nih = Predictor.from_release(REPO_ROOT / "models", "nih1024")
+    prediction = nih.predict(chest_png())
+    for result in prediction.results:
+        findings = nih.cards[result.name]["raw"]["findings"]
+        for label, trust in findings.items():
+            trusted = trust["positives"] >= FINDING_MIN_POSITIVES and (
+                trust["auroc_ci95"] is not None and trust["auroc_ci95"][0] >= FINDING_MIN_AUROC_LOWER
+            )
+            assert trust["called"] == trusted, (result.name, label, trust)
+            assert 0.0 <= result.local_probs[label] <= 1.0
+            if trusted:
+                assert isinstance(result.local_calls[label], bool) and label not in result.local_reasons
+            else:
+                assert result.local_calls[label] is None and result.local_reasons[label] == trust["reason"]
+        assert sum(c is not None for c in result.local_calls.values()) <= 3  # at most a few of the 14 findings

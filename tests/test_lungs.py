@@ -147,6 +147,7 @@ def test_the_predictor_keeps_tb_maps_inside_the_lungs_and_says_so(tmp_path):
 
     import app
     from cxrdistill.inference import Predictor
+    from cxrdistill.pages import lung_sentence
 
     torch.manual_seed(0)
     lungs = LungSegmenter(preset_config(LungSegmenterConfig, "lung-unet-mobilenetv3s", image_size=64)).eval()
@@ -163,13 +164,13 @@ def test_the_predictor_keeps_tb_maps_inside_the_lungs_and_says_so(tmp_path):
         assert first == f"{raw} inside the lungs" and not prediction.tb.maps[first][~prediction.lungs].any()
         for name, heatmap in list(prediction.student.maps.items())[:2]:  # the ViT's maps too
             assert name.endswith("inside the lungs") and not heatmap[~prediction.lungs].any()
-        assert "Blue: the lungs" in app.lung_sentence(prediction)
+        assert "Blue: the lungs" in lung_sentence(prediction)
     else:
-        assert list(prediction.tb.maps) == ["CAM (tb)"] and "No lungs found" in app.lung_sentence(prediction)
+        assert list(prediction.tb.maps) == ["CAM (tb)"] and "No lungs found" in lung_sentence(prediction)
         assert not any("inside the lungs" in name for name in prediction.student.maps)
         assert prediction.tb.boxes == [] and "box(es)" not in app._tb_outputs(prediction)[2]
     prediction.lungs = np.zeros_like(prediction.lungs)
-    assert not prediction.lungs_found and "No lungs found" in app.lung_sentence(prediction)
+    assert not prediction.lungs_found and "No lungs found" in lung_sentence(prediction)
 
 
 def test_the_released_models_keep_every_map_inside_the_lungs_of_a_real_tb_film():

@@ -297,6 +297,36 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
     names = [r["name"] for r in card["results"]]
     assert any("mIoU" in n and "location prior" in n for n in names) and any("pointing game" in n for n in names)
     assert "mIoU" in (target / "README.md").read_text()
+    # the two answer cuts: chosen for sensitivity and specificity 0.95 on the reference films, on the card too
+    from cxrdistill.evaluation import EvalData, load_dataset, predict_dataset, reference_films
+    from cxrdistill.triage import Cuts
+
+    config = released.config
+    assert (config.rule_out_sensitivity, config.rule_in_specificity) == (0.95, 0.95)
+    predictions = predict_dataset(released, load_dataset(EvalData("tbx11k", str(tiny_tbx11k), None, "val")))
+    rows = reference_films(predictions, 1)
+    cuts = Cuts.choose(predictions["global_targets"][rows, 1], predictions["global_probs"][rows, 1])
+    assert (config.rule_out_threshold, config.rule_in_threshold) == pytest.approx((cuts.rule_out, cuts.rule_in))
+    triage = card["raw"]["triage"]
+    assert (triage["rule_out"]["threshold"], triage["rule_in"]["threshold"]) == pytest.approx(
+        (cuts.rule_out, cuts.rule_in)
+    )
+    assert "Answers: low / indeterminate / signal" in (target / "README.md").read_text()
+
+    # float16 only where it moves no AUROC by more than the tolerance: an impossible tolerance keeps float32
+    from safetensors import safe_open
+
+    def weights_dtype(folder):
+        with safe_open(folder / "model.safetensors", "pt") as weights:
+            return weights.get_tensor(next(iter(weights.keys()))).dtype
+
+    common = ["--root", str(tiny_tbx11k), "--bootstrap", "5"]
+    release.main([f"{source}={target}", *common, "--max-auroc-change", "-1"])
+    assert json.loads((target / "metrics.json").read_text())["release"]["weights"] == "float32"
+    assert weights_dtype(target) == torch.float32
+    release.main([f"{source}={target}", *common, "--max-auroc-change", "1"])
+    assert json.loads((target / "metrics.json").read_text())["release"]["weights"] == "float16"
+    assert weights_dtype(target) == torch.float16
 
     # over the size budget: it says so and the release already there is left exactly as it was
     before = {f: f.read_bytes() for f in target.parent.rglob("*") if f.is_file()}
