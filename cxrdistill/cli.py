@@ -206,6 +206,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         load_train_val,
         localisation_metrics,
         location_prior,
+        map_sanity,
         predict_dataset,
         to_jsonable,
     )
@@ -266,6 +267,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "data": dataclasses.asdict(data),
         **metrics,
         "localisation": localisation_metrics(predictions["localisation"], bootstrap=args.bootstrap),
+        "map_sanity": map_sanity(predictions, model.positive_index),
     }
     text = json.dumps(to_jsonable(report), indent=2)
     if args.json:

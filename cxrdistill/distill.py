@@ -35,6 +35,7 @@ from torch import nn
 
 from cxrdistill.losses import (
     attention_mse,
+    box_heatmap_loss,
     cam_alignment,
     head_average,
     logit_mse,
@@ -168,6 +169,8 @@ class SupervisedTask(nn.Module):
             ``None`` for equal weights.
         adversary: a :class:`ConditionalSourceAdversary` on the model's features (a CNN's last feature map), or
             ``None``; its loss is added times its ``weight`` as the ``source_adversary`` term.
+        box_weight: weight of :func:`cxrdistill.losses.box_heatmap_loss` on a CNN's class maps (the ``boxes`` term:
+            the box-supervised reference; 0: image labels only).
     """
 
     def __init__(
@@ -177,16 +180,19 @@ class SupervisedTask(nn.Module):
         local_weight: float = 1.0,
         class_weights: torch.Tensor | None = None,
         adversary: ConditionalSourceAdversary | None = None,
+        box_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model, self.view_size, self.local_weight, self.adversary = model, view_size, local_weight, adversary
+        self.box_weight = box_weight
         self.register_buffer(
             "class_weights", None if class_weights is None else class_weights.float(), persistent=False
         )
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch["views"][self.view_size]
-        output = self.model(images, return_features=True) if self.adversary else self.model(images)
+        wants_features = self.adversary is not None or self.box_weight > 0
+        output = self.model(images, return_features=True) if wants_features else self.model(images)
         loss, terms = task_loss(
             output.global_logits,
             output.local_logits,
@@ -199,6 +205,16 @@ class SupervisedTask(nn.Module):
         if self.adversary is not None:
             terms["source_adversary"] = self.adversary(output.features, batch["global"], batch["source"])
             loss = loss + self.adversary.weight * terms["source_adversary"]
+        if self.box_weight > 0:
+            maps = self.model.class_activation_maps(output.features, "global")  # (B, K, h, w)
+            positive = self.model.positive_index
+            others = [k for k in range(maps.shape[1]) if k != positive]
+            log_odds = maps[:, positive] - torch.logsumexp(maps[:, others], dim=1)  # (B, h, w)
+            is_positive = batch["global"][:, positive] > 0.5
+            terms["boxes"] = box_heatmap_loss(
+                log_odds, batch["boxes"][self.view_size], is_positive, ~is_positive, self.view_size
+            )
+            loss = loss + self.box_weight * terms["boxes"]
         return loss, terms
 
 

@@ -31,10 +31,12 @@ from cxrdistill.explain import (
     to_source_frame,
 )
 from cxrdistill.metrics import (
+    average_precision,
     bootstrap_ci,
     box_iou,
     boxes_mask,
     macro_auroc,
+    map_constancy,
     mask_iou,
     operating_point,
     operating_point_ci,
@@ -121,11 +123,13 @@ def predict_dataset(
     model.eval()
     keys = ("global_probs", "local_probs", "global_targets", "local_targets", "local_mask", "source", "id")
     outputs: dict[str, list] = {k: [] for k in (*keys, "localisation")}
+    map_grids: dict[str, list] = {}
     for batch in loader:
         images = batch["views"][size]
         with torch.no_grad():
             output = model.forward_for_maps(images) if localise else model(images)
-        if localise and any(len(boxes) for boxes in batch["boxes"][base]):
+        positive_probs = output.global_logits.float().softmax(-1)[:, model.positive_index]
+        if localise:
             lungs = None
             if lung_model is not None:
                 lung_size = lung_model.config.image_size
@@ -138,7 +142,9 @@ def predict_dataset(
             with torch.no_grad():
                 maps = model.explanation_maps(output)
             maps.update(gradient_maps(model, images, map_methods))
-            outputs["localisation"] += _localise(maps, batch, base, prior, lungs)
+            for name, grids in maps.items():  # each film's map on the model's own grid: the constancy check
+                map_grids.setdefault(name, []).append(grids.detach().float().numpy())
+            outputs["localisation"] += _localise(maps, batch, base, prior, lungs, positive_probs.numpy())
         outputs["global_probs"].append(output.global_logits.float().softmax(-1))
         outputs["local_probs"].append(output.local_logits.float().sigmoid())
         outputs["global_targets"].append(batch["global"])
@@ -146,8 +152,10 @@ def predict_dataset(
         outputs["local_mask"].append(batch["local_mask"])
         outputs["source"] += batch["source"]
         outputs["id"] += batch["id"]
+    if localise:
+        outputs["map_grids"] = {name: np.concatenate(grids) for name, grids in map_grids.items()}
     return {
-        k: (v if k == "localisation" else np.array(v) if k in ("source", "id") else torch.cat(v).numpy())
+        k: (v if k in ("localisation", "map_grids") else np.array(v) if k in ("source", "id") else torch.cat(v).numpy())
         for k, v in outputs.items()
     }
 
@@ -174,8 +182,18 @@ def location_prior(dataset, frame: tuple[int, int] = (256, 256)) -> np.ndarray:
     return total / count
 
 
-def _score_heatmap(heatmap: np.ndarray, boxes: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    predicted = [b.box for b in heatmap_to_boxes(heatmap, 0.5)]
+def _detections(heatmap: np.ndarray, probability: float) -> list[list[float]]:
+    """The boxes a map draws (at half its maximum) as ``[x0, y0, x1, y1, score]``: the box's mean map value as a
+    share of the map's maximum, times the film's probability of the positive class (1 for a map with no model)."""
+    peak = float(heatmap.max())
+    return [[*b.box, (b.score / peak if peak > 0 else 0.0) * probability] for b in heatmap_to_boxes(heatmap, 0.5)]
+
+
+def _score_heatmap(
+    heatmap: np.ndarray, boxes: np.ndarray, truth: np.ndarray, probability: float = 1.0
+) -> dict[str, Any]:
+    detections = _detections(heatmap, probability)
+    predicted = [d[:4] for d in detections]
     best_iou = box_iou(boxes, predicted).max(axis=1) if predicted else np.zeros(len(boxes))
     row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     margin_y, margin_x = BORDER * heatmap.shape[0], BORDER * heatmap.shape[1]
@@ -183,6 +201,7 @@ def _score_heatmap(heatmap: np.ndarray, boxes: np.ndarray, truth: np.ndarray) ->
         "iou_at": [mask_iou(heatmap_mask(heatmap, t), truth) for t in THRESHOLDS],
         "pointing": pointing_game(heatmap, boxes),
         "box_best_iou": best_iou.tolist(),
+        "detections": detections,
         "peak_on_border": bool(
             row < margin_y
             or row >= heatmap.shape[0] - margin_y
@@ -193,20 +212,34 @@ def _score_heatmap(heatmap: np.ndarray, boxes: np.ndarray, truth: np.ndarray) ->
 
 
 def _localise(
-    maps: dict[str, torch.Tensor], batch: dict, base: int, prior: np.ndarray | None = None, lungs=None
+    maps: dict[str, torch.Tensor],
+    batch: dict,
+    base: int,
+    prior: np.ndarray | None = None,
+    lungs=None,
+    probabilities: np.ndarray | None = None,
 ) -> list[dict]:
-    """Per image with boxes: each heatmap's mask IoU at every threshold, pointing game and best box IoUs, all in
-    the source image's pixels; combinations with the prior and, given ``lungs`` (``((B, S, S) lung probability over
-    the base view, mask threshold)``), with the lung mask."""
+    """Per image: each heatmap's boxes (for AP50: a film without boxes contributes false positives only) and, for
+    an image with boxes, its mask IoU at every threshold, pointing game and best box IoUs, all in the source
+    image's pixels; combinations with the prior and, given ``lungs`` (``((B, S, S) lung probability over the base
+    view, mask threshold)``), with the lung mask. A model's boxes are scored with the film's ``probabilities`` of
+    the positive class; a map with no model scores its boxes alone."""
     results = []
     for i, view_boxes in enumerate(batch["boxes"][base]):
-        if len(view_boxes) == 0:
-            continue
         source_size = tuple(int(v) for v in batch["source_size"][i])
         to_view = batch["to_view"][i].numpy()
-        boxes, _ = transform_boxes(view_boxes.numpy(), np.linalg.inv(to_view), max(source_size))
-        truth = boxes_mask(boxes, source_size)
-        entry = {"id": batch["id"][i]}
+        has_boxes = len(view_boxes) > 0
+        boxes = transform_boxes(view_boxes.numpy(), np.linalg.inv(to_view), max(source_size))[0] if has_boxes else None
+        truth = boxes_mask(boxes, source_size) if has_boxes else None
+        probability = 1.0 if probabilities is None else float(probabilities[i])
+        entry: dict[str, Any] = {"id": batch["id"][i], "has_boxes": has_boxes, "boxes": boxes}
+
+        def score(name: str, heatmap: np.ndarray, p: float, entry=entry, boxes=boxes, truth=truth) -> None:
+            if boxes is not None:
+                entry[name] = _score_heatmap(heatmap, boxes, truth, p)
+            else:
+                entry[name] = {"detections": _detections(heatmap, p)}
+
         resized = None
         if prior is not None:
             resized = torch.nn.functional.interpolate(
@@ -218,25 +251,34 @@ def _localise(
             lung_mask = (lung_probability > lungs[1]).astype(np.float32)
         for name, heatmaps in maps.items():
             heatmap = to_source_frame(heatmaps[i], to_view, base, source_size).numpy()
-            entry[name] = _score_heatmap(heatmap, boxes, truth)
+            score(name, heatmap, probability)
             low, high = heatmap.min(), heatmap.max()
             scaled = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
             if resized is not None:  # the model's map weighted by where TB usually is: reported as a combination
-                entry[f"{name} x location prior"] = _score_heatmap(scaled * resized, boxes, truth)
+                score(f"{name} x location prior", scaled * resized, probability)
             if lung_mask is not None:  # the model's map kept inside the lungs
-                entry[f"{name} x lung mask"] = _score_heatmap(scaled * lung_mask, boxes, truth)
+                score(f"{name} x lung mask", scaled * lung_mask, probability)
                 if resized is not None:
-                    entry[f"{name} x location prior x lung mask"] = _score_heatmap(
-                        scaled * resized * lung_mask, boxes, truth
-                    )
+                    score(f"{name} x location prior x lung mask", scaled * resized * lung_mask, probability)
         if resized is not None:
-            entry["location prior (no model)"] = _score_heatmap(resized, boxes, truth)
+            score("location prior (no model)", resized, 1.0)
         if lung_mask is not None:
-            entry["lung mask (no model)"] = _score_heatmap(lung_probability, boxes, truth)
+            score("lung mask (no model)", lung_probability, 1.0)
             if resized is not None:
-                entry["location prior x lung mask (no model)"] = _score_heatmap(resized * lung_mask, boxes, truth)
+                score("location prior x lung mask (no model)", resized * lung_mask, 1.0)
         results.append(entry)
     return results
+
+
+def map_sanity(predictions: dict[str, Any], positive: int) -> dict[str, dict[str, Any]]:
+    """Per explanation map: does it change with the film? :func:`cxrdistill.metrics.map_constancy` on the maps of
+    the positive films and of the negative films apart (a constant map peaks in one cell on every film and
+    correlates about 1 with its mean)."""
+    positives = predictions["global_targets"][:, positive] > 0.5
+    return {
+        name: {"positive films": map_constancy(grids[positives]), "negative films": map_constancy(grids[~positives])}
+        for name, grids in predictions.get("map_grids", {}).items()
+    }
 
 
 def localisation_metrics(localisation: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -249,11 +291,16 @@ def localisation_metrics(localisation: list[dict], bootstrap: int = 1000, seed: 
     * ``pointing_game``: share of images whose heatmap maximum lies inside a box; ``peak_on_border``: share whose
       maximum lies in the outer 5% of the image (a border / marker shortcut).
     * ``box_recall_iou_0.3`` / ``_0.5``: share of ground-truth boxes hit by a predicted box (threshold 0.5).
+    * ``ap50``: the TBX11K benchmark's detection AP at IoU 0.5 over every film scored (boxes drawn on films without
+      radiologists' boxes are false positives), a model's boxes ranked by box score x the film's probability.
     * ``*_ci95``: bootstrap over images; ``per_image``: each image's id, cross-fitted IoU and pointing hit.
     """
+    detected = localisation
+    localisation = [entry for entry in localisation if entry.get("has_boxes", True)]
     if not localisation:
         return {}
-    names = [key for key in localisation[0] if key != "id"]
+    names = [key for key in localisation[0] if key not in ("id", "has_boxes", "boxes")]
+    truths = {str(entry["id"]): entry["boxes"] for entry in localisation if entry.get("boxes") is not None}
     order = np.argsort([str(entry["id"]) for entry in localisation], kind="stable")
     halves = (order[0::2], order[1::2])
     metrics = {}
@@ -284,6 +331,12 @@ def localisation_metrics(localisation: list[dict], bootstrap: int = 1000, seed: 
             "pointing_game": float(pointing.mean()),
             "pointing_game_ci95": _mean_ci(pointing, bootstrap, seed),
             "peak_on_border": float(np.mean([entry[name].get("peak_on_border", False) for entry in localisation])),
+            "ap50": average_precision(
+                [(str(entry["id"]), d[:4], d[4]) for entry in detected for d in entry[name].get("detections", [])],
+                truths,
+            )
+            if truths
+            else None,
             "box_recall_iou_0.3": float(np.mean(box_ious >= 0.3)) if len(box_ious) else None,
             "box_recall_iou_0.5": float(np.mean(box_ious >= 0.5)) if len(box_ious) else None,
             # per image, for paired comparisons of two maps on the same films (cxrdistill.metrics)

@@ -146,3 +146,39 @@ def cam_alignment(student_cam: torch.Tensor, teacher_cam: torch.Tensor) -> torch
     if student.shape[-2:] != teacher.shape[-2:]:
         student = F.interpolate(student[:, None], size=teacher.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return F.mse_loss(min_max_normalise(student), teacher)
+
+
+def box_cell_targets(boxes: Sequence[torch.Tensor], grid: tuple[int, int], view_size: int) -> torch.Tensor:
+    """``(B, h, w)`` 0/1: the cells of an ``h x w`` map over a ``view_size`` view whose centre lies in one of the
+    film's xyxy ``boxes`` (view pixels)."""
+    height, width = grid
+    step_y, step_x = view_size / height, view_size / width
+    centres_y = (torch.arange(height, dtype=torch.float32) + 0.5) * step_y  # (h,)
+    centres_x = (torch.arange(width, dtype=torch.float32) + 0.5) * step_x  # (w,)
+    targets = torch.zeros(len(boxes), height, width)
+    for i, film_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in film_boxes.reshape(-1, 4).tolist():
+            inside_y = (centres_y >= y0) & (centres_y < y1)
+            inside_x = (centres_x >= x0) & (centres_x < x1)
+            targets[i] = torch.maximum(targets[i], (inside_y[:, None] & inside_x[None, :]).float())
+    return targets
+
+
+def box_heatmap_loss(
+    log_odds: torch.Tensor,
+    boxes: Sequence[torch.Tensor],
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    view_size: int,
+) -> torch.Tensor:
+    """The box-supervised reference's map loss: binary cross-entropy between each cell's log-odds of the positive
+    class ``(B, h, w)`` and whether the cell lies in a radiologist's box: every cell of a ``negative`` film is a
+    negative; a ``positive`` film without boxes (type unknown) adds nothing. This uses box labels: a model trained
+    with it is box-supervised, an upper bound for the weakly supervised maps, not one of them.
+    """
+    targets = box_cell_targets(boxes, tuple(log_odds.shape[-2:]), view_size).to(log_odds.device)
+    has_boxes = torch.tensor([len(b) > 0 for b in boxes], device=log_odds.device)
+    used = (positive.bool() & has_boxes) | negative.bool()  # (B,)
+    if not used.any():
+        return log_odds.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(log_odds[used], targets[used])

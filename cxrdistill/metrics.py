@@ -177,3 +177,71 @@ def pointing_game(heatmap: np.ndarray, boxes: np.ndarray) -> bool:
     values = np.asarray(heatmap)
     row, column = np.unravel_index(int(np.argmax(values)), values.shape)
     return bool(boxes_mask(boxes, values.shape)[row, column])
+
+
+def map_constancy(grids: np.ndarray) -> dict[str, float | None]:
+    """Is a map the same on every film? ``grids`` ``(N, h, w)``: one map per film on the model's own grid.
+
+    Returns ``peak_cell_share`` (the share of films whose maximum falls in the most common peak cell: 1.0 for a
+    constant map, about ``1 / cells`` for maps that peak anywhere), ``median_correlation_with_mean`` (each film's
+    Pearson correlation with the mean map, median over the films whose map is not flat: near 1 for a constant map)
+    and ``films``.
+    """
+    grids = np.asarray(grids, dtype=np.float64)
+    if grids.ndim != 3 or len(grids) == 0:
+        return {"peak_cell_share": None, "median_correlation_with_mean": None, "films": 0}
+    flat = grids.reshape(len(grids), -1)
+    peaks = flat.argmax(axis=1)
+    share = float(np.bincount(peaks).max() / len(peaks))
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    mean = flat.mean(axis=0)
+    mean_centred = mean - mean.mean()
+    norms = np.linalg.norm(centred, axis=1) * np.linalg.norm(mean_centred)
+    varied = norms > 1e-12
+    correlation = (centred[varied] @ mean_centred) / norms[varied]
+    return {
+        "peak_cell_share": share,
+        "median_correlation_with_mean": float(np.median(correlation)) if varied.any() else None,
+        "films": len(grids),
+    }
+
+
+def average_precision(
+    detections: list[tuple[str, np.ndarray, float]], truths: dict[str, np.ndarray], iou: float = 0.5
+) -> float:
+    """Detection AP at an IoU threshold (PASCAL VOC all-point interpolation, the TBX11K benchmark's AP50 at 0.5).
+
+    Args:
+        detections: ``(film id, xyxy box, score)`` from every film scored, normal films included (their boxes are
+            false positives).
+        truths: film id -> ``(M, 4)`` ground-truth boxes (films without boxes may be absent).
+        iou: the overlap a detection needs with a not yet matched ground-truth box of its film.
+
+    Returns:
+        AP in ``[0, 1]`` (``nan`` without ground-truth boxes).
+    """
+    total = sum(len(boxes) for boxes in truths.values())
+    if total == 0:
+        return math.nan
+    order = sorted(range(len(detections)), key=lambda k: -detections[k][2])
+    matched = {film: np.zeros(len(boxes), dtype=bool) for film, boxes in truths.items()}
+    hits = np.zeros(len(order))
+    for rank, k in enumerate(order):
+        film, box, _ = detections[k]
+        boxes = truths.get(film)
+        if boxes is None or len(boxes) == 0:
+            continue
+        overlaps = box_iou(np.asarray(box)[None], boxes)[0]
+        overlaps[matched[film]] = -1.0
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= iou:
+            matched[film][best] = True
+            hits[rank] = 1.0
+    true_positives = np.cumsum(hits)
+    recall = true_positives / total
+    precision = true_positives / np.arange(1, len(order) + 1)
+    # all-point interpolation: precision made monotone from the right, integrated over recall
+    recall = np.concatenate([[0.0], recall, [recall[-1] if len(recall) else 0.0]])
+    precision = np.concatenate([[1.0], precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(np.diff(recall) * precision[1:]))

@@ -288,3 +288,20 @@ def test_lung_guided_tb_distillation_aligns_with_the_teacher_map_inside_the_lung
     torch.testing.assert_close(terms["cam_alignment"], expected)
     plain = TBDistiller(student, teacher, TBLossWeights())(data)[1]["cam_alignment"]
     assert not torch.isclose(plain, expected)
+
+
+def test_the_box_supervised_map_loss_targets_box_cells_and_skips_films_without_known_boxes():
+    from cxrdistill.losses import box_cell_targets, box_heatmap_loss
+
+    boxes = [torch.tensor([[0.0, 0.0, 56.0, 112.0]]), torch.zeros(0, 4), torch.zeros(0, 4)]
+    targets = box_cell_targets(boxes, (4, 4), 224)  # cells 56 px wide: the box covers column 0, rows 0-1
+    assert targets[0].tolist() == [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert targets[1:].sum() == 0
+    log_odds = torch.zeros(3, 4, 4, requires_grad=True)
+    positive, negative = torch.tensor([True, True, False]), torch.tensor([False, False, True])
+    loss = box_heatmap_loss(log_odds, boxes, positive, negative, 224)
+    loss.backward()
+    assert loss.item() == pytest.approx(np.log(2))  # every used cell at log-odds 0
+    assert log_odds.grad[1].abs().sum() == 0  # a TB film without boxes adds nothing
+    assert (log_odds.grad[2] > 0).all()  # a normal film: every cell pushed down
+    assert (log_odds.grad[0][targets[0] > 0] < 0).all() and (log_odds.grad[0][targets[0] == 0] > 0).all()

@@ -147,3 +147,37 @@ def test_paired_differences_resample_the_same_images_for_both_models():
     shared = rng.random(150)
     mean, interval = paired_mean_difference(shared + 0.1, shared, samples=100)
     assert mean == pytest.approx(0.1) and interval == pytest.approx((0.1, 0.1))
+
+
+def test_a_constant_map_is_flagged_and_a_varying_one_is_not():
+    from cxrdistill.metrics import map_constancy
+
+    rng = np.random.default_rng(0)
+    base = rng.random((4, 4))
+    constant = np.stack([base * rng.uniform(0.5, 2) + rng.normal(0, 0.01, (4, 4)) for _ in range(50)])
+    flagged = map_constancy(constant)
+    assert flagged["peak_cell_share"] > 0.9 and flagged["median_correlation_with_mean"] > 0.95
+    varying = rng.random((50, 4, 4))
+    fine = map_constancy(varying)
+    assert fine["peak_cell_share"] < 0.3 and abs(fine["median_correlation_with_mean"]) < 0.5
+    assert map_constancy(np.zeros((3, 2, 2)))["median_correlation_with_mean"] is None  # flat maps: undefined
+    assert map_constancy(np.zeros((0, 2, 2)))["films"] == 0
+
+
+def test_ap50_matches_a_hand_computed_precision_recall_curve():
+    from cxrdistill.metrics import average_precision
+
+    truths = {"a": np.array([[0, 0, 10, 10]]), "b": np.array([[0, 0, 10, 10], [20, 20, 30, 30]])}
+    detections = [
+        ("a", np.array([0, 0, 10, 10]), 0.9),  # TP
+        ("n", np.array([0, 0, 10, 10]), 0.8),  # a normal film's box: FP
+        ("b", np.array([1, 1, 10, 10]), 0.7),  # TP (IoU 0.81)
+        ("b", np.array([0, 0, 10, 10]), 0.6),  # duplicate of a matched box: FP
+        ("b", np.array([50, 50, 60, 60]), 0.5),  # FP
+    ]
+    # recall 1/3 at precision 1, 2/3 at precision 2/3; the third box is never found
+    assert average_precision(detections, truths) == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3)
+    # at IoU 0.9 b's first box (IoU 0.81) misses and the exact one behind it matches: TP, FP, FP, TP, FP
+    assert average_precision(detections, truths, iou=0.9) == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 4)
+    assert average_precision([], truths) == 0.0
+    assert np.isnan(average_precision(detections, {}))

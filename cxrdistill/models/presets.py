@@ -161,6 +161,13 @@ for _backbone, _what in (
         stem="imagenet",
     )
     register_preset(
+        f"tb-{_short}-fine",
+        "cxrdistill-cnn-teacher",
+        f"{_what}, its own stem but no stride in the last reducing stage (16x: a 14 x 14 map at 224 px)",
+        timm_name=_backbone,
+        stem="fine",
+    )
+    register_preset(
         f"tb-{_short}-lowres",
         "cxrdistill-cnn-student",
         f"{_what}, low-resolution stem (8x reduction: a 4 x 4 map at 28 px)",
