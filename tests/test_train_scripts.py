@@ -569,3 +569,37 @@ def test_tb_teacher_with_the_fine_stem_topk_pooling_and_the_box_term(tiny_tbx11k
     assert "boxes" in card["training"]["loss_terms"]
     with pytest.raises(SystemExit, match="--box-weight"):
         tb_localize.parse(["--box-weight", "-1"])
+
+
+def test_tb_stages_use_the_source_balanced_sampler_and_the_lung_model(tiny_tbx11k, tmp_path, monkeypatch):
+    """The training loader of each stage gets the source-balanced weights when asked, and the student stage's
+    distiller gets the lung model of --lung-model."""
+    import numpy as np
+
+    from cxrdistill.models import LungSegmenter, LungSegmenterConfig
+    from cxrdistill_train import tb_localize
+    from cxrdistill_train.common import source_balanced_weights
+
+    loaders, distillers = [], []
+    real_loader, real_distiller = tb_localize.make_loader, tb_localize.TBDistiller
+
+    def recording_loader(dataset, config, views, batch, sampling=None):
+        loaders.append((dataset, sampling))
+        return real_loader(dataset, config, views, batch, *(() if sampling is None else (sampling,)))
+
+    def recording_distiller(*args, **kwargs):
+        distillers.append(kwargs.get("lung_model"))
+        return real_distiller(*args, **kwargs)
+
+    monkeypatch.setattr(tb_localize, "make_loader", recording_loader)
+    monkeypatch.setattr(tb_localize, "TBDistiller", recording_distiller)
+    lungs = tmp_path / "lungs"
+    LungSegmenter(LungSegmenterConfig(image_size=64)).save_pretrained(lungs)
+    args = [*common_args(tiny_tbx11k, tmp_path / "tb", tmp_path / "cache"), "--epochs", "1"]
+    sizes = ["--teacher-image-size", "64", "--student-image-size", "28"]
+    tb_localize.main([*args, *sizes, "--sampling", "source-balanced", "--lung-model", str(lungs)])
+    trained = [(dataset, sampling) for dataset, sampling in loaders if sampling is not None and sampling.shuffle]
+    assert len(trained) == 2  # the teacher's and the student's training loaders
+    for dataset, sampling in trained:
+        np.testing.assert_allclose(sampling.weights, source_balanced_weights(dataset))
+    assert len(distillers) == 1 and isinstance(distillers[0], LungSegmenter)
