@@ -207,6 +207,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         localisation_metrics,
         location_prior,
         map_sanity,
+        mean_negative_maps,
         predict_dataset,
         to_jsonable,
     )
@@ -240,6 +241,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             return 2
         prior = location_prior(load_train_val(data)[0])
     lung_model = load_model(args.lung_model, revision=args.revision) if args.lung_model else None
+    normal_maps = None
+    if args.contrast_normal:
+        if data.part != "val":
+            print("--contrast-normal needs --part val: the normal map is built from the training side", file=sys.stderr)
+            return 2
+        normal_maps = mean_negative_maps(model, load_train_val(data)[0], cache_dir=args.cache_dir)
     predictions = predict_dataset(
         model,
         dataset,
@@ -249,6 +256,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         prior=prior,
         lung_model=lung_model,
         map_methods=args.map_methods,
+        normal_maps=normal_maps,
     )
     global_thresholds, local_thresholds = config.global_thresholds, config.local_thresholds
     if args.calibrate_to:
@@ -403,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also score the mean training box mask "
         "(no model) as a heatmap: the baseline every localisation table reports",
+    )
+    evaluate.add_argument(
+        "--contrast-normal",
+        action="store_true",
+        help="also score each map minus its mean over the training split's normal films (kept above 0)",
     )
     evaluate.set_defaults(handler=_evaluate)
     return parser

@@ -101,6 +101,7 @@ def predict_dataset(
     prior: np.ndarray | None = None,
     lung_model: torch.nn.Module | None = None,
     map_methods: Sequence[str] = (),
+    normal_maps: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Probabilities of ``model`` on every image of ``dataset``, with targets and sources.
 
@@ -109,7 +110,9 @@ def predict_dataset(
     (the model's ``explanation_maps``); given a ``prior`` (:func:`location_prior`), of the prior alone and of each
     map weighted by it; given a ``lung_model`` (``LungSegmenter``), of its lung mask alone and of every map (and the
     prior) kept inside the lungs. ``map_methods`` (keys of :data:`cxrdistill.explain.GRADIENT_MAP_METHODS`) adds the
-    Grad-CAM family's maps of the positive class beside the model's own.
+    Grad-CAM family's maps of the positive class beside the model's own. ``normal_maps``
+    (:func:`mean_negative_maps` of the training films) adds each map minus the mean map of negative films, kept
+    above 0: what a normal film's map also shows says nothing about a lesion.
     """
     size = model.config.image_size
     base = max(base_size, size)
@@ -142,6 +145,8 @@ def predict_dataset(
             with torch.no_grad():
                 maps = model.explanation_maps(output)
             maps.update(gradient_maps(model, images, map_methods))
+            for name, mean in (normal_maps or {}).items():
+                maps[f"{name} minus the mean normal map"] = (maps[name] - mean.to(maps[name])).clamp_min(0)
             for name, grids in maps.items():  # each film's map on the model's own grid: the constancy check
                 map_grids.setdefault(name, []).append(grids.detach().float().numpy())
             outputs["localisation"] += _localise(maps, batch, base, prior, lungs, positive_probs.numpy())
@@ -268,6 +273,16 @@ def _localise(
                 score("location prior x lung mask (no model)", resized * lung_mask, 1.0)
         results.append(entry)
     return results
+
+
+def mean_negative_maps(model: torch.nn.Module, dataset, **kwargs) -> dict[str, torch.Tensor]:
+    """name -> ``(h, w)``: each of ``model``'s maps averaged over the negative films of ``dataset`` (build it from
+    the training side), for :func:`predict_dataset`'s ``normal_maps``."""
+    predictions = predict_dataset(model, dataset, localise=True, **kwargs)
+    negatives = predictions["global_targets"][:, model.positive_index] < 0.5
+    if not negatives.any():
+        raise ValueError("no negative film to average a normal map over")
+    return {name: torch.from_numpy(grids[negatives].mean(0)) for name, grids in predictions["map_grids"].items()}
 
 
 def map_sanity(predictions: dict[str, Any], positive: int) -> dict[str, dict[str, Any]]:
