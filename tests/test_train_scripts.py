@@ -107,7 +107,7 @@ def test_distill_script_every_ablation(teacher_folder, tiny_tbx11k, tmp_path, ab
     assert saved["teacher_mode"] == ("none" if ablation == "none" else mode)
 
 
-def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_path):
+def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_path, monkeypatch):
     """With --augment-copies the teacher is cached on fixed augmented views and every training batch looks up the
     targets of exactly the views it holds (what the teacher says on them online); an epoch is K passes."""
     from cxrdistill.distill import MLCAKDistiller, MLCAKWeights, cache_teacher_outputs, default_layer_pairs
@@ -138,11 +138,28 @@ def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_p
     for layer, maps in online.attentions.items():
         torch.testing.assert_close(cached.attentions[layer], maps, rtol=0, atol=2e-3)  # float16 in the cache
 
+    # the script's own wiring: the targets it cached for a training batch are the teacher's on that batch's views
+    runs = []
+    real_run = distill_student.TrainingRun
+
+    def recording_run(**kwargs):
+        runs.append(kwargs)
+        return real_run(**kwargs)
+
+    monkeypatch.setattr(distill_student, "TrainingRun", recording_run)
     args = [*common_args(tiny_tbx11k, tmp_path / "out", tmp_path / "cache"), "--epochs", "1", "--depth", "2"]
     args += ["--embed-dim", "24", "--teacher", str(teacher_folder), "--augment-copies", "2"]
     distill_student.main(args)
     saved = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["training"]
     assert saved["augment_copies"] == 2 and saved["teacher_mode"] == "cache"
+    (run,) = runs
+    script_cache = run["task"].cache
+    batch = next(iter(run["train_loader"]))
+    online = distiller.teacher_targets(batch["views"][size])
+    cached = script_cache.lookup(batch["index"])
+    torch.testing.assert_close(cached.global_logits, online.global_logits, rtol=1e-4, atol=1e-4)
+    for layer, maps in online.attentions.items():
+        torch.testing.assert_close(cached.attentions[layer], maps, rtol=0, atol=2e-3)
 
 
 def _student_config(teacher):
