@@ -223,17 +223,17 @@ def _heat(prediction: Prediction, result, index: int) -> np.ndarray | None:
     return overlay(prediction.image, list(result.maps.values())[index])
 
 
-def _tb_outputs(prediction: Prediction):
+def _tb_outputs(prediction: Prediction, cards: dict[str, dict]):
     tb = prediction.tb
     if tb is None:
-        return None, None, tb_note(prediction)
+        return None, None, tb_note(prediction, cards)
     boxes = [[v / prediction.scale for v in b.box] for b in tb.boxes]
     labels = [f"{b.score:.2f}" for b in tb.boxes]
     picture = gray_to_rgb(prediction.image)
     if prediction.lungs is not None:
         picture = draw_outline(picture, prediction.lungs)  # the lung model's outline, in blue
     picture = draw_boxes(picture, boxes, labels)
-    return picture, overlay(prediction.image, next(iter(tb.maps.values()))), tb_note(prediction)
+    return picture, overlay(prediction.image, next(iter(tb.maps.values()))), tb_note(prediction, cards)
 
 
 def _results_html(prediction: Prediction, predictor: Predictor, title: str, answer_id: str) -> tuple[str, str]:
@@ -297,7 +297,7 @@ def build_demo(predictors: Predictor | Mapping[str, Predictor]) -> gr.Blocks:
         except ValueError as error:
             raise gr.Error(str(error)) from None
         student, teacher = prediction.student, prediction.teacher
-        tb_boxes, tb_heat, tb_text = _tb_outputs(prediction)
+        tb_boxes, tb_heat, tb_text = _tb_outputs(prediction, predictor.cards)
         answer, comparisons = _results_html(prediction, predictor, family or default, "cxr-answer")
         return (
             answer,

@@ -109,6 +109,18 @@ def validate_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
+BOX_SUPERVISED_NOTE = (
+    "\n\n**Box-supervised.** Unlike the weakly supervised maps of this project, this model's TB map was trained "
+    "against the radiologists' boxes of the training films (the `boxes` loss term): it is the reference the weakly "
+    "supervised maps are measured against."
+)
+
+
+def box_supervised(metrics: dict[str, Any] | None) -> bool:
+    """Whether a card's training used the radiologists' boxes (its loss terms include ``boxes``)."""
+    return "boxes" in ((metrics or {}).get("training", {}).get("loss_terms") or [])
+
+
 def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) -> ModelCard:
     """The model card of ``model``: Hub YAML metadata + documentation, with ``metrics`` if there are any."""
     config = model.config
@@ -127,7 +139,7 @@ def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) ->
     values = {
         "yaml": card_data.to_yaml(),
         "title": title,
-        "summary": model.card_summary,
+        "summary": model.card_summary + (BOX_SUPERVISED_NOTE if box_supervised(metrics) else ""),
         "class_name": type(model).__name__,
         "model_type": config.model_type,
         "architecture": model.architecture_summary(),

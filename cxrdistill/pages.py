@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrdistill.hub import box_supervised
 from cxrdistill.inference import Prediction, Predictor
 from cxrdistill.render import roc_picture
 from cxrdistill.triage import STATES, reference_auroc
@@ -174,16 +175,22 @@ def lung_sentence(prediction: Prediction) -> str:
     )
 
 
-def tb_note(prediction: Prediction) -> str:
-    """The TB tab's words: which model draws the boxes and what they are (never a second TB answer)."""
+def tb_note(prediction: Prediction, cards: dict[str, dict] | None = None) -> str:
+    """The TB tab's words: which model draws the boxes, how it was trained and what the boxes are (never a second
+    TB answer)."""
     tb = prediction.tb
     if tb is None:
         return "No TB localisation model is loaded."
+    trained = (
+        "trained with the radiologists' boxes of the training films (**box-supervised**)"
+        if box_supervised((cards or {}).get(tb.name))
+        else "trained with image labels only (weakly supervised)"
+    )
     boxes = (
         f"{len(tb.boxes)} box(es) around the regions where the class activation map of **{tb.source}** "
-        f"({tb.image_size} px) is above half its maximum; the number on a box is the mean map value inside it. "
-        "Boxes show where that model looks, whatever the answer above, and on validation films they overlap the "
-        "radiologists' boxes poorly (see docs/ for the localisation table). "
+        f"({tb.image_size} px; {trained}) is above half its maximum; the number on a box is the mean map value "
+        "inside it. Boxes show where that model looks, whatever the answer above; how well they overlap the "
+        "radiologists' boxes on validation films is in docs/tb_maps.md. "
         if prediction.lungs is None or prediction.lungs_found
         else ""
     )

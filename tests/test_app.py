@@ -621,3 +621,19 @@ def test_browser_low_bandwidth_mode_sends_only_the_reduced_film(served, tmp_path
         expect(status).to_contain_text("cannot decode DICOM", timeout=30_000)
         assert all(b"DICM" not in (request.post_data_buffer or b"") for request in posts)
         browser.close()
+
+
+def test_the_tb_tab_says_how_the_box_drawing_model_was_trained():
+    """A model whose card's loss terms include the radiologists' boxes is labelled box-supervised, in the TB tab and
+    on its model card; the others are weakly supervised."""
+    from cxrdistill.hub import render_model_card
+    from cxrdistill.pages import tb_note
+
+    predictor = Predictor.from_release(REPO_ROOT / "models")
+    prediction = predictor.predict(png_bytes((synthetic_chest(300, 260) * 255).astype(np.uint8)))
+    card = predictor.cards["tb-28"]
+    assert "weakly supervised" in tb_note(prediction, predictor.cards) and "box-supervised" not in card["training"]
+    boxed = {**card, "training": {**card["training"], "loss_terms": ["global_ce", "boxes"]}}
+    assert "**box-supervised**" in tb_note(prediction, {"tb-28": boxed})
+    assert "Box-supervised" in str(render_model_card(predictor.tb_model, boxed))
+    assert "Box-supervised" not in str(render_model_card(predictor.tb_model, card))

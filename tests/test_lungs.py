@@ -205,7 +205,7 @@ def test_the_predictor_keeps_tb_maps_inside_the_lungs_and_says_so(tmp_path):
     else:
         assert list(prediction.tb.maps) == ["CAM (tb)"] and "No lungs found" in lung_sentence(prediction)
         assert not any("inside the lungs" in name for name in prediction.student.maps)
-        assert prediction.tb.boxes == [] and "box(es)" not in app._tb_outputs(prediction)[2]
+        assert prediction.tb.boxes == [] and "box(es)" not in app._tb_outputs(prediction, {})[2]
     prediction.lungs = np.zeros_like(prediction.lungs)
     assert not prediction.lungs_found and "No lungs found" in lung_sentence(prediction)
 
