@@ -70,12 +70,17 @@ def model_rows(name: str, report: dict, reference: dict | None) -> dict:
 
 def markdown(rows: list[dict], model_free: dict) -> str:
     lines = [
-        "| model | same-hospital AUROC | own map | map x lungs | map x prior x lungs (minus prior x lungs) | "
+        "| model | same-hospital AUROC | own map | map x lungs (minus the first row's) | "
+        "map x prior x lungs (minus prior x lungs) | "
         "(map - mean normal map) x lungs | peak-cell share TB / normal | correlation with mean TB / normal |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         auroc = row["same_hospital_auroc"]
+        lungs = cell(row["lungs"])
+        if "lungs_minus_reference" in row:
+            difference = row["lungs_minus_reference"]
+            lungs += f" ({difference['mean']:+.3f}{ci(difference['ci95'])})"
         combined = cell(row["prior_lungs"])
         if "prior_lungs_minus_prior" in row:
             difference = row["prior_lungs_minus_prior"]
@@ -93,7 +98,7 @@ def markdown(rows: list[dict], model_free: dict) -> str:
         )
         lines.append(
             f"| {row['model']} | {'-' if auroc is None else f'{auroc:.3f}'}{ci(row['same_hospital_auroc_ci95'])} | "
-            f"{cell(row['own'])} | {cell(row['lungs'])} | {combined} | {cell(row['minus_normal_lungs'])} | {shares} | "
+            f"{cell(row['own'])} | {lungs} | {combined} | {cell(row['minus_normal_lungs'])} | {shares} | "
             f"{correlations} |"
         )
     for name, values in model_free.items():
