@@ -131,8 +131,8 @@ def predict_dataset(
         images = batch["views"][size]
         with torch.no_grad():
             output = model.forward_for_maps(images) if localise else model(images)
-        positive_probs = output.global_logits.float().softmax(-1)[:, model.positive_index]
         if localise:
+            positive_probs = output.global_logits.float().softmax(-1)[:, model.positive_index]
             lungs = None
             if lung_model is not None:
                 lung_size = lung_model.config.image_size

@@ -203,7 +203,29 @@ def _evaluation(metrics: dict[str, Any] | None) -> str:
         rows += ["", _triage_table(raw["triage"])]
     if raw.get("findings"):
         rows += ["", _findings_table(raw["findings"])]
+    if raw.get("map_sanity"):
+        rows += ["", _constancy_table(raw["map_sanity"])]
     return "\n".join(rows)
+
+
+def _constancy_table(sanity: dict[str, Any]) -> str:
+    """Does each explanation map change with the film? A constant map peaks in one cell on every film and
+    correlates about 1 with its mean."""
+    lines = [
+        "### Does the map change with the film?",
+        "",
+        "| map | films | share peaking in the most common cell | median correlation with the mean map |",
+        "|---|---|---|---|",
+    ]
+    for name, groups in sanity.items():
+        for group, values in groups.items():
+            correlation = values.get("median_correlation_with_mean")
+            share = values.get("peak_cell_share")
+            lines.append(
+                f"| {name} | {values.get('films', 0)} {group} | {'-' if share is None else f'{share:.2f}'} | "
+                f"{'-' if correlation is None else f'{correlation:.2f}'} |"
+            )
+    return "\n".join(lines)
 
 
 def _share(rate: dict[str, Any]) -> str:

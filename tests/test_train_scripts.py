@@ -314,6 +314,11 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
     names = [r["name"] for r in card["results"]]
     assert any("mIoU" in n and "location prior" in n for n in names) and any("pointing game" in n for n in names)
     assert "mIoU" in (target / "README.md").read_text()
+    # the benchmark's AP50 and the constancy check travel on the card, beside the maps with no model
+    assert any(n.startswith("AP50") and "location prior (no model)" in n for n in names)
+    sanity = card["raw"]["map_sanity"]["CAM (tb)"]
+    assert set(sanity) == {"positive films", "negative films"} and 0 < sanity["positive films"]["peak_cell_share"] <= 1
+    assert "Does the map change with the film?" in (target / "README.md").read_text()
     # the two answer cuts: chosen for sensitivity and specificity 0.95 on the reference films, on the card too
     from cxrdistill.evaluation import EvalData, load_dataset, predict_dataset, reference_films
     from cxrdistill.triage import Cuts

@@ -36,6 +36,7 @@ from cxrdistill.evaluation import (
     load_train_val,
     localisation_metrics,
     location_prior,
+    map_sanity,
     measure_findings,
     measure_triage,
     operating_points_with_ci,
@@ -143,6 +144,8 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
     card["raw"]["triage"] = to_jsonable(triage)
     card["raw"]["findings"] = to_jsonable(findings)
     card["raw"]["roc"] = roc_points(predictions, positive)
+    if localisation:  # does each map change with the film? (a constant map is flagged beside its scores)
+        card["raw"]["map_sanity"] = to_jsonable(map_sanity(predictions, positive))
     by_name = {name: key for key, name in card_result_names(chosen.config.global_labels).items()}
     card["results"] = [  # the training run's AUROCs, re-measured on the released weights; a re-release drops the
         # operating points and localisation entries of an earlier release, which are measured again below
@@ -165,6 +168,12 @@ def release(source: Path, target: Path, options: ReleaseOptions) -> dict:
                 values.get("pointing_game_ci95"),
             ),
         ]
+        if values.get("ap50") is not None:
+            card["results"].append(
+                card_result(
+                    "average_precision", f"AP50 of the TB boxes (TBX11K benchmark metric), {name}", values["ap50"]
+                )
+            )
     for name, point in points.items():
         for measure in ("sensitivity", "specificity"):
             card["results"].append(
