@@ -173,16 +173,10 @@ class Answer:
     auroc: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.decision
         return {
             "family": self.family,
             "model": self.model,
-            "label": d.label,
-            "probability": round(d.probability, 4),
-            "state": d.state,
-            "rule_out": None if d.rule_out is None else round(d.rule_out, 4),
-            "rule_in": None if d.rule_in is None else round(d.rule_in, 4),
-            "explanation": d.explanation,
+            **self.decision.to_dict(),  # label, probability, state, rule_out, rule_in, explanation
             "validation_auroc": None if self.auroc is None else round(self.auroc, 4),
         }
 
