@@ -36,10 +36,21 @@ def test_released_model_loads_with_measured_metrics_and_calibrated_thresholds(fo
         assert metrics["results"][0]["type"] == "dice" and metrics["results"][0]["value"] > 0.9
         assert model.lung_probability(images).shape == (2, size, size)
         return
-    assert model.config.global_thresholds is not None
-    with torch.no_grad():
-        probs = model(images).global_logits.softmax(-1)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    # the cuts and finding calls the model answers with are the ones its card reports, chosen as the card says
+    config, raw = model.config, metrics["raw"]
+    assert config.global_thresholds is not None
+    triage = raw["triage"]
+    assert (config.rule_out_threshold, config.rule_in_threshold) == (
+        triage["rule_out"]["threshold"],
+        triage["rule_in"]["threshold"],
+    )
+    assert (config.rule_out_sensitivity, config.rule_in_specificity) == (0.95, 0.95)
+    for group, state in (("positive", "low"), ("negative", "signal")):  # the promise the cuts were chosen to keep
+        rate = triage["rates"][group][state]
+        assert rate["share"] <= 0.05 + 1e-9 and rate["ci95"][0] <= rate["share"] <= rate["ci95"][1]
+    findings = raw.get("findings", {})
+    for label, threshold in zip(config.local_labels, config.local_thresholds, strict=True):
+        assert (threshold is not None) == findings[label]["called"], label
 
 
 @pytest.mark.skipif(not RELEASES, reason="no released models in models/ yet")
