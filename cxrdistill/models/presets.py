@@ -125,6 +125,28 @@ register_preset(
     num_heads=3,
 )
 register_preset(
+    "mlcak-student-hybrid-lite0",
+    "cxrdistill-student-vit",
+    "a hybrid student: ImageNet EfficientNet-Lite0 up to its stride-16 stage with the low-resolution strides (4x: "
+    "7 x 7 tokens at 28 px), then 2 transformer layers of width 96, 3 heads, whose attention MLCAK distils",
+    stem="efficientnet_lite0_lowres",
+    patch_size=4,
+    embed_dim=96,
+    depth=2,
+    num_heads=3,
+)
+register_preset(
+    "mlcak-student-hybrid-lite0-small",
+    "cxrdistill-student-vit",
+    "a lighter hybrid student: ImageNet EfficientNet-Lite0 up to its stride-8 stage with the stem's stride dropped "
+    "(7 x 7 tokens of 40 channels at 28 px), then 2 transformer layers of width 96, 3 heads",
+    stem="efficientnet_lite0_small",
+    patch_size=4,
+    embed_dim=96,
+    depth=2,
+    num_heads=3,
+)
+register_preset(
     "mlcak-student-conv6-patch4",
     "cxrdistill-student-vit",
     "the small-grid student: the same 6 layers of width 96 and 3 heads, patch 4 (a 7 x 7 token grid at 28 px, "

