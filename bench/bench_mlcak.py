@@ -67,6 +67,22 @@ ARCHITECTURES = {
         28,
         "28-tiny:all",
     ),
+    "student-28 hybrid (Lite0 stages to stride 16, 7 x 7 tokens, 2 x 96)": (
+        None,
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-hybrid-lite0",
+        28,
+        "28-hybrid:all",
+    ),
+    "student-28 hybrid small (Lite0 stages to stride 8, 7 x 7 tokens, 2 x 96)": (
+        None,
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-hybrid-lite0-small",
+        28,
+        "28-hybrid-small:all",
+    ),
     "student-56 (14 x 14 tokens)": (
         "nih1024-student-56",
         StudentViT,

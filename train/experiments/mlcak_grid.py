@@ -11,9 +11,9 @@ The released architecture's grid (the tiny student at every size, teacher = the 
         --plot docs/images/mlcak_nih1024_tiny_resolution.png
 
 Finds the teacher (``--teacher``: a model folder, by default ``runs/PREFIX-hybrid-teacher/best``) and every
-finished ``runs/PREFIX-student-SIZE-ABLATION[-p4|-tiny][-sSEED]/best`` (train/experiments/mlcak_resolution.sh names
-them so), predicts each on the validation split the training scripts use (split seed 0: every seed is scored on the
-same films), and reports:
+finished ``runs/PREFIX-student-SIZE-ABLATION[-p4|-tiny|-hybrid-lite0|...][-sSEED]/best``
+(train/experiments/mlcak_resolution.sh and mlcak_hybrid.sh name them so), predicts each on the validation split the
+training scripts use (split seed 0: every seed is scored on the same films), and reports:
 
 - the headline AUROC: pneumonia vs no finding for NIH-1024, TB vs not TB on the same-hospital films for TBX11K;
   for NIH-1024 also the macro AUROC over the findings with at least ``--min-positives`` validation positives;
@@ -50,9 +50,14 @@ GRIDS = {
     "-tiny": "7 x 7 tokens, 4 layers x 64 (tiny)",
     "-tiny-aug4": "tiny, 4 fixed augmented copies, 40 passes",
     "-tiny-aug4-a5": "tiny, augmented copies, alpha = beta = 5",
+    "-hybrid-lite0": "hybrid: ImageNet Lite0 stages to stride 16, 7 x 7 tokens, 2 layers x 96",
+    "-hybrid-lite0-small": "hybrid small: ImageNet Lite0 stages to stride 8, 7 x 7 tokens, 2 layers x 96",
 }
 ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4"}  # a grid whose student alone is another grid's (only loss weights differ)
-RUN_NAME = re.compile(r"student-(\d+)-(none|logits|attention|all)(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny)?(?:-s(\d+))?$")
+RUN_NAME = re.compile(
+    r"student-(\d+)-(none|logits|attention|all)"
+    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny|-hybrid-lite0-small|-hybrid-lite0)?(?:-s(\d+))?$"
+)
 
 
 def finished(folder: Path) -> bool:
