@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Hybrid ViT students for MLCAK on TBX11K at 28 px: ImageNet EfficientNet-Lite0 stages as the token stem (the
+# Hybrid ViT students for MLCAK at 28 px (TBX11K by default; DATASET=nih1024 TEACHER=models/nih1024-teacher-224
+# for NIH-1024): ImageNet EfficientNet-Lite0 stages as the token stem (the
 # low-resolution strides the CNN TB student uses), then 2 transformer layers whose attention MLCAK distils from the
 # released hybrid teacher; each ablation (none = the student alone, logits, attention, all = MLCAK) and seed, then
 # evaluated on the validation split.
@@ -12,27 +13,28 @@
 # round whatever its AUROC.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=${ROOT:-../shared/data/tbx11k}
+DATASET=${DATASET:-tbx11k}
+ROOT=${ROOT:-../shared/data/$DATASET}
 EPOCHS=${EPOCHS:-12}
-TEACHER=${TB_TEACHER:-models/mlcak-teacher-224}
+TEACHER=${TEACHER:-models/mlcak-teacher-224}
 read -r -a SEED_LIST <<< "${SEEDS:-0}"
 read -r -a ABLATION_LIST <<< "${ABLATIONS:-none all}"
 mkdir -p runs/eval
 for preset in "$@"; do
     for seed in "${SEED_LIST[@]}"; do
         for ablation in "${ABLATION_LIST[@]}"; do
-            name="tbx11k-student-28-$ablation-${preset#mlcak-student-}"
+            name="$DATASET-student-28-$ablation-${preset#mlcak-student-}"
             [ "$seed" != 0 ] && name="$name-s$seed"
             teacher_args=()
             [ "$ablation" != none ] && teacher_args=(--teacher "$TEACHER")
             if [ ! -f "runs/$name/best/model.safetensors" ]; then
                 start=$SECONDS
-                python train/distill_student.py --dataset tbx11k --root "$ROOT" --image-size 28 --preset "$preset" \
+                python train/distill_student.py --dataset "$DATASET" --root "$ROOT" --image-size 28 --preset "$preset" \
                     --pretrained --ablation "$ablation" "${teacher_args[@]}" --epochs "$EPOCHS" --lr 3e-4 \
                     --warmup-epochs 1 --seed "$seed" --output-dir "runs/$name" > "runs/$name.log" 2>&1
                 echo "$name $((SECONDS - start))" >> runs/wall_times.txt
             fi
-            [ -f "runs/eval/$name.json" ] || cxrdistill evaluate --model "runs/$name/best" --dataset tbx11k \
+            [ -f "runs/eval/$name.json" ] || cxrdistill evaluate --model "runs/$name/best" --dataset "$DATASET" \
                 --root "$ROOT" --json "runs/eval/$name.json" > "runs/eval/$name.log" 2>&1
         done
     done
