@@ -3,7 +3,8 @@
     python train/experiments/tb_figure.py --models tb-teacher-224=runs/tb-r18/teacher/best models/tb-student-28 \\
         --out docs/images/tb_localisation.png
 
-Rows are validation TB images with boxes (the first ``--images`` in id order, never picked by result); columns are
+Rows are validation TB images with boxes (the first ``--images`` in id order, never picked by result), then the
+first ``--normal`` normal validation films (a map that localises should not look the same on them); columns are
 the X-ray with the radiologists' boxes (green), the location prior, then each model's heatmap with its boxes (red,
 at half the map's maximum) and the image's mask IoU (at the model's stored mask threshold, else 0.5). Drawn with
 cxrdistill.render, through the same Predictor code as the app.
@@ -42,6 +43,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", required=True, help="model folders, or LABEL=FOLDER")
     parser.add_argument("--root", default="../shared/data/tbx11k")
     parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--normal", type=int, default=0, help="also this many normal validation films")
     parser.add_argument("--out", default="docs/images/tb_localisation.png")
     args = parser.parse_args(argv)
 
@@ -52,8 +54,10 @@ def main(argv=None) -> None:
     models = {label: load_model(path) for label, path in sources}
     predictors = {name: Predictor({model.config.image_size: model}) for name, model in models.items()}
     with_boxes = [i for i, record in enumerate(dataset.records) if len(record.boxes)][: args.images]
+    positive = dataset.global_space.names.index("tb")
+    normal = [i for i in range(len(dataset)) if dataset.global_targets()[i, positive] < 0.5][: args.normal]
     rows = []
-    for index in with_boxes:
+    for index in with_boxes + normal:
         sample = dataset[index]
         pixels = np.asarray(sample["image"], dtype=np.float32)
         display = display_image(pixels)
@@ -64,20 +68,24 @@ def main(argv=None) -> None:
         prior_map = torch.nn.functional.interpolate(
             torch.from_numpy(prior)[None, None].float(), size=display.shape, mode="bilinear"
         )[0, 0].numpy()
-        prior_iou = mask_iou(heatmap_mask(prior_map, 0.5), truth)
+        has_boxes = len(truth_boxes) > 0
+
+        def scored(heatmap, threshold, truth=truth, has_boxes=has_boxes) -> str:
+            return f"IoU {mask_iou(heatmap_mask(heatmap, threshold), truth):.2f}" if has_boxes else "normal film"
+
+        label = f"{sample['id']}: boxes" if has_boxes else f"{sample['id']}: normal"
         cells = [
-            tile(draw_boxes(gray_to_rgb(display), truth_boxes, colour=TRUTH_COLOUR), f"{sample['id']}: boxes"),
-            tile(overlay(display, prior_map, colour_bar=False), f"location prior, IoU {prior_iou:.2f}"),
+            tile(draw_boxes(gray_to_rgb(display), truth_boxes, colour=TRUTH_COLOUR), label),
+            tile(overlay(display, prior_map, colour_bar=False), f"location prior, {scored(prior_map, 0.5)}"),
         ]
         for name, predictor in predictors.items():
             result = predictor.predict(xray, teacher=False, tb=False).student
             heatmap = next(iter(result.maps.values()))
-            iou = mask_iou(heatmap_mask(heatmap, result.mask_threshold or 0.5), truth)
             picture = overlay(display, heatmap, colour_bar=False)
             picture = draw_boxes(picture, truth_boxes, colour=TRUTH_COLOUR)
             picture = draw_boxes(picture, [[v / scale for v in b.box] for b in result.boxes])
             p_tb = result.global_probs[result.positive_label]
-            cells.append(tile(picture, f"{name}: p(TB) {p_tb:.2f}, IoU {iou:.2f}"))
+            cells.append(tile(picture, f"{name}: p(TB) {p_tb:.2f}, {scored(heatmap, result.mask_threshold or 0.5)}"))
         rows.append(cells)
     width, height = TILE * len(rows[0]), (TILE + 22) * len(rows)
     figure = Image.new("RGB", (width, height), (255, 255, 255))
