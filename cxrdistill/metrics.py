@@ -109,6 +109,21 @@ def threshold_for_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivi
     return float(positives[needed - 1])
 
 
+def threshold_for_specificity(targets: np.ndarray, scores: np.ndarray, specificity: float = 0.95) -> float:
+    """The lowest threshold at which ``scores >= threshold`` leaves at least ``specificity`` of the negatives
+    below it. Without negatives there is nothing to calibrate on: 1.0 is returned (nothing reaches it but 1.0)."""
+    if not 0.0 < specificity <= 1.0:
+        raise ValueError(f"specificity must be in (0, 1], got {specificity}")
+    negatives = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(targets) <= 0.5])[::-1]  # highest first
+    if len(negatives) == 0:
+        return 1.0
+    allowed = math.floor((1.0 - specificity) * len(negatives) + 1e-9)  # negatives that may reach the cut
+    if allowed >= len(negatives):
+        return 0.0
+    # just above the highest negative that must stay below: ties with it stay below too
+    return float(np.nextafter(negatives[allowed], np.inf))
+
+
 def operating_point_ci(
     targets: np.ndarray, scores: np.ndarray, threshold: float, samples: int = 1000
 ) -> dict[str, tuple[float, float]]:

@@ -17,7 +17,7 @@ import numpy as np
 from cxrdistill.hub import box_supervised
 from cxrdistill.inference import Prediction, Predictor
 from cxrdistill.render import roc_picture
-from cxrdistill.triage import STATES, reference_auroc
+from cxrdistill.triage import STATES, display_label, reference_auroc
 
 CSS = """
 .cxr-table {width: 100%; border-collapse: collapse; font-size: 0.95em}
@@ -36,16 +36,7 @@ CSS = """
 .cxr-card ul {padding-left: 18px; font-size: 0.9em}
 """
 
-# what each state says, in a visitor's words (the cut definitions are in cxrdistill.triage)
 STATE_HEADLINE = {"low": "low", "indeterminate": "indeterminate", "signal": "signal"}
-STATE_ADVICE = {
-    "low": "The probability is below the rule-out cut: on our validation films at most {miss:.0%} of {label} films "
-    "fell this low. It does not exclude {label}.",
-    "indeterminate": "The probability is between the rule-out and the rule-in cuts: the model cannot tell, and a "
-    "reader should look at the film.",
-    "signal": "The probability is at or above the rule-in cut, which at most {false:.0%} of our validation films "
-    "without {label} reached. A reader should look at the film; this is not a diagnosis.",
-}
 
 
 def _bar(probability: float) -> str:
@@ -63,11 +54,6 @@ def interval(values) -> str:
     return f" (95% CI {values[0]:.2f}-{values[1]:.2f})" if values else ""
 
 
-def display_label(label: str) -> str:
-    """``tb`` -> ``TB``, ``pneumonia`` -> ``Pneumonia``: a class name as a heading shows it."""
-    return label.upper() if len(label) <= 3 else label[:1].upper() + label[1:]
-
-
 def answer_html(prediction: Prediction, title: str = "", element_id: str = "cxr-answer") -> str:
     """The family's one answer, first and in words: the state, what it means, the probability against the two
     cuts, and which model gave it with its validation AUROC."""
@@ -78,13 +64,9 @@ def answer_html(prediction: Prediction, title: str = "", element_id: str = "cxr-
     if d.state is None:
         body = f"{label} probability {d.probability:.3f}; the answering model has no calibrated cuts."
     else:
-        cuts = prediction.answer_result.cuts
-        advice = STATE_ADVICE[d.state].format(
-            label=label, miss=1 - cuts.rule_out_sensitivity, false=1 - cuts.rule_in_specificity
-        )
         body = (
-            f"{advice}<br>{label} probability <b>{d.probability:.3f}</b>; rule-out cut {d.rule_out:.3f}, rule-in "
-            f"cut {d.rule_in:.3f}."
+            f"{html.escape(d.explanation)}<br>{label} probability <b>{d.probability:.3f}</b>; "
+            f"rule-out cut {d.rule_out:.3f}, rule-in cut {d.rule_in:.3f}."
         )
     result = prediction.answer_result
     auroc = "" if answer.auroc is None else f", validation AUROC {answer.auroc:.3f}"

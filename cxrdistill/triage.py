@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrdistill.metrics import auroc, bootstrap_ci, threshold_for_sensitivity
+from cxrdistill.metrics import auroc, bootstrap_ci, threshold_for_sensitivity, threshold_for_specificity
 
 STATES = ("low", "indeterminate", "signal")
 RULE_OUT_SENSITIVITY = 0.95
@@ -41,12 +41,20 @@ RULE_IN_SPECIFICITY = 0.95
 FINDING_MIN_AUROC_LOWER = 0.70
 FINDING_MIN_POSITIVES = 20
 
+# what each state means, in a visitor's words: Decision.explanation in the API, the answer in the app
 STATE_WORDS = {
-    "low": "low: below the rule-out cut, where at most {miss:.0%} of the validation {label} films fall",
-    "indeterminate": "indeterminate: between the two cuts; a reader should look",
-    "signal": "signal: at or above the rule-in cut, which at most {false:.0%} of the validation films without "
-    "{label} reach",
+    "low": "The probability is below the rule-out cut: on our validation films at most {miss:.0%} of {label} films "
+    "fell this low. It does not exclude {label}.",
+    "indeterminate": "The probability is between the rule-out and the rule-in cuts: the model cannot tell, and a "
+    "reader should look at the film.",
+    "signal": "The probability is at or above the rule-in cut, which at most {false:.0%} of our validation films "
+    "without {label} reached. A reader should look at the film; this is not a diagnosis.",
 }
+
+
+def display_label(label: str) -> str:
+    """``tb`` -> ``TB``, ``pneumonia`` -> ``Pneumonia``: a class name as a sentence shows it."""
+    return label.upper() if len(label) <= 3 else label[:1].upper() + label[1:]
 
 
 def state_of(probability: float, rule_out: float, rule_in: float) -> str:
@@ -59,23 +67,10 @@ def state_of(probability: float, rule_out: float, rule_in: float) -> str:
 
 
 def explain_state(state: str, label: str, rule_out_sensitivity: float, rule_in_specificity: float) -> str:
-    """The state in plain words, e.g. ``"indeterminate: between the two cuts; a reader should look"``."""
-    return STATE_WORDS[state].format(label=label, miss=1 - rule_out_sensitivity, false=1 - rule_in_specificity)
-
-
-def threshold_for_specificity(targets: np.ndarray, scores: np.ndarray, specificity: float = 0.95) -> float:
-    """The lowest threshold at which ``scores >= threshold`` leaves at least ``specificity`` of the negatives
-    below it. Without negatives there is nothing to calibrate on: 1.0 is returned (nothing reaches it but 1.0)."""
-    if not 0.0 < specificity <= 1.0:
-        raise ValueError(f"specificity must be in (0, 1], got {specificity}")
-    negatives = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(targets) <= 0.5])[::-1]  # highest first
-    if len(negatives) == 0:
-        return 1.0
-    allowed = math.floor((1.0 - specificity) * len(negatives) + 1e-9)  # negatives that may reach the cut
-    if allowed >= len(negatives):
-        return 0.0
-    # just above the highest negative that must stay below: ties with it stay below too
-    return float(np.nextafter(negatives[allowed], np.inf))
+    """The state in plain words: what it means and what the cuts promise."""
+    return STATE_WORDS[state].format(
+        label=display_label(label), miss=1 - rule_out_sensitivity, false=1 - rule_in_specificity
+    )
 
 
 @dataclass(frozen=True)
@@ -109,17 +104,14 @@ class Cuts:
 
 
 def wilson_interval(count: int, total: int, level: float = 0.95) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion ``count / total`` (``None`` without films). Unlike a bootstrap it is
-    not stuck at [0, 0] when nothing in the sample fell in a state."""
+    """Wilson score interval of a proportion ``count / total`` (``None`` without films; scipy's ``binomtest``).
+    Unlike a bootstrap it is not stuck at [0, 0] when nothing in the sample fell in a state."""
     if total == 0:
         return None
-    from scipy.stats import norm
+    from scipy.stats import binomtest
 
-    z = float(norm.ppf(0.5 + level / 2))
-    share = count / total
-    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    interval = binomtest(count, total).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def _rates(targets: np.ndarray, states: np.ndarray) -> dict[str, dict[str, dict[str, Any]]]:

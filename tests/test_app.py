@@ -250,7 +250,7 @@ def test_a_missing_model_stops_the_app_with_a_message(tmp_path):
 
 def check_answer_on_page(page, expected: dict) -> None:
     """The answer box says what ``Prediction.to_dict()["answer"]`` says: state, model and probability, in words."""
-    from cxrdistill.pages import display_label
+    from cxrdistill.triage import display_label
 
     box = page.locator("#cxr-answer")
     assert box.get_attribute("data-state") == expected["state"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cxrdistill.metrics import threshold_for_specificity
 from cxrdistill.triage import (
     Cuts,
     answer_model,
@@ -13,7 +14,6 @@ from cxrdistill.triage import (
     reference_auroc,
     state_of,
     state_rates,
-    threshold_for_specificity,
     wilson_interval,
 )
 
