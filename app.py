@@ -33,7 +33,8 @@ import numpy as np
 
 from cxrdistill.examples import EXAMPLES, example_path
 from cxrdistill.hub import RELEASE_FAMILIES
-from cxrdistill.inference import Prediction, Predictor
+from cxrdistill.inference import ModelChoice, Prediction, Predictor
+from cxrdistill.inference import load_predictor as load_models
 from cxrdistill.io import XRay, XRayMeta, XRayReadError
 from cxrdistill.models import ModelLoadError
 from cxrdistill.pages import CSS, answer_html, comparisons_html, model_panel, tb_note
@@ -110,15 +111,8 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
     """The models of ``--student`` / ``--teacher`` / ``--tb-model``, or else the default release family (with the
     teacher or TB model replaced where one of those is given): what ``cxrdistill predict`` loads for the same
     options."""
-    if args.student:
-        return Predictor.from_sources(args.student, args.teacher, args.tb_model, revision=args.revision)
-    return Predictor.from_release(
-        args.models_dir,
-        next(iter(RELEASE_FAMILIES)),
-        teacher=args.teacher,
-        tb_model=args.tb_model,
-        revision=args.revision,
-    )
+    family = next(iter(RELEASE_FAMILIES))
+    return load_models(ModelChoice(args.student, args.teacher, args.tb_model, args.revision, args.models_dir, family))
 
 
 def load_predictors(args: argparse.Namespace) -> dict[str, Predictor]:

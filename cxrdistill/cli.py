@@ -108,34 +108,19 @@ def _space_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_predictor(args: argparse.Namespace):
-    """The models the app would load for the same options: ``--student`` (with ``--teacher`` / ``--tb-model``)
-    from folders or the Hub, else the release family ``--family`` in ``--models-dir`` (with ``--teacher`` /
-    ``--tb-model`` replacing the release's)."""
-    from cxrdistill.inference import Predictor
-
-    if args.student:
-        return Predictor.from_sources(
-            args.student, args.teacher, args.tb_model, revision=args.revision, answer=args.answer
-        )
-    return Predictor.from_release(
-        args.models_dir,
-        args.family,
-        teacher=args.teacher,
-        tb_model=args.tb_model,
-        revision=args.revision,
-        answer=args.answer,
-    )
-
-
 def _predict(args: argparse.Namespace) -> int:
     from cxrdistill.batch import BatchOptions, collect_inputs, predict_files
+    from cxrdistill.inference import ModelChoice, load_predictor
     from cxrdistill.models import ModelLoadError
 
     if args.threads:
         torch_threads(args.threads)
     try:
-        predictor = load_predictor(args)
+        predictor = load_predictor(
+            ModelChoice(
+                args.student, args.teacher, args.tb_model, args.revision, args.models_dir, args.family, args.answer
+            )
+        )
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"cannot load the models: {error}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -566,6 +566,38 @@ class Predictor:
             if config.global_thresholds is None
             else dict(zip(config.global_labels, config.global_thresholds, strict=True)),
         )
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which models to load, as the app's and ``cxrdistill predict``'s options say: ``students`` (folders or Hub
+    repo ids, with ``teacher`` / ``tb_model``), else the release ``family`` in ``models_dir`` (with ``teacher`` /
+    ``tb_model`` replacing the release's); all at ``revision``; ``answer`` names the answering model."""
+
+    students: Sequence[str] | None = None
+    teacher: str | None = None
+    tb_model: str | None = None
+    revision: str | None = None
+    models_dir: str | os.PathLike = "models"
+    family: str = "tbx11k"
+    answer: str | None = None
+
+
+def load_predictor(choice: ModelChoice) -> Predictor:
+    """The :class:`Predictor` of ``choice``: one function for the app and the command line, so both load the same
+    models for the same options."""
+    if choice.students:
+        return Predictor.from_sources(
+            list(choice.students), choice.teacher, choice.tb_model, revision=choice.revision, answer=choice.answer
+        )
+    return Predictor.from_release(
+        choice.models_dir,
+        choice.family,
+        teacher=choice.teacher,
+        tb_model=choice.tb_model,
+        revision=choice.revision,
+        answer=choice.answer,
+    )
 
 
 # ------------------------------------------------------- pieces shared with batch prediction (cxrdistill.batch)

@@ -121,7 +121,7 @@ def main(argv=None) -> None:
         for key in MODEL_FREE:
             model_free.setdefault(key, report["localisation"].get(key))
     print(markdown(rows, {k: v for k, v in model_free.items() if v}))
-    lean = [{k: v for k, v in row.items()} for row in rows]
+    lean = [dict(row) for row in rows]  # the per-film lists stay out of the JSON
     for row in lean:
         for key in ("own", "lungs", "prior_lungs", "minus_normal_lungs"):
             if row.get(key):
