@@ -32,12 +32,12 @@ import gradio as gr
 import numpy as np
 
 from cxrdistill.examples import EXAMPLES, example_path
-from cxrdistill.hub import RELEASE_FAMILIES
 from cxrdistill.inference import ModelChoice, Prediction, Predictor
 from cxrdistill.inference import load_predictor as load_models
 from cxrdistill.io import XRay, XRayMeta, XRayReadError
 from cxrdistill.models import ModelLoadError
 from cxrdistill.pages import CSS, answer_html, comparisons_html, model_panel, tb_note
+from cxrdistill.release import RELEASE_FAMILIES
 from cxrdistill.render import draw_boxes, draw_outline, enlarge, gray_to_rgb, overlay
 
 logger = logging.getLogger("cxrdistill.app")
@@ -117,7 +117,7 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
 
 def load_predictors(args: argparse.Namespace) -> dict[str, Predictor]:
     """Title -> predictor of every model family the app offers: the given models alone, or each release family
-    (cxrdistill.hub.RELEASE_FAMILIES) whose students are in ``--models-dir``."""
+    (cxrdistill.release.RELEASE_FAMILIES) whose students are in ``--models-dir``."""
     if args.student:
         return {"Your models": load_predictor(args)}
     families = iter(RELEASE_FAMILIES.items())

@@ -36,8 +36,13 @@ sys.path.insert(0, str(REPO))
 
 from bench_models import time_calls  # noqa: E402  (bench/ is the script's folder)
 
-from cxrdistill.hub import load_model  # noqa: E402
-from cxrdistill.models import StudentViT, StudentViTConfig, TeacherViT, TeacherViTConfig  # noqa: E402
+from cxrdistill.models import (  # noqa: E402
+    StudentViT,
+    StudentViTConfig,
+    TeacherViT,
+    TeacherViTConfig,
+    load_model,
+)
 from cxrdistill.models.presets import preset_config  # noqa: E402
 
 # name -> (released folder, model class, config class, preset, image size, grid cell in mlcak_grid.py's JSON)

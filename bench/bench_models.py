@@ -35,7 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxrdistill.hub import load_model  # noqa: E402
+from cxrdistill.models import load_model  # noqa: E402
 
 MODELS = {
     "teacher-224": "mlcak-teacher-224",
@@ -89,7 +89,7 @@ def peak_memory_mib(folder: Path) -> float:
     code = f"""
 import re, sys, torch
 sys.path.insert(0, {str(REPO)!r})
-from cxrdistill.hub import load_model
+from cxrdistill.models import load_model
 def status(key):
     return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 open("/proc/self/clear_refs", "w").write("5")

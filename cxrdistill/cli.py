@@ -146,8 +146,7 @@ def torch_threads(count: int) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from cxrdistill.export import copy_card, export_onnx
-    from cxrdistill.hub import load_model
-    from cxrdistill.models import ModelLoadError
+    from cxrdistill.models import ModelLoadError, load_model
 
     try:
         model = load_model(args.model, revision=args.revision)
@@ -162,8 +161,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from cxrdistill.hub import load_model, pull
-    from cxrdistill.models import ModelLoadError
+    from cxrdistill.hub import pull
+    from cxrdistill.models import ModelLoadError, load_model
 
     try:
         folder = pull(args.repo_id, revision=args.revision, local_dir=args.local_dir)
@@ -196,8 +195,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         predict_dataset,
         to_jsonable,
     )
-    from cxrdistill.hub import load_model
-    from cxrdistill.models import ModelLoadError
+    from cxrdistill.models import ModelLoadError, load_model
 
     try:
         model = load_model(args.model, revision=args.revision)

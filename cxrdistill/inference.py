@@ -24,9 +24,10 @@ import torch
 
 from cxrdistill.data.transforms import area_resize, letterbox_matrix, model_input
 from cxrdistill.explain import ScoredBox, heatmap_to_boxes, to_source_frame
-from cxrdistill.hub import RELEASE_FAMILIES, load_metrics, load_model
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
+from cxrdistill.models import load_metrics, load_model
 from cxrdistill.models.base import CXRModel
+from cxrdistill.release import RELEASE_FAMILIES
 from cxrdistill.triage import Cuts, answer_model, explain_state, reference_auroc, state_of
 
 logger = logging.getLogger(__name__)
@@ -362,7 +363,7 @@ class Predictor:
         answer: str | None = None,
         **kwargs,
     ) -> Predictor:
-        """The released models of ``family`` (a key of :data:`cxrdistill.hub.RELEASE_FAMILIES`) in ``folder``;
+        """The released models of ``family`` (a key of :data:`cxrdistill.release.RELEASE_FAMILIES`) in ``folder``;
         those present: a missing teacher, TB or lung model is left out. ``teacher`` / ``tb_model`` (folders or Hub
         repo ids, at ``revision``) replace the release's; ``answer`` names the model that answers
         (default: the family's, or the rule's choice where a replaced model may have changed it).

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from cxrdistill.hub import box_supervised
 from cxrdistill.inference import Prediction, Predictor
+from cxrdistill.models.card import box_supervised
 from cxrdistill.render import roc_picture
 from cxrdistill.triage import STATES, display_label, reference_auroc
 

@@ -81,7 +81,7 @@ def write_png(folder: Path, name: str, size: int = 300) -> Path:
 def test_client_gets_json_for_a_real_and_a_synthetic_xray(client, tmp_path):
     from gradio_client import handle_file
 
-    from cxrdistill.hub import RELEASE_FAMILIES
+    from cxrdistill.release import RELEASE_FAMILIES
 
     real = shared_path("tbx11k", "imgs", "tb", "tb0005.png")
     result = client.predict(handle_file(str(real)), 28, api_name="/predict")  # the default family: TB
@@ -212,8 +212,8 @@ def test_each_release_family_is_offered_and_answers_with_its_own_models(tmp_path
     student (released students stand in for the second family's)."""
     from gradio_client import Client, handle_file
 
-    from cxrdistill.hub import RELEASE_FAMILIES
     from cxrdistill.models import StudentViT, StudentViTConfig, preset_config
+    from cxrdistill.release import RELEASE_FAMILIES
 
     models = tmp_path / "models"
     models.mkdir()
@@ -337,7 +337,7 @@ def test_browser_answer_text_equals_the_api_answer_for_tb_normal_and_dicom_films
     from playwright.sync_api import expect, sync_playwright
 
     from cxrdistill.examples import example_path
-    from cxrdistill.hub import RELEASE_FAMILIES
+    from cxrdistill.release import RELEASE_FAMILIES
 
     url, _ = served
     title = RELEASE_FAMILIES[family].title
@@ -495,7 +495,7 @@ def test_the_model_panel_shows_each_cards_numbers_and_its_roc_curve(tmp_path):
     model; a model without a card is said to be unmeasured rather than shown with made-up numbers."""
     import json
 
-    from cxrdistill.hub import load_metrics
+    from cxrdistill.models import load_metrics
 
     predictor = Predictor.from_release(REPO_ROOT / "models")
     card = predictor.cards["tb-28"]
@@ -626,7 +626,7 @@ def test_browser_low_bandwidth_mode_sends_only_the_reduced_film(served, tmp_path
 def test_the_tb_tab_says_how_the_box_drawing_model_was_trained():
     """A model whose card's loss terms include the radiologists' boxes is labelled box-supervised, in the TB tab and
     on its model card; the others are weakly supervised."""
-    from cxrdistill.hub import render_model_card
+    from cxrdistill.models import render_model_card
     from cxrdistill.pages import tb_note
 
     predictor = Predictor.from_release(REPO_ROOT / "models")

@@ -37,6 +37,63 @@ def test_data_never_imports_models():
             assert not name.startswith("cxrdistill.models"), f"{path.relative_to(REPO_ROOT)} imports {name}"
 
 
+def test_models_never_import_the_hub_publishing_or_release_modules():
+    for path in (PACKAGE / "models").rglob("*.py"):
+        for name in _imports(path):
+            assert name not in ("cxrdistill.hub", "cxrdistill.release", "cxrdistill.inference"), (
+                f"{path.relative_to(REPO_ROOT)} imports {name}"
+            )
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the cxrdistill modules it imports anywhere in its body (in functions too: a lazy import is still a
+    dependency). ``from package import name`` counts as importing the submodule where ``name`` is one."""
+    modules = {
+        ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in PACKAGE.rglob("*.py")
+    }
+    graph = {}
+    for module, path in modules.items():
+        edges = set()
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    edges.add(submodule if submodule in modules else node.module)
+        graph[module] = {edge for edge in edges if edge in modules and edge != module}
+    return graph
+
+
+def test_the_library_has_no_import_cycle():
+    graph = _module_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycle = path[path.index(target) :] + [target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
 def test_importing_the_library_loads_no_ui_or_trainer():
     code = (
         "import sys, cxrdistill, cxrdistill.data, cxrdistill.io, cxrdistill.labels, cxrdistill.cli, "

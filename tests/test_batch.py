@@ -18,7 +18,7 @@ from test_inference import tb_model
 
 from cxrdistill.batch import BatchOptions, collect_inputs, predict_files, read_rows
 from cxrdistill.cli import main
-from cxrdistill.hub import load_model
+from cxrdistill.models import load_model
 
 STUDENT = REPO_ROOT / "models" / "mlcak-student-28"
 

@@ -62,7 +62,8 @@ def test_the_token_is_never_logged_or_published(hub, tmp_path, caplog):
     import logging
     import os
 
-    from cxrdistill.hub import load_model, pull
+    from cxrdistill.hub import pull
+    from cxrdistill.models import load_model
 
     token = os.environ["HF_TOKEN"]  # set by conftest: the client sends it with every request
     caplog.set_level(logging.DEBUG)

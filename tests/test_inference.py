@@ -177,7 +177,7 @@ def test_a_one_of_k_head_gives_one_state_between_its_two_cuts():
 def test_the_family_answer_comes_from_its_answering_model_whatever_the_options(predictor):
     """One answer per film: the release family's answering model runs even when the comparisons are switched off,
     and ``answer`` carries its name, probability, state and cuts."""
-    from cxrdistill.hub import RELEASE_FAMILIES
+    from cxrdistill.release import RELEASE_FAMILIES
 
     answering = RELEASE_FAMILIES["tbx11k"].answer
     assert predictor.sources[predictor.answer_name] == answering

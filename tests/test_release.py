@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from cxrdistill.hub import load_model, push_folder
-from cxrdistill.models import LungSegmenter
+from cxrdistill.hub import push_folder
+from cxrdistill.models import LungSegmenter, load_model
 
 RELEASES = sorted(p for p in (REPO_ROOT / "models").glob("*") if (p / "config.json").is_file())
 BUDGET_MB = 40  # decimal megabytes: 40,000,000 bytes for the whole models/ folder

@@ -651,7 +651,7 @@ def card_result_names(global_labels) -> dict[str, str]:
 
 
 def card_result(kind: str, name: str, value: float, ci95=None) -> dict:
-    """One entry of a card's ``results`` (see cxrdistill.hub.validate_metrics), rounded to 4 decimals."""
+    """One entry of a card's ``results`` (see cxrdistill.models.card.validate_metrics), rounded to 4 decimals."""
     entry = {"type": kind, "name": name, "value": round(float(value), 4)}
     if ci95:
         entry["ci95"] = [round(float(v), 4) for v in ci95]

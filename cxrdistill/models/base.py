@@ -16,18 +16,21 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from cxrdistill.models.card import render_model_card, validate_metrics
+from cxrdistill.models.hub_files import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    REPO_URL,
+    WEIGHTS_NAME,
+    ModelLoadError,
+    resolve_file,
+    where,
+)
 from cxrdistill.models.presets import CUSTOM, check_preset
 
 logger = logging.getLogger(__name__)
@@ -36,19 +39,11 @@ logger = logging.getLogger(__name__)
 # triage cuts): dropped on load instead of refusing the model
 RETIRED_FIELDS = ("screening_threshold", "screening_sensitivity")
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
-REPO_URL = "https://github.com/cxrdistill/cxrdistill"
 HUB_TAGS = ["cxrdistill", "chest-x-ray", "medical-imaging", "knowledge-distillation", "image-classification"]
 # Keyword arguments of every model class statement, for PyTorchModelHubMixin's model card metadata.
 HUB_CLASS_METADATA = dict(
     library_name="cxrdistill", repo_url=REPO_URL, pipeline_tag="image-classification", license="apache-2.0"
 )
-
-
-class ModelLoadError(OSError):
-    """A model could not be loaded; the message names the repo, revision, file or key at fault."""
 
 
 @dataclass
@@ -304,73 +299,42 @@ class CXRModel(PyTorchModelHubMixin):
                 an invalid config; weights that do not match the config key for key and shape for shape.
         """
         source = str(pretrained_model_name_or_path)
-        config_path = cls._resolve(source, CONFIG_NAME, revision, cache_dir, force_download, local_files_only, token)
+        files = dict(
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        config_path = resolve_file(source, CONFIG_NAME, **files)
         try:
             data = json.loads(Path(config_path).read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise ModelLoadError(f"{_where(source, revision)}: {CONFIG_NAME} is not valid JSON ({error})") from error
+            raise ModelLoadError(f"{where(source, revision)}: {CONFIG_NAME} is not valid JSON ({error})") from error
         if not isinstance(data, dict):
-            raise ModelLoadError(f"{_where(source, revision)}: {CONFIG_NAME} must hold a JSON object")
+            raise ModelLoadError(f"{where(source, revision)}: {CONFIG_NAME} must hold a JSON object")
         expected = cls.config_class.model_type_default()
         if data.get("model_type") != expected:
             raise ModelLoadError(
-                f"{_where(source, revision)} holds a {data.get('model_type')!r} model, not a {expected!r} "
+                f"{where(source, revision)} holds a {data.get('model_type')!r} model, not a {expected!r} "
                 f"({cls.__name__}); load it with the matching class"
             )
         try:
             config = cls.config_class.from_dict(data)
         except (TypeError, ValueError) as error:
-            raise ModelLoadError(f"{_where(source, revision)}: invalid {CONFIG_NAME}: {error}") from error
+            raise ModelLoadError(f"{where(source, revision)}: invalid {CONFIG_NAME}: {error}") from error
 
-        weights_path = cls._resolve(source, WEIGHTS_NAME, revision, cache_dir, force_download, local_files_only, token)
+        weights_path = resolve_file(source, WEIGHTS_NAME, **files)
         model = cls(config)
         try:
             state = load_file(weights_path, device=str(map_location))
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelLoadError(
-                f"{_where(source, revision)}: {WEIGHTS_NAME} is corrupt or truncated ({error})"
+                f"{where(source, revision)}: {WEIGHTS_NAME} is corrupt or truncated ({error})"
             ) from error
-        _load_strict(model, state, _where(source, revision))
+        _load_strict(model, state, where(source, revision))
         model.eval()
         return model
-
-    @classmethod
-    def _resolve(cls, source: str, filename: str, revision, cache_dir, force_download, local_files_only, token) -> str:
-        """Local path of ``filename`` from a folder or a Hub repo, with errors that say what is missing."""
-        if os.path.isdir(source):
-            path = os.path.join(source, filename)
-            if not os.path.isfile(path):
-                raise ModelLoadError(f"{source} has no {filename}{_pickle_hint(os.listdir(source), filename)}")
-            return path
-        if os.path.exists(source):
-            raise ModelLoadError(f"{source} is a file; give the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            return hf_hub_download(
-                repo_id=source,
-                filename=filename,
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                local_files_only=local_files_only,
-                token=token,
-            )
-        except RepositoryNotFoundError as error:
-            raise ModelLoadError(
-                f"no model repo {source!r} on {_endpoint()} (or it is private and no token was given)"
-            ) from error
-        except RevisionNotFoundError as error:
-            raise ModelLoadError(f"repo {source!r} has no revision {revision!r} (tag, branch or commit)") from error
-        except LocalEntryNotFoundError as error:  # before EntryNotFoundError: it is a subclass
-            raise ModelLoadError(
-                f"{_where(source, revision)}: {filename} is not in the local cache and the Hub cannot be reached "
-                "(offline mode, or no network)"
-            ) from error
-        except EntryNotFoundError as error:
-            raise ModelLoadError(
-                f"{_where(source, revision)} has no {filename}{_remote_pickle_hint(filename)}"
-            ) from error
-        except (HfHubHTTPError, ValueError) as error:  # ValueError: a malformed repo id
-            raise ModelLoadError(f"could not fetch {filename} of {_where(source, revision)}: {error}") from error
 
     # ------------------------------------------------------------------------------------------------ saving
 
@@ -384,13 +348,12 @@ class CXRModel(PyTorchModelHubMixin):
         **kwargs,
     ):
         """Write ``config.json``, ``model.safetensors``, a freshly rendered ``README.md`` card and, given
-        ``metrics``, ``metrics.json`` (see :func:`cxrdistill.hub.validate_metrics`). Files are replaced atomically.
+        ``metrics``, ``metrics.json`` (see :func:`cxrdistill.models.card.validate_metrics`). Files are replaced
+        atomically.
 
         ``weights_dtype=torch.float16`` stores floating-point weights at half size (a release format: loading
         casts them back to the model's float32 parameters).
         """
-        from cxrdistill.hub import METRICS_NAME, validate_metrics
-
         save_directory = Path(save_directory)
         metrics = metrics if metrics is not None else (model_card_kwargs or {}).get("metrics")
         if metrics is not None:
@@ -430,8 +393,6 @@ class CXRModel(PyTorchModelHubMixin):
 
     def generate_model_card(self, *args, **kwargs):
         """The card written by ``save_pretrained`` / ``push_to_hub``: rendered from the config and ``metrics``."""
-        from cxrdistill.hub import render_model_card
-
         return render_model_card(self, metrics=kwargs.get("metrics"))
 
 
@@ -486,25 +447,3 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: 
 def _first(items: list[str], count: int = 5) -> str:
     shown = ", ".join(items[:count])
     return f"[{shown}{f', ... {len(items) - count} more' if len(items) > count else ''}]"
-
-
-def _where(source: str, revision: str | None) -> str:
-    return f"{source!r}" + (f" at revision {revision!r}" if revision else "")
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _pickle_hint(files: list[str], filename: str) -> str:
-    if filename == WEIGHTS_NAME and any(name in files for name in PICKLE_WEIGHTS):
-        return " (it has pickled PyTorch weights, which cxrdistill never loads: convert them to safetensors)"
-    return ""
-
-
-def _remote_pickle_hint(filename: str) -> str:
-    if filename == WEIGHTS_NAME:
-        return " (pickled .bin/.pt weights are never loaded: the repo must hold safetensors)"
-    return ""

@@ -5,7 +5,7 @@
 For every classifier of every release family: its reference-film AUROC, its two cuts and, on the films the cuts
 were chosen on and cross-fitted (5 folds), the share of positive films answered ``low`` and of negative films
 answered ``signal`` (the two errors the cuts bound), and the ``indeterminate`` shares, with Wilson 95% intervals.
-The family's answering model (cxrdistill.hub.RELEASE_FAMILIES) is marked, and checked against the rule that picks
+The family's answering model (cxrdistill.release.RELEASE_FAMILIES) is marked, and checked against the rule that picks
 it (cxrdistill.triage.answer_model).
 """
 
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cxrdistill.hub import RELEASE_FAMILIES
+from cxrdistill.release import RELEASE_FAMILIES
 from cxrdistill.triage import answer_model, reference_auroc
 
 

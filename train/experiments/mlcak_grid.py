@@ -89,7 +89,7 @@ def find_runs(runs: Path, prefix: str) -> list[dict]:
 def predictions_for(model_folder: Path, name: str, validation, cache: Path) -> dict[str, np.ndarray]:
     """The model's validation probabilities (cached by name and the weights' modification time)."""
     from cxrdistill.evaluation import predict_dataset
-    from cxrdistill.hub import load_model
+    from cxrdistill.models import load_model
 
     weights = model_folder / "model.safetensors"
     cached = cache / f"{name}-{int(weights.stat().st_mtime)}.npz"

@@ -5,6 +5,8 @@
 # released hybrid teacher; each ablation (none = the student alone, logits, attention, all = MLCAK) and seed, then
 # evaluated on the validation split.
 # Usage: SEEDS="0 1 2" ABLATIONS="none logits attention all" bash train/experiments/mlcak_hybrid.sh PRESET [PRESET...]
+# Patient and consistent distillation: COPIES=16 EPOCHS=4 trains every ablation on 16 fixed augmented views of each
+# film (the teacher cached on exactly those views; 64 passes over the films), run names ending in -k16.
 #
 # Release rule, fixed before the three-seed grid: a hybrid preset replaces the released 28-px TB student only if its
 # MLCAK seed mean (same-hospital AUROC) is above the released tiny student's grid mean (0.759) AND the speed floor
@@ -17,6 +19,7 @@ DATASET=${DATASET:-tbx11k}
 ROOT=${ROOT:-../shared/data/$DATASET}
 EPOCHS=${EPOCHS:-12}
 TEACHER=${TEACHER:-models/mlcak-teacher-224}
+COPIES=${COPIES:-0}
 read -r -a SEED_LIST <<< "${SEEDS:-0}"
 read -r -a ABLATION_LIST <<< "${ABLATIONS:-none all}"
 mkdir -p runs/eval
@@ -24,6 +27,7 @@ for preset in "$@"; do
     for seed in "${SEED_LIST[@]}"; do
         for ablation in "${ABLATION_LIST[@]}"; do
             name="$DATASET-student-28-$ablation-${preset#mlcak-student-}"
+            [ "$COPIES" != 0 ] && name="$name-k$COPIES"
             [ "$seed" != 0 ] && name="$name-s$seed"
             teacher_args=()
             [ "$ablation" != none ] && teacher_args=(--teacher "$TEACHER")
@@ -31,7 +35,7 @@ for preset in "$@"; do
                 start=$SECONDS
                 python train/distill_student.py --dataset "$DATASET" --root "$ROOT" --image-size 28 --preset "$preset" \
                     --pretrained --ablation "$ablation" "${teacher_args[@]}" --epochs "$EPOCHS" --lr 3e-4 \
-                    --warmup-epochs 1 --seed "$seed" --output-dir "runs/$name" > "runs/$name.log" 2>&1
+                    --warmup-epochs 1 --augment-copies "$COPIES" --seed "$seed" --output-dir "runs/$name" > "runs/$name.log" 2>&1
                 echo "$name $((SECONDS - start))" >> runs/wall_times.txt
             fi
             [ -f "runs/eval/$name.json" ] || cxrdistill evaluate --model "runs/$name/best" --dataset "$DATASET" \

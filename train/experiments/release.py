@@ -45,8 +45,7 @@ from cxrdistill.evaluation import (
     roc_points,
     to_jsonable,
 )
-from cxrdistill.hub import load_model
-from cxrdistill.models import LungSegmenter
+from cxrdistill.models import LungSegmenter, load_model
 from cxrdistill.triage import RULE_IN_SPECIFICITY, RULE_OUT_SENSITIVITY
 from cxrdistill_train.common import card_result, card_result_names
 
