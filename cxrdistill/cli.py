@@ -187,14 +187,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         calibrate_thresholds,
         classification_metrics,
         load_dataset,
-        load_train_val,
-        localisation_metrics,
-        location_prior,
-        map_sanity,
-        mean_negative_maps,
         predict_dataset,
         to_jsonable,
     )
+    from cxrdistill.localisation import localisation_json, localisation_metrics, map_sanity, sanity_json
     from cxrdistill.models import ModelLoadError, load_model
 
     try:
@@ -205,41 +201,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = EvalData(args.dataset, args.root, args.split, args.part, args.val_fraction, args.split_seed)
     dataset = load_dataset(data)
     config = model.config
-    if tuple(dataset.global_space.names) != tuple(config.global_labels):
-        print(
-            f"the model's global labels {list(config.global_labels)} are not the dataset's "
-            f"{list(dataset.global_space.names)}",
-            file=sys.stderr,
-        )
-        return 1
-    prior = None
-    if args.task == "tb-localisation":
-        if args.dataset != "tbx11k":
-            print("--task tb-localisation needs --dataset tbx11k (the radiologists' TB boxes)", file=sys.stderr)
-            return 2
-        args.location_prior = True
-    if args.location_prior:
-        if data.part != "val":
-            print("--location-prior needs --part val: the prior is built from the training side", file=sys.stderr)
-            return 2
-        prior = location_prior(load_train_val(data)[0])
-    lung_model = load_model(args.lung_model, revision=args.revision) if args.lung_model else None
-    normal_maps = None
-    if args.contrast_normal:
-        if data.part != "val":
-            print("--contrast-normal needs --part val: the normal map is built from the training side", file=sys.stderr)
-            return 2
-        normal_maps = mean_negative_maps(model, load_train_val(data)[0], cache_dir=args.cache_dir)
+    problem = _evaluation_problem(args, data, dataset, config)
+    if problem:
+        print(problem[1], file=sys.stderr)
+        return problem[0]
     predictions = predict_dataset(
         model,
         dataset,
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         localise=True,
-        prior=prior,
-        lung_model=lung_model,
         map_methods=args.map_methods,
-        normal_maps=normal_maps,
+        **_localisation_inputs(args, data, model),
     )
     global_thresholds, local_thresholds = config.global_thresholds, config.local_thresholds
     if args.calibrate_to:
@@ -257,8 +230,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         "revision": args.revision,
         "data": dataclasses.asdict(data),
         **metrics,
-        "localisation": localisation_metrics(predictions["localisation"], bootstrap=args.bootstrap),
-        "map_sanity": map_sanity(predictions, model.positive_index),
+        "localisation": localisation_json(localisation_metrics(predictions["localisation"], bootstrap=args.bootstrap)),
+        "map_sanity": sanity_json(map_sanity(predictions, model.positive_index)),
     }
     text = json.dumps(to_jsonable(report), indent=2)
     if args.json:
@@ -271,6 +244,38 @@ def _evaluate(args: argparse.Namespace) -> int:
         model.save_pretrained(args.calibrate_to)
         print(f"saved the model with calibrated thresholds to {args.calibrate_to}", file=sys.stderr)
     return 0
+
+
+def _evaluation_problem(args: argparse.Namespace, data, dataset, config) -> tuple[int, str] | None:
+    """``(exit code, message)`` where ``evaluate``'s options cannot work together, else ``None``."""
+    if tuple(dataset.global_space.names) != tuple(config.global_labels):
+        return 1, (
+            f"the model's global labels {list(config.global_labels)} are not the dataset's "
+            f"{list(dataset.global_space.names)}"
+        )
+    if args.task == "tb-localisation":
+        if args.dataset != "tbx11k":
+            return 2, "--task tb-localisation needs --dataset tbx11k (the radiologists' TB boxes)"
+        args.location_prior = True
+    if args.location_prior and data.part != "val":
+        return 2, "--location-prior needs --part val: the prior is built from the training side"
+    if args.contrast_normal and data.part != "val":
+        return 2, "--contrast-normal needs --part val: the normal map is built from the training side"
+    return None
+
+
+def _localisation_inputs(args: argparse.Namespace, data, model) -> dict:
+    """``predict_dataset``'s prior, lung model and normal-film maps as ``evaluate``'s options ask."""
+    from cxrdistill.evaluation import load_train_val, mean_negative_maps
+    from cxrdistill.localisation import location_prior
+    from cxrdistill.models import load_model
+
+    train = load_train_val(data)[0] if (args.location_prior or args.contrast_normal) else None
+    return {
+        "prior": location_prior(train) if args.location_prior else None,
+        "lung_model": load_model(args.lung_model, revision=args.revision) if args.lung_model else None,
+        "normal_maps": mean_negative_maps(model, train, cache_dir=args.cache_dir) if args.contrast_normal else None,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -392,9 +392,7 @@ class TBDistiller(nn.Module):
     @torch.no_grad()
     def lungs_on_grid(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``(B, h, w)``: the share of each cell of a ``grid`` over ``images`` ``(B, 1, H, W)`` that is lung."""
-        size = self.lung_model.config.image_size
-        view = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
-        return F.adaptive_avg_pool2d(self.lung_model.lung_probability(view)[:, None], grid)[:, 0]
+        return F.adaptive_avg_pool2d(self.lung_model.lung_probability(images)[:, None], grid)[:, 0]
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():

@@ -513,7 +513,7 @@ class Predictor:
         if self.lung_model is None:
             return None
         size = self.lung_model.config.image_size
-        probability = self.lung_model.lung_probability(model_input(display, size, size))[0]
+        probability = self.lung_model.lung_probability(model_input(display, size, size))[0]  # letterboxed as trained
         return grid_to_display(probability, size, display.shape).numpy() > self.lung_model.config.mask_threshold
 
     def _run(

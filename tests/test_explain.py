@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -107,7 +109,7 @@ def test_heatmap_maps_back_onto_the_source_image():
 
 def test_location_prior_is_the_mean_box_mask():
     from cxrdistill.data import Record
-    from cxrdistill.evaluation import location_prior
+    from cxrdistill.localisation import location_prior
 
     def record(i, boxes):
         return Record(
@@ -130,19 +132,21 @@ def test_location_prior_is_the_mean_box_mask():
 
 
 def test_cross_fitted_miou_chooses_each_threshold_on_the_other_half():
-    from cxrdistill.evaluation import THRESHOLDS, localisation_metrics
+    from cxrdistill.localisation import THRESHOLDS, MapKey, localisation_metrics
 
     def entry(image_id, best_index, border=False):
         iou_at = [0.1] * len(THRESHOLDS)
         iou_at[best_index] = 0.9
         return {
             "id": image_id,
-            "map": {"iou_at": iou_at, "pointing": True, "box_best_iou": [0.6], "peak_on_border": border},
+            "maps": {
+                MapKey("map"): {"iou_at": iou_at, "pointing": True, "box_best_iou": [0.6], "peak_on_border": border}
+            },
         }
 
     # sorted ids a, b, c, d -> halves {a, c} and {b, d}; {a, c} prefer threshold 0.2, {b, d} prefer 0.7
     rows = [entry("a", 1), entry("b", 6, border=True), entry("c", 1), entry("d", 6)]
-    metrics = localisation_metrics(rows, bootstrap=200)["map"]
+    metrics = localisation_metrics(rows, bootstrap=200)[MapKey("map")]
     # each half is scored at the other half's choice, where it only gets 0.1: honest, not 0.9
     assert metrics["cross_fitted_thresholds"] == [0.2, 0.7]
     assert metrics["miou_cross_fitted"] == pytest.approx(0.1)
@@ -156,7 +160,7 @@ def test_cross_fitted_miou_chooses_each_threshold_on_the_other_half():
 
 
 def test_a_heatmap_peak_on_the_image_edge_is_flagged():
-    from cxrdistill.evaluation import _score_heatmap
+    from cxrdistill.localisation import _score_heatmap
 
     heatmap = np.zeros((100, 100))
     boxes = np.array([[40.0, 40.0, 60.0, 60.0]])
@@ -233,3 +237,18 @@ def test_gradient_map_methods_weigh_the_stages_each_family_names():
     with pytest.raises(ValueError, match="no \\['finer'\\] stage"):
         gradient_maps(vit, torch.rand(1, 1, 28, 28), ["layercam-finer"])
     assert gradient_maps(vit, torch.rand(1, 1, 28, 28), ["hirescam"])["hirescam"].shape == (1, 28, 28)
+
+
+def test_stored_localisation_is_read_back_by_its_keys_not_its_labels():
+    from cxrdistill.localisation import PRIOR_LUNGS, MapKey, localisation_json, read_localisation
+
+    cam = MapKey("CAM (tb)")
+    located = {cam.with_(minus_normal=True, lungs=True): {"miou": 0.2}, PRIOR_LUNGS: {"miou": 0.3}}
+    stored = json.loads(json.dumps(localisation_json(located)))
+    assert set(stored) == {"CAM (tb) minus the mean normal map x lung mask", "location prior x lung mask (no model)"}
+    assert read_localisation(stored) == located
+    # a label that reads like another map does not fool the reader: the stored key decides
+    stored["CAM (tb) x lung mask"] = stored.pop("CAM (tb) minus the mean normal map x lung mask")
+    assert read_localisation(stored) == located
+    with pytest.raises(ValueError, match="has no 'key'"):
+        read_localisation({"CAM (tb)": {"miou": 0.1}})

@@ -99,14 +99,8 @@ def test_lung_training_script_learns_synthetic_lungs_and_saves_a_measured_card(t
 
 
 def test_evaluate_scores_the_lung_mask_and_keeps_maps_inside_it(tmp_path, tiny_tbx11k):
-    from cxrdistill.evaluation import (
-        EvalData,
-        load_dataset,
-        load_train_val,
-        localisation_metrics,
-        location_prior,
-        predict_dataset,
-    )
+    from cxrdistill.evaluation import EvalData, load_dataset, load_train_val, predict_dataset
+    from cxrdistill.localisation import LUNGS, PRIOR_LUNGS, MapKey, localisation_metrics, location_prior
     from cxrdistill.models import CNNTeacher, CNNTeacherConfig
 
     torch.manual_seed(0)
@@ -118,27 +112,18 @@ def test_evaluate_scores_the_lung_mask_and_keeps_maps_inside_it(tmp_path, tiny_t
         model, load_dataset(data), cache_dir=str(tmp_path), localise=True, prior=prior, lung_model=lungs
     )
     rows = localisation_metrics(predictions["localisation"], bootstrap=10)
-    assert {
-        "CAM (tb)",
-        "CAM (tb) x lung mask",
-        "CAM (tb) x location prior x lung mask",
-        "lung mask (no model)",
-        "location prior x lung mask (no model)",
-    } <= set(rows)
+    cam = MapKey("CAM (tb)")
+    assert {cam, cam.with_(lungs=True), cam.with_(prior=True, lungs=True), LUNGS, PRIOR_LUNGS} <= set(rows)
+    assert LUNGS.label == "lung mask (no model)" and cam.with_(prior=True, lungs=True).label == (
+        "CAM (tb) x location prior x lung mask"
+    )
     assert all(0 <= row["miou"] <= 1 for row in rows.values())
     assert all(row["ap50"] is None or 0 <= row["ap50"] <= 1 for row in rows.values())
 
 
 def test_evaluate_contrasts_maps_with_the_mean_normal_map_and_checks_their_constancy(tmp_path, tiny_tbx11k):
-    from cxrdistill.evaluation import (
-        EvalData,
-        load_dataset,
-        load_train_val,
-        localisation_metrics,
-        map_sanity,
-        mean_negative_maps,
-        predict_dataset,
-    )
+    from cxrdistill.evaluation import EvalData, load_dataset, load_train_val, mean_negative_maps, predict_dataset
+    from cxrdistill.localisation import MapKey, localisation_metrics, map_sanity
     from cxrdistill.models import CNNTeacher, CNNTeacherConfig
 
     torch.manual_seed(0)
@@ -146,23 +131,20 @@ def test_evaluate_contrasts_maps_with_the_mean_normal_map_and_checks_their_const
     data = EvalData("tbx11k", str(tiny_tbx11k), None, "val", 0.3, 0)
     train = load_train_val(data)[0]
     normal = mean_negative_maps(model, train, cache_dir=str(tmp_path))
-    assert set(normal) == {"CAM (tb)"} and normal["CAM (tb)"].shape == (2, 2)
+    cam = MapKey("CAM (tb)")
+    assert set(normal) == {cam} and normal[cam].shape == (2, 2)
     # by hand: the mean CAM of the training split's normal films
     everything = predict_dataset(model, train, cache_dir=str(tmp_path), localise=True)
     negatives = everything["global_targets"][:, 1] < 0.5
-    torch.testing.assert_close(
-        normal["CAM (tb)"], torch.from_numpy(everything["map_grids"]["CAM (tb)"][negatives].mean(0))
-    )
+    torch.testing.assert_close(normal[cam], torch.from_numpy(everything["map_grids"][cam][negatives].mean(0)))
     predictions = predict_dataset(model, load_dataset(data), cache_dir=str(tmp_path), localise=True, normal_maps=normal)
     grids = predictions["map_grids"]
-    contrasted = "CAM (tb) minus the mean normal map"
-    np.testing.assert_allclose(
-        grids[contrasted], np.clip(grids["CAM (tb)"] - normal["CAM (tb)"].numpy(), 0, None), atol=1e-5
-    )
+    contrasted = cam.with_(minus_normal=True)
+    np.testing.assert_allclose(grids[contrasted], np.clip(grids[cam] - normal[cam].numpy(), 0, None), atol=1e-5)
     assert contrasted in localisation_metrics(predictions["localisation"], bootstrap=5)
     sanity = map_sanity(predictions, 1)
-    films = sanity["CAM (tb)"]["positive films"]["films"] + sanity["CAM (tb)"]["negative films"]["films"]
-    assert films == len(predictions["id"]) and 0 < sanity["CAM (tb)"]["positive films"]["peak_cell_share"] <= 1
+    films = sanity[cam]["positive films"]["films"] + sanity[cam]["negative films"]["films"]
+    assert films == len(predictions["id"]) and 0 < sanity[cam]["positive films"]["peak_cell_share"] <= 1
 
 
 def test_two_lungs_wants_one_lung_on_each_side():

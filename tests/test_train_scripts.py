@@ -316,11 +316,17 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
         tb_localize.main([*common_args(tiny_tbx11k, tmp_path / "x", tmp_path / "cache"), "--stage", "student"])
 
     # the release step: calibrated thresholds, a heatmap threshold from the boxes, localisation on the card
-    from cxrdistill_train.experiments import release
+    from cxrdistill.evaluation import EvalData
+    from cxrdistill.release.measure import ReleaseOptions, release_folders
 
     target = tmp_path / "models" / "tb-student-28"
     source = tmp_path / "tb" / "student" / "best"
-    release.main([f"{source}={target}", "--root", str(tiny_tbx11k), "--localisation", "--bootstrap", "20"])
+    validation = EvalData("tbx11k", str(tiny_tbx11k), None, "val")
+
+    def release(**options):
+        return release_folders([(source, target)], ReleaseOptions(validation, **options), budget_mb=40)
+
+    release(localisation=True, bootstrap=20)
     released = CNNStudent.from_pretrained(target)
     assert released.config.global_thresholds is not None and 0 < released.config.heatmap_threshold < 1
     card = json.loads((target / "metrics.json").read_text())
@@ -333,7 +339,7 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
     assert set(sanity) == {"positive films", "negative films"} and 0 < sanity["positive films"]["peak_cell_share"] <= 1
     assert "Does the map change with the film?" in (target / "README.md").read_text()
     # the two answer cuts: chosen for sensitivity and specificity 0.95 on the reference films, on the card too
-    from cxrdistill.evaluation import EvalData, load_dataset, predict_dataset, reference_films
+    from cxrdistill.evaluation import load_dataset, predict_dataset, reference_films
     from cxrdistill.triage import Cuts
 
     config = released.config
@@ -355,19 +361,18 @@ def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
         with safe_open(folder / "model.safetensors", "pt") as weights:
             return weights.get_tensor(next(iter(weights.keys()))).dtype
 
-    common = ["--root", str(tiny_tbx11k), "--bootstrap", "5"]
-    release.main([f"{source}={target}", *common, "--max-auroc-change", "-1"])
+    release(bootstrap=5, max_change=-1)
     assert json.loads((target / "metrics.json").read_text())["release"]["weights"] == "float32"
     assert weights_dtype(target) == torch.float32
-    release.main([f"{source}={target}", *common, "--max-auroc-change", "1"])
+    release(bootstrap=5, max_change=1)
     assert json.loads((target / "metrics.json").read_text())["release"]["weights"] == "float16"
     assert weights_dtype(target) == torch.float16
 
     # over the size budget: it says so and the release already there is left exactly as it was
     before = {f: f.read_bytes() for f in target.parent.rglob("*") if f.is_file()}
     other = tmp_path / "models" / "tb-teacher-64"
-    with pytest.raises(SystemExit, match=r"over the 0\.01 MB budget: nothing was replaced"):
-        release.main([f"{source}={target}", f"{source}={other}", "--root", str(tiny_tbx11k), "--budget-mb", "0.01"])
+    with pytest.raises(ValueError, match=r"over the 0\.01 MB budget: nothing replaced"):
+        release_folders([(source, target), (source, other)], ReleaseOptions(validation, bootstrap=5), budget_mb=0.01)
     assert {f: f.read_bytes() for f in target.parent.rglob("*") if f.is_file()} == before
 
 
@@ -577,7 +582,7 @@ def test_source_balanced_sampling_draws_every_source_and_class_equally_and_repla
 
 
 def test_card_result_names_say_which_class_is_positive():
-    from cxrdistill_train.common import CARD_RESULTS, card_result_names
+    from cxrdistill.models.card import CARD_RESULTS, card_result_names
 
     assert card_result_names(("not_tb", "tb")) == CARD_RESULTS  # released TB and MLCAK cards keep their names
     names = card_result_names(("normal", "pneumonia"))

@@ -76,6 +76,37 @@ class CardMetrics:
         return next((result for result in self.results if result.name == name), None)
 
 
+# metric key -> its name in model cards and metrics.json for the TB label spaces (the release maps names back with
+# card_result_names, so the names of released cards stay stable)
+CARD_RESULTS = {
+    "global_auroc": "AUROC, TB vs not TB (all validation images)",
+    "same_hospital_auroc": "AUROC, TB vs not TB (same-hospital extra-set images)",
+    "local_macro_auroc": "macro AUROC, TB type (local labels)",
+}
+
+
+def card_result_names(global_labels) -> dict[str, str]:
+    """Metric key -> card name for a model with these global labels: the TB names for TB models, else names that
+    say which class is positive (the last)."""
+    labels = list(global_labels)
+    if not labels or "tb" in labels:  # no labels known: the names cards have always had
+        return CARD_RESULTS
+    positive, others = labels[-1], " / ".join(labels[:-1])
+    return {
+        "global_auroc": f"AUROC, {positive} vs {others} (all validation images)",
+        "same_hospital_auroc": f"AUROC, {positive} vs {others} (same-hospital images)",
+        "local_macro_auroc": "macro AUROC, local findings",
+    }
+
+
+def card_result(kind: str, name: str, value: float, ci95=None) -> dict:
+    """One entry of a card's ``results`` (see cxrdistill.models.card.validate_metrics), rounded to 4 decimals."""
+    entry = {"type": kind, "name": name, "value": round(float(value), 4)}
+    if ci95:
+        entry["ci95"] = [round(float(v), 4) for v in ci95]
+    return entry
+
+
 def validate_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Check a metrics dict and return it. Expected shape::
 

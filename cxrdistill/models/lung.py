@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cxrdistill.models.base import HUB_CLASS_METADATA, HUB_TAGS, CXRModel, ModelConfig, preset_name
@@ -87,8 +88,20 @@ class LungSegmenter(
 
     @torch.no_grad()
     def lung_probability(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, S, S)`` probability that each pixel is lung."""
-        return self(images)[:, 0].sigmoid()
+        """``(B, S, S)`` probability that each pixel is lung, over ``images`` ``(B, 1, H, W)`` in ``[0, 1]`` of any
+        square size: the one way every caller (evaluation, distillation, the app) makes the lung model's input,
+        area-averaged down to its ``S x S`` input (as films are reduced in training) or bilinear up to it."""
+        return self(self.model_view(images))[:, 0].sigmoid()
+
+    def model_view(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` ``(B, 1, H, W)`` resized to the model's input: area-averaged when larger, bilinear when
+        smaller, clamped to ``[0, 1]``."""
+        size = self.config.image_size
+        if tuple(images.shape[-2:]) == (size, size):
+            return images
+        if images.shape[-1] > size:
+            return F.interpolate(images, size=(size, size), mode="area").clamp(0, 1)
+        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
 
     def architecture_summary(self) -> str:
         c = self.config

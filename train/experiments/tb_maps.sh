@@ -38,8 +38,9 @@ for variant in "${variants[@]}"; do
         python train/tb_localize.py "${COMMON[@]}" --output-dir "runs/$name" ${FLAGS[$variant]} > "runs/$name.log" 2>&1
         echo "$name $((SECONDS - start))" >> runs/wall_times.txt
     fi
-    if [ ! -f "runs/eval/$name.json" ]; then
+    if [ ! -f "runs/eval/$name-contrast.json" ]; then
         cxrdistill evaluate --model "runs/$name/teacher/best" --dataset tbx11k --root "$ROOT" --task tb-localisation \
-            --lung-model models/lung-unet-256 --contrast-normal --json "runs/eval/$name.json" > "runs/eval/$name.log" 2>&1
+            --lung-model models/lung-unet-256 --contrast-normal --json "runs/eval/$name-contrast.json" \
+            > "runs/eval/$name-contrast.log" 2>&1
     fi
 done

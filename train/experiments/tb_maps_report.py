@@ -15,9 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from cxrdistill.localisation import MODEL_FREE, PRIOR_LUNGS, read_localisation
 from cxrdistill.metrics import paired_mean_difference
-
-MODEL_FREE = ("location prior (no model)", "location prior x lung mask (no model)", "lung mask (no model)")
 
 
 def ci(values) -> str:
@@ -45,22 +44,21 @@ def paired(a: dict, b: dict) -> dict:
 
 
 def model_rows(name: str, report: dict, reference: dict | None) -> dict:
-    """One model's record: its map (the first that is neither a combination nor model-free) and its variants."""
-    located = report["localisation"]
-    own = next(k for k in located if " x " not in k and "no model" not in k and "minus" not in k)
-    sanity = report.get("map_sanity", {}).get(own, {})
+    """One model's record: its own map (the first one scored as it is) and its variants."""
+    located = read_localisation(report["localisation"])
+    own = next(key for key in located if key.own)
     row = {
         "model": name,
-        "map": own,
+        "map": own.label,
         "same_hospital_auroc": report.get("same_hospital_auroc"),
         "same_hospital_auroc_ci95": report.get("same_hospital_auroc_ci95"),
         "own": located[own],
-        "lungs": located.get(f"{own} x lung mask"),
-        "prior_lungs": located.get(f"{own} x location prior x lung mask"),
-        "minus_normal_lungs": located.get(f"{own} minus the mean normal map x lung mask"),
-        "sanity": sanity,
+        "lungs": located.get(own.with_(lungs=True)),
+        "prior_lungs": located.get(own.with_(prior=True, lungs=True)),
+        "minus_normal_lungs": located.get(own.with_(minus_normal=True, lungs=True)),
+        "sanity": report.get("map_sanity", {}).get(own.label, {}),
     }
-    prior_lungs = located.get("location prior x lung mask (no model)")
+    prior_lungs = located.get(PRIOR_LUNGS)
     if row["prior_lungs"] and prior_lungs:
         row["prior_lungs_minus_prior"] = paired(row["prior_lungs"], prior_lungs)
     if reference is not None and row["lungs"] and reference["lungs"]:
@@ -118,8 +116,9 @@ def main(argv=None) -> None:
         row = model_rows(name, report, reference)
         reference = reference or row
         rows.append(row)
+        located = read_localisation(report["localisation"])
         for key in MODEL_FREE:
-            model_free.setdefault(key, report["localisation"].get(key))
+            model_free.setdefault(key.label, located.get(key))
     print(markdown(rows, {k: v for k, v in model_free.items() if v}))
     lean = [dict(row) for row in rows]  # the per-film lists stay out of the JSON
     for row in lean:

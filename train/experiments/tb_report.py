@@ -14,14 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
+from cxrdistill.localisation import LUNGS, PRIOR, PRIOR_LUNGS, read_localisation
 from cxrdistill.metrics import paired_mean_difference
 
-PRIOR = "location prior (no model)"
-MODEL_FREE = (PRIOR, "lung mask (no model)", "location prior x lung mask (no model)")  # the same for every model
-LABELS = {
+LABELS = {  # the maps with no model, the same for every model
     PRIOR: "**location prior** (mean training box mask, no model)",
-    "lung mask (no model)": "**lung mask** (the lung U-Net's probability, no TB model)",
-    "location prior x lung mask (no model)": "**location prior x lung mask** (no TB model)",
+    LUNGS: "**lung mask** (the lung U-Net's probability, no TB model)",
+    PRIOR_LUNGS: "**location prior x lung mask** (no TB model)",
 }
 
 
@@ -48,15 +47,15 @@ def compact_table(reports: dict[str, dict]) -> str:
     ]
     model_free = {}
     for name, report in reports.items():
-        located = report["localisation"]
+        located = read_localisation(report["localisation"])
         auroc = f"{report['same_hospital_auroc']:.3f}{ci(report.get('same_hospital_auroc_ci95'))}"
-        for heatmap in located:
-            if heatmap in MODEL_FREE:
-                model_free.setdefault(heatmap, located[heatmap])
-            elif " x " not in heatmap:
-                row = [score(located.get(f"{heatmap}{suffix}")) for suffix in ("", " x lung mask")]
-                row.append(score(located.get(f"{heatmap} x location prior x lung mask")))
-                lines.append(f"| {name} | {heatmap} | " + " | ".join(row) + f" | {auroc} |")
+        for key in located:
+            if key.model_free:
+                model_free.setdefault(key, located[key])
+            elif not (key.prior or key.lungs):
+                variants = (key, key.with_(lungs=True), key.with_(prior=True, lungs=True))
+                row = [score(located.get(variant)) for variant in variants]
+                lines.append(f"| {name} | {key.label} | " + " | ".join(row) + f" | {auroc} |")
     for heatmap, values in model_free.items():
         lines.append(f"| {LABELS[heatmap]} | - | {score(values)} | - | - | - |")
     return "\n".join(lines)
@@ -71,14 +70,14 @@ def full_table(reports: dict[str, dict]) -> str:
     lines = [header, "|" + "---|" * 8]
     done = set()
     for name, report in reports.items():
-        for heatmap, values in report["localisation"].items():
-            if heatmap in MODEL_FREE:
-                if heatmap in done:
+        for key, values in read_localisation(report["localisation"]).items():
+            if key.model_free:
+                if key in done:
                     continue
-                done.add(heatmap)
-                label, auroc = LABELS[heatmap], ("-", "-")
+                done.add(key)
+                label, auroc = LABELS[key], ("-", "-")
             else:
-                label = f"{name}: {heatmap}"
+                label = f"{name}: {key.label}"
                 auroc = (
                     f"{report['same_hospital_auroc']:.3f}{ci(report.get('same_hospital_auroc_ci95'))}",
                     f"{report['global_auroc']:.3f}",
@@ -99,7 +98,7 @@ def paired_table(reports: dict[str, dict], pairs: list[str]) -> str:
     for pair in pairs:
         names, heatmap = pair.split(":", 1)
         first, second = names.split(",", 1)
-        a, b = (reports[name]["localisation"][heatmap]["per_image"] for name in (first, second))
+        a, b = (_by_label(reports[name], heatmap)["per_image"] for name in (first, second))
         if a["id"] != b["id"]:
             raise SystemExit(f"{first} and {second} were not scored on the same films")
         cells = []
@@ -108,6 +107,15 @@ def paired_table(reports: dict[str, dict], pairs: list[str]) -> str:
             cells.append(f"{mean:+.3f} ({low:+.3f} to {high:+.3f})")
         lines.append(f"| {first} - {second} | {heatmap} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _by_label(report: dict, label: str) -> dict:
+    """The map of ``report`` a user named on the command line by its label (as the tables print it)."""
+    located = read_localisation(report["localisation"])
+    matches = [values for key, values in located.items() if key.label == label]
+    if not matches:
+        raise SystemExit(f"no map {label!r}; the report has {sorted(key.label for key in located)}")
+    return matches[0]
 
 
 def main(argv=None) -> None:
@@ -130,7 +138,8 @@ def main(argv=None) -> None:
     if args.paired:
         table += "\n\n" + paired_table(reports, args.paired)
     print(table)
-    images = {r["localisation"][PRIOR]["images"] for r in reports.values() if PRIOR in r["localisation"]}
+    priors = [read_localisation(r["localisation"]).get(PRIOR) for r in reports.values()]
+    images = {prior["images"] for prior in priors if prior}
     print(f"\nTB images with boxes scored: {sorted(images)}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"table": table, "reports": reports}, indent=2) + "\n")

@@ -1,1 +1,0 @@
-"""Experiment drivers: release, reports and figures behind the README's tables."""
