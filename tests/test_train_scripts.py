@@ -481,24 +481,31 @@ def _options(parser):
             yield "/".join(action.option_strings) or action.dest, action
 
 
-def test_every_command_line_flag_says_what_it_does():
+def test_every_command_line_flag_says_what_it_does(capsys):
     import app
     from cxrdistill.cli import build_parser
-    from cxrdistill_train import tb_localize
+    from cxrdistill_train import tb_localize, train_lungs
 
-    parsers = {
-        "train_teacher": train_teacher.build_parser(),
-        "distill_student": distill_student.build_parser(),
-        "tb_localize": tb_localize.build_parser(),
-        "cxrdistill": build_parser(),
-        "app.py": app.build_parser(),
-    }
+    parsers = {"cxrdistill": build_parser(), "app.py": app.build_parser()}
     silent = [
         f"{name}: {where}" for name, parser in parsers.items() for where, action in _options(parser) if not action.help
     ]
+    scripts = {module.__name__: module.command_line() for module in (train_teacher, distill_student, tb_localize)}
+    scripts["train_lungs"] = train_lungs.command_line()
+    for name, script in scripts.items():
+        flags = script.flags()
+        silent += [f"{name}: {flag}" for flag, text in flags.items() if not text.strip()]
+        with pytest.raises(SystemExit):  # and tyro's --help shows every one of them
+            script.parse(["--help"])
+        shown = capsys.readouterr().out
+        assert all(flag in shown for flag in flags), [flag for flag in flags if flag not in shown]
     assert not silent, f"flags without a help text: {silent}"
-    teacher_flags = {o for _, a in _options(parsers["train_teacher"]) for o in a.option_strings}
-    assert {"--preset", "--depth", "--epochs", "--root", "--cpu", "--local-weight"} <= teacher_flags
+    assert {"--preset", "--depth", "--epochs", "--root", "--cpu", "--local-weight"} <= set(
+        scripts[train_teacher.__name__].flags()
+    )
+    assert "--resume" not in scripts["train_lungs"].flags()  # the lung loop has no such option
+    with pytest.raises(SystemExit):
+        scripts["train_lungs"].parse(["--resume"])
 
 
 def test_training_configs_nest_the_model_config_and_name_its_preset():

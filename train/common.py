@@ -11,14 +11,11 @@ last complete epoch; only the main process writes files.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -46,7 +43,6 @@ from cxrdistill.data.registry import dataset_entry
 from cxrdistill.evaluation import EvalData, classification_metrics, load_train_val
 from cxrdistill.evaluation import to_jsonable as jsonable
 from cxrdistill.models.card import card_result, card_result_names
-from cxrdistill.models.presets import preset_config, presets_for
 
 logger = logging.getLogger("cxrdistill.train")
 
@@ -245,147 +241,6 @@ class LoopConfig:
     push_to_hub: str | None = None
     bootstrap: int = 1000
     extra: dict = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------ command lines
-
-
-def field_help(cls) -> dict[str, str]:
-    """Each field's help text, from the ``Attributes:`` sections of ``cls``'s and its bases' docstrings
-    (``name: text`` or ``name1, name2: text``; indented lines continue it)."""
-    helps: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        lines = inspect.cleandoc(klass.__dict__.get("__doc__") or "").splitlines()
-        if "Attributes:" not in lines:
-            continue
-        names: list[str] = []
-        for line in lines[lines.index("Attributes:") + 1 :]:
-            if not line.strip():
-                break
-            entry = re.match(r"^ {4}([a-z_][a-z0-9_, ]*):\s*(.*)$", line)
-            if entry:
-                names = [name.strip() for name in entry.group(1).split(",")]
-                for name in names:
-                    helps[name] = entry.group(2)
-            else:
-                for name in names:
-                    helps[name] += " " + line.strip()
-    return helps
-
-
-def _value_parser(annotation: str):
-    """An argparse ``type`` from a field's annotation text (``int``, ``float | None``, ...)."""
-    optional = "None" in annotation
-    base = {"int": int, "float": float}.get(annotation.replace("| None", "").strip(), str)
-
-    def parse(text: str):
-        return None if optional and text.lower() in ("none", "") else base(text)
-
-    parse.__name__ = annotation  # argparse names the type in its error messages
-    return parse
-
-
-def add_dataclass_arguments(
-    parser: argparse.ArgumentParser, config, prefix: str = "", skip: tuple[str, ...] = ("extra",)
-) -> None:
-    """``--PREFIX-field-name`` options for the fields of the dataclass instance ``config`` (defaults from it, help
-    from its ``Attributes:`` docstring: a field without help is a ``TypeError``, so every flag says what it does)."""
-    helps = field_help(type(config))
-    for f in dataclasses.fields(config):
-        if f.name in skip:
-            continue
-        if f.name not in helps:
-            raise TypeError(f"{type(config).__name__}.{f.name} has no help: document it under Attributes")
-        value = getattr(config, f.name)
-        flag = "--" + (prefix + f.name).replace("_", "-")
-        shown = f"{helps[f.name]} (default: %(default)s)"
-        common = dict(default=value, dest=prefix + f.name, help=shown)
-        if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-        elif isinstance(value, (tuple, list)):
-            parser.add_argument(flag, nargs="+", type=_value_parser(str(f.type).split("[")[-1].rstrip("]")), **common)
-        else:
-            parser.add_argument(flag, type=_value_parser(str(f.type)), **common)
-
-
-def fill_dataclass(cls, namespace: argparse.Namespace, prefix: str = ""):
-    values = vars(namespace)
-    return cls(**{f.name: values[prefix + f.name] for f in dataclasses.fields(cls) if prefix + f.name in values})
-
-
-# fields of a model config that a training script takes from the data, calibration or another flag (--pretrained)
-NOT_FLAGS = (
-    "model_type",
-    "preset",
-    "in_chans",
-    "global_labels",
-    "local_labels",
-    "global_thresholds",
-    "local_thresholds",
-    "heatmap_threshold",
-    "rule_out_threshold",
-    "rule_in_threshold",
-    "rule_out_sensitivity",
-    "rule_in_specificity",
-    "positive_label",
-    "pretrained_weights",
-    "mean",
-    "std",
-)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, config_class, default_preset: str, prefix: str = "") -> None:
-    """``--PREFIX-preset`` and one override option per architecture field of ``config_class``, defaulting to the
-    preset's value (any override that changes the architecture makes the saved config say ``custom``)."""
-    model_type = config_class.model_type_default()
-    what = model_type.removeprefix("cxrdistill-")
-    parser.add_argument(
-        "--" + (prefix + "preset").replace("_", "-"),
-        dest=prefix + "preset",
-        default=default_preset,
-        choices=presets_for(model_type),
-        help=f"the {what}'s named architecture (cxrdistill.models.presets; default: %(default)s)",
-    )
-    helps = field_help(config_class)
-    for f in dataclasses.fields(config_class):
-        if f.name in NOT_FLAGS:
-            continue
-        annotation = str(f.type)
-        several = annotation.startswith("tuple[")  # e.g. decoder_channels: tuple[int, ...]
-        parser.add_argument(
-            "--" + (prefix + f.name).replace("_", "-"),
-            dest=prefix + f.name,
-            type=_value_parser(annotation.split("[")[-1].split(",")[0].rstrip("]") if several else annotation),
-            nargs="+" if several else None,
-            default=None,
-            help=f"{what}: {helps[f.name]} (default: the preset's, else {f.default!r})",
-        )
-
-
-def script_parser(doc: str, models, configs, skip: tuple[str, ...] = ("extra",)) -> argparse.ArgumentParser:
-    """A training script's parser: for each ``(config class, default preset, prefix)`` of ``models`` its preset and
-    architecture options (:func:`add_model_arguments`), then the fields of each dataclass instance of ``configs``
-    (:func:`add_dataclass_arguments`, without the fields in ``skip``); described by ``doc``'s first line."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    for config_class, preset, prefix in models:
-        add_model_arguments(parser, config_class, preset, prefix=prefix)
-    for config in configs:
-        add_dataclass_arguments(parser, config, skip=skip)
-    return parser
-
-
-def model_config_from_args(namespace: argparse.Namespace, config_class, prefix: str = ""):
-    """The model config the ``add_model_arguments`` options describe (labels: the config's defaults)."""
-    values = vars(namespace)
-    overrides = {
-        f.name: values[prefix + f.name]
-        for f in dataclasses.fields(config_class)
-        if f.name not in NOT_FLAGS and values.get(prefix + f.name) is not None
-    }
-    try:
-        return preset_config(config_class, values[prefix + "preset"], **overrides)
-    except ValueError as error:
-        raise SystemExit(f"invalid model configuration: {error}") from error
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):

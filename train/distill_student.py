@@ -13,7 +13,6 @@ architecture is a preset (``--preset mlcak-student-conv6``) with per-field overr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from cxrdistill.distill import (
     default_layer_pairs,
 )
 from cxrdistill.models import StudentViT, StudentViTConfig, TeacherViT
+from cxrdistill_train.cli import ModelFlags, Script
 from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
@@ -33,13 +33,10 @@ from cxrdistill_train.common import (
     TrainingRun,
     build_datasets,
     end_processes,
-    fill_dataclass,
     fit_and_save_best,
     make_accelerator,
     make_loader,
-    model_config_from_args,
     script_command,
-    script_parser,
     views_for,
 )
 
@@ -98,20 +95,16 @@ class DistillTrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_line() -> Script:
     defaults = DistillTrainConfig(model=StudentViTConfig())
-    models = [(StudentViTConfig, DEFAULT_PRESET, "")]
-    return script_parser(__doc__, models, (defaults.data, defaults.loop, defaults.distill))
+    return Script(
+        __doc__, (defaults.data, defaults.loop, defaults.distill), (ModelFlags(StudentViTConfig, DEFAULT_PRESET),)
+    )
 
 
 def parse(argv=None) -> DistillTrainConfig:
-    args = build_parser().parse_args(argv)
-    config = DistillTrainConfig(
-        model_config_from_args(args, StudentViTConfig),
-        fill_dataclass(DataConfig, args),
-        fill_dataclass(LoopConfig, args),
-        fill_dataclass(DistillConfig, args),
-    )
+    (data, loop, distill), (model,) = command_line().parse(argv)
+    config = DistillTrainConfig(model, data, loop, distill)
     if config.distill.teacher_mode not in TEACHER_MODES:
         raise SystemExit(f"--teacher-mode must be one of {TEACHER_MODES}, got {config.distill.teacher_mode!r}")
     return config

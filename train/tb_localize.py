@@ -16,7 +16,6 @@ evaluate`` on the saved models.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from cxrdistill.distill import ConditionalSourceAdversary, SupervisedTask, TBDistiller, TBLossWeights
 from cxrdistill.models import CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig, LungSegmenter
+from cxrdistill_train.cli import ModelFlags, Script
 from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
@@ -33,13 +33,10 @@ from cxrdistill_train.common import (
     TrainingRun,
     build_datasets,
     end_processes,
-    fill_dataclass,
     fit_and_save_best,
     make_accelerator,
     make_loader,
-    model_config_from_args,
     script_command,
-    script_parser,
     source_balanced_weights,
     views_for,
 )
@@ -101,21 +98,18 @@ class TBTrainConfig:
     tb: TBConfig = field(default_factory=TBConfig)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_line() -> Script:
     defaults = TBTrainConfig(CNNTeacherConfig(), CNNStudentConfig())
-    models = [(CNNTeacherConfig, "tb-resnet10t", "teacher_"), (CNNStudentConfig, "tb-resnet10t-lowres", "student_")]
-    return script_parser(__doc__, models, (defaults.data, defaults.loop, defaults.tb))
+    models = (
+        ModelFlags(CNNTeacherConfig, "tb-resnet10t", "teacher_"),
+        ModelFlags(CNNStudentConfig, "tb-resnet10t-lowres", "student_"),
+    )
+    return Script(__doc__, (defaults.data, defaults.loop, defaults.tb), models)
 
 
 def parse(argv=None) -> TBTrainConfig:
-    args = build_parser().parse_args(argv)
-    config = TBTrainConfig(
-        model_config_from_args(args, CNNTeacherConfig, "teacher_"),
-        model_config_from_args(args, CNNStudentConfig, "student_"),
-        fill_dataclass(DataConfig, args),
-        fill_dataclass(LoopConfig, args),
-        fill_dataclass(TBConfig, args),
-    )
+    (data, loop, tb), (teacher, student) = command_line().parse(argv)
+    config = TBTrainConfig(teacher, student, data, loop, tb)
     if config.tb.stage not in STAGES:
         raise SystemExit(f"--stage must be one of {STAGES}, got {config.tb.stage!r}")
     if config.tb.class_weights not in CLASS_WEIGHTS:

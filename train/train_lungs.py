@@ -12,7 +12,6 @@ Runs of a few minutes: there is no ``--resume``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,14 +27,12 @@ from cxrdistill.data import AugmentConfig, LungOutlines, letterbox_matrix, warp
 from cxrdistill.data.transforms import jitter_intensity, random_view_matrix
 from cxrdistill.metrics import bootstrap_ci
 from cxrdistill.models import LungSegmenter, LungSegmenterConfig
+from cxrdistill_train.cli import ModelFlags, Script
 from cxrdistill_train.common import (
     LoopConfig,
     end_processes,
-    fill_dataclass,
     make_accelerator,
-    model_config_from_args,
     script_command,
-    script_parser,
     warmup_cosine,
 )
 
@@ -103,19 +100,20 @@ def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * overlap + 1) / (probabilities.sum((1, 2, 3)) + masks.sum((1, 2, 3)) + 1)).mean()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_line() -> Script:
     defaults = LungTrainConfig(model=LungSegmenterConfig())
-    models = [(LungSegmenterConfig, "lung-unet-mobilenetv3s", "")]
     unused = ("extra", "eval_every", "select_metric", "resume", "cpu")  # the lung loop has no such options
-    return script_parser(__doc__, models, (defaults.data, defaults.loop), skip=unused)
+    return Script(
+        __doc__,
+        (defaults.data, defaults.loop),
+        (ModelFlags(LungSegmenterConfig, "lung-unet-mobilenetv3s"),),
+        hidden=unused,
+    )
 
 
 def parse(argv=None) -> LungTrainConfig:
-    args = build_parser().parse_args(argv)
-    loop = fill_dataclass(LoopConfig, args)
-    return LungTrainConfig(
-        model_config_from_args(args, LungSegmenterConfig), fill_dataclass(LungDataConfig, args), loop
-    )
+    (data, loop), (model,) = command_line().parse(argv)
+    return LungTrainConfig(model, data, loop)
 
 
 def main(argv=None) -> dict:

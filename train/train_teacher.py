@@ -12,12 +12,12 @@ run from its last complete epoch; ``--push-to-hub REPO_ID`` publishes the best m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
 from cxrdistill.distill import SupervisedTask
 from cxrdistill.models import TeacherViT, TeacherViTConfig
+from cxrdistill_train.cli import ModelFlags, Script
 from cxrdistill_train.common import (
     DataConfig,
     LoopConfig,
@@ -25,13 +25,10 @@ from cxrdistill_train.common import (
     TrainingRun,
     build_datasets,
     end_processes,
-    fill_dataclass,
     fit_and_save_best,
     make_accelerator,
     make_loader,
-    model_config_from_args,
     script_command,
-    script_parser,
     views_for,
 )
 
@@ -64,23 +61,18 @@ class TeacherTrainConfig:
     task: TeacherTaskConfig = field(default_factory=TeacherTaskConfig)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_line() -> Script:
     defaults = TeacherTrainConfig(model=TeacherViTConfig())
-    models = [(TeacherViTConfig, DEFAULT_PRESET, "")]
-    return script_parser(__doc__, models, (defaults.data, defaults.loop, defaults.task))
+    return Script(
+        __doc__, (defaults.data, defaults.loop, defaults.task), (ModelFlags(TeacherViTConfig, DEFAULT_PRESET),)
+    )
 
 
 def parse(argv=None) -> TeacherTrainConfig:
-    args = build_parser().parse_args(argv)
-    model = model_config_from_args(args, TeacherViTConfig)
-    if args.pretrained and model.stem == "patch" and not model.pretrained_weights:
+    (data, loop, task), (model,) = command_line().parse(argv)
+    if task.pretrained and model.stem == "patch" and not model.pretrained_weights:
         model = dataclasses.replace(model, pretrained_weights="vit_tiny_patch16_224")
-    return TeacherTrainConfig(
-        model,
-        fill_dataclass(DataConfig, args),
-        fill_dataclass(LoopConfig, args),
-        fill_dataclass(TeacherTaskConfig, args),
-    )
+    return TeacherTrainConfig(model, data, loop, task)
 
 
 def main(argv=None) -> dict:
