@@ -7,7 +7,7 @@ passes, so a number in a model card and a number from the command line are compu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,40 +115,75 @@ def predict_dataset(
         collate_fn=collate_views,
     )
     model.eval()
-    keys = ("global_probs", "local_probs", "global_targets", "local_targets", "local_mask", "source", "id")
-    outputs: dict[str, list] = {k: [] for k in (*keys, "localisation")}
+    collected = PredictionCollector()
+    localisation: list[dict] = []
     map_grids: dict[MapKey, list] = {}
     for batch in loader:
         images = batch["views"][size]
         with torch.no_grad():
             output = model.forward_for_maps(images) if localise else model(images)
         if localise:
-            positive_probs = output.global_logits.float().softmax(-1)[:, model.positive_index]
+            maps = _maps_of(model, output, images, map_methods, normal_maps)
+            for key, grids in maps.items():  # each film's map on the model's own grid: the constancy check
+                map_grids.setdefault(key, []).append(grids.detach().float().numpy())
             lungs = None
             if lung_model is not None:  # (B, S, S) over the base view
                 lungs = (lung_model.lung_probability(batch["views"][base]), lung_model.config.mask_threshold)
-            with torch.no_grad():
-                named = model.explanation_maps(output)
-            named.update(gradient_maps(model, images, map_methods))
-            maps = {MapKey(name): grids for name, grids in named.items()}
-            for key, mean in (normal_maps or {}).items():
-                maps[key.with_(minus_normal=True)] = (maps[key] - mean.to(maps[key])).clamp_min(0)
-            for key, grids in maps.items():  # each film's map on the model's own grid: the constancy check
-                map_grids.setdefault(key, []).append(grids.detach().float().numpy())
-            outputs["localisation"] += localise_batch(maps, batch, base, prior, lungs, positive_probs.numpy())
-        outputs["global_probs"].append(output.global_logits.float().softmax(-1))
-        outputs["local_probs"].append(output.local_logits.float().sigmoid())
-        outputs["global_targets"].append(batch["global"])
-        outputs["local_targets"].append(batch["local"])
-        outputs["local_mask"].append(batch["local_mask"])
-        outputs["source"] += batch["source"]
-        outputs["id"] += batch["id"]
+            positive_probs = output.global_logits.float().softmax(-1)[:, model.positive_index].numpy()
+            localisation += localise_batch(maps, batch, base, prior, lungs, positive_probs)
+        collected.add(output, batch)
+    predictions = collected.arrays()
+    predictions["localisation"] = localisation
     if localise:
-        outputs["map_grids"] = {name: np.concatenate(grids) for name, grids in map_grids.items()}
-    return {
-        k: (v if k in ("localisation", "map_grids") else np.array(v) if k in ("source", "id") else torch.cat(v).numpy())
-        for k, v in outputs.items()
-    }
+        predictions["map_grids"] = {key: np.concatenate(grids) for key, grids in map_grids.items()}
+    return predictions
+
+
+def _maps_of(model, output, images: torch.Tensor, map_methods, normal_maps) -> dict[MapKey, torch.Tensor]:
+    """The model's explanation maps of a batch, the Grad-CAM family's, and each minus its mean normal map."""
+    with torch.no_grad():
+        named = model.explanation_maps(output)
+    named.update(gradient_maps(model, images, map_methods))
+    maps = {MapKey(name): grids for name, grids in named.items()}
+    for key, mean in (normal_maps or {}).items():
+        maps[key.with_(minus_normal=True)] = (maps[key] - mean.to(maps[key])).clamp_min(0)
+    return maps
+
+
+class PredictionCollector:
+    """A model's outputs gathered batch by batch into the arrays of :func:`predict_dataset`: ``global_probs``
+    ``(N, G)``, ``local_probs`` ``(N, L)``, their targets and mask, ``source`` and ``id`` ``(N,)``.
+
+    ``gather`` collects a batch's tensors (or lists of strings) from every process: the identity in one process,
+    ``accelerator.gather_for_metrics`` in a distributed training run.
+    """
+
+    TENSORS = ("global_probs", "local_probs", "global_targets", "local_targets", "local_mask")
+
+    def __init__(self, gather: Callable[[Any], Any] = lambda value: value) -> None:
+        self.gather = gather
+        self.parts: dict[str, list] = {key: [] for key in (*self.TENSORS, "source", "id")}
+
+    def add(self, output, batch: dict) -> None:
+        """One batch: ``output`` a ModelOutput of ``batch``'s images."""
+        values = {
+            "global_probs": output.global_logits.float().softmax(-1),
+            "local_probs": output.local_logits.float().sigmoid(),
+            "global_targets": batch["global"],
+            "local_targets": batch["local"],
+            "local_mask": batch["local_mask"],
+        }
+        for key, value in values.items():
+            self.parts[key].append(self.gather(value.detach()).cpu())
+        for key in ("source", "id"):  # strings: gathered as objects
+            self.parts[key] += self.gather(list(batch[key]))
+
+    def arrays(self) -> dict[str, Any]:
+        return {
+            **{key: torch.cat(self.parts[key]).numpy() for key in self.TENSORS},
+            "source": np.array(self.parts["source"]),
+            "id": np.array(self.parts["id"]),
+        }
 
 
 def mean_negative_maps(model: torch.nn.Module, dataset, **kwargs) -> dict[MapKey, torch.Tensor]:

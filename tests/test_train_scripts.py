@@ -13,7 +13,7 @@ from conftest import REPO_ROOT
 
 from cxrdistill.models import StudentViT, TeacherViT
 from cxrdistill_train import distill_student, train_teacher
-from cxrdistill_train.common import latest_checkpoint
+from cxrdistill_train.checkpoints import latest_checkpoint
 
 
 def common_args(root, output, cache) -> list[str]:
@@ -111,15 +111,8 @@ def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_p
     """With --augment-copies the teacher is cached on fixed augmented views and every training batch looks up the
     targets of exactly the views it holds (what the teacher says on them online); an epoch is K passes."""
     from cxrdistill.distill import MLCAKDistiller, MLCAKWeights, cache_teacher_outputs, default_layer_pairs
-    from cxrdistill_train.common import (
-        DataConfig,
-        LoopConfig,
-        Sampling,
-        build_datasets,
-        make_accelerator,
-        make_loader,
-        views_for,
-    )
+    from cxrdistill_train.data import DataConfig, Sampling, build_datasets, make_loader, views_for
+    from cxrdistill_train.loop import LoopConfig, make_accelerator
 
     data = DataConfig(root=str(tiny_tbx11k), cache_dir=str(tmp_path / "cache"), cache_size=96, val_fraction=0.3)
     accelerator = make_accelerator(LoopConfig(output_dir=str(tmp_path / "x"), cpu=True), "test")
@@ -224,10 +217,11 @@ def test_resume_continues_where_a_killed_run_stopped_and_matches_an_uninterrupte
     """Killed after its second checkpoint, then ``--resume``: it starts at epoch 2, runs only epoch 3 and ends with
     the uninterrupted weights. With ``swap_interrupted`` the kill came inside the checkpoint swap, after the old
     checkpoint was moved aside and before the new one took its place: only ``checkpoint.old`` is left."""
-    from cxrdistill_train import common
+    from cxrdistill_train import loop
+    from cxrdistill_train.checkpoints import checkpoint_progress
 
     output = tmp_path / "interrupted"
-    real_save, saves = common.save_checkpoint, []
+    real_save, saves = loop.save_checkpoint, []
 
     def save_then_die(accelerator, output_dir, progress=None):
         real_save(accelerator, output_dir, progress)
@@ -235,15 +229,15 @@ def test_resume_continues_where_a_killed_run_stopped_and_matches_an_uninterrupte
         if len(saves) == 2:
             raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         distill_student.main(resume_args(tiny_tbx11k, output, tmp_path / "cache"))
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     if swap_interrupted:
         (output / "checkpoint").rename(output / "checkpoint.old")
     checkpoint = latest_checkpoint(output)
     assert checkpoint.name == ("checkpoint.old" if swap_interrupted else "checkpoint")
-    assert common.checkpoint_progress(checkpoint)["epoch"] == 2
+    assert checkpoint_progress(checkpoint)["epoch"] == 2
 
     result = distill_student.main([*resume_args(tiny_tbx11k, output, tmp_path / "cache"), "--resume"])
     training = result["final"]["training"]
@@ -389,7 +383,7 @@ def test_a_full_disk_at_save_time_keeps_the_previous_checkpoint_and_says_so(tmp_
 
     from accelerate import Accelerator
 
-    from cxrdistill_train.common import save_checkpoint
+    from cxrdistill_train.checkpoints import save_checkpoint
 
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(torch.nn.Linear(3, 2))
@@ -431,7 +425,7 @@ def test_sigkill_at_a_random_moment_then_resume_ends_with_the_uninterrupted_weig
     victim = subprocess.Popen(
         command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    from cxrdistill_train.common import checkpoint_progress
+    from cxrdistill_train.checkpoints import checkpoint_progress
 
     def reached(epoch: int) -> bool:
         checkpoint = latest_checkpoint(tmp_path / "killed")
@@ -459,7 +453,8 @@ def test_sigkill_at_a_random_moment_then_resume_ends_with_the_uninterrupted_weig
 
 
 def test_a_card_without_a_measured_result_is_refused_not_filled_with_a_placeholder():
-    from cxrdistill_train.common import DataConfig, card_metrics
+    from cxrdistill_train.data import DataConfig
+    from cxrdistill_train.loop import card_metrics
 
     with pytest.raises(ValueError, match="no AUROC could be measured"):
         card_metrics({"epoch": 1, "global_auroc": float("nan")}, DataConfig(), "python train/x.py")
@@ -557,7 +552,7 @@ def test_source_balanced_sampling_draws_every_source_and_class_equally_and_repla
 
     from cxrdistill.data import TBX11K
     from cxrdistill.labels import TB_BINARY
-    from cxrdistill_train.common import DataConfig, Sampling, make_loader, source_balanced_weights, views_for
+    from cxrdistill_train.data import DataConfig, Sampling, make_loader, source_balanced_weights, views_for
     from cxrdistill_train.tb_localize import class_weight_tensor
 
     dataset = TBX11K(tiny_tbx11k, "all_train", global_space=TB_BINARY)
@@ -625,7 +620,7 @@ def test_tb_stages_use_the_source_balanced_sampler_and_the_lung_model(tiny_tbx11
 
     from cxrdistill.models import LungSegmenter, LungSegmenterConfig
     from cxrdistill_train import tb_localize
-    from cxrdistill_train.common import source_balanced_weights
+    from cxrdistill_train.data import source_balanced_weights
 
     loaders, distillers = [], []
     real_loader, real_distiller = tb_localize.make_loader, tb_localize.TBDistiller

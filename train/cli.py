@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,3 +185,8 @@ def _model_config(model: ModelFlags, flags: Any) -> Any:
         return preset_config(model.config_class, values[prefix + "preset"], **overrides)
     except ValueError as error:
         raise SystemExit(f"invalid model configuration: {error}") from error
+
+
+def script_command(script: str, argv) -> str:
+    """The command line of a run, for its card."""
+    return f"python {script} " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -25,20 +25,9 @@ from cxrdistill.distill import (
     default_layer_pairs,
 )
 from cxrdistill.models import StudentViT, StudentViTConfig, TeacherViT
-from cxrdistill_train.cli import ModelFlags, Script
-from cxrdistill_train.common import (
-    DataConfig,
-    LoopConfig,
-    Sampling,
-    TrainingRun,
-    build_datasets,
-    end_processes,
-    fit_and_save_best,
-    make_accelerator,
-    make_loader,
-    script_command,
-    views_for,
-)
+from cxrdistill_train.cli import ModelFlags, Script, script_command
+from cxrdistill_train.data import DataConfig, Sampling, build_datasets, make_loader, views_for
+from cxrdistill_train.loop import LoopConfig, TrainingRun, end_processes, fit_and_save_best, make_accelerator
 
 DEFAULT_PRESET = "mlcak-student-conv6"
 TEACHER_MODES = ("cache", "online")

@@ -25,21 +25,9 @@ import torch
 
 from cxrdistill.distill import ConditionalSourceAdversary, SupervisedTask, TBDistiller, TBLossWeights
 from cxrdistill.models import CNNStudent, CNNStudentConfig, CNNTeacher, CNNTeacherConfig, LungSegmenter
-from cxrdistill_train.cli import ModelFlags, Script
-from cxrdistill_train.common import (
-    DataConfig,
-    LoopConfig,
-    Sampling,
-    TrainingRun,
-    build_datasets,
-    end_processes,
-    fit_and_save_best,
-    make_accelerator,
-    make_loader,
-    script_command,
-    source_balanced_weights,
-    views_for,
-)
+from cxrdistill_train.cli import ModelFlags, Script, script_command
+from cxrdistill_train.data import DataConfig, Sampling, build_datasets, make_loader, source_balanced_weights, views_for
+from cxrdistill_train.loop import LoopConfig, TrainingRun, end_processes, fit_and_save_best, make_accelerator
 
 STAGES = ("teacher", "student", "both")
 CLASS_WEIGHTS = ("balanced", "none")

@@ -27,14 +27,8 @@ from cxrdistill.data import AugmentConfig, LungOutlines, letterbox_matrix, warp
 from cxrdistill.data.transforms import jitter_intensity, random_view_matrix
 from cxrdistill.metrics import bootstrap_ci
 from cxrdistill.models import LungSegmenter, LungSegmenterConfig
-from cxrdistill_train.cli import ModelFlags, Script
-from cxrdistill_train.common import (
-    LoopConfig,
-    end_processes,
-    make_accelerator,
-    script_command,
-    warmup_cosine,
-)
+from cxrdistill_train.cli import ModelFlags, Script, script_command
+from cxrdistill_train.loop import LoopConfig, end_processes, make_accelerator, warmup_cosine
 
 
 @dataclass

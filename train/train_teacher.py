@@ -17,20 +17,9 @@ from dataclasses import dataclass, field
 
 from cxrdistill.distill import SupervisedTask
 from cxrdistill.models import TeacherViT, TeacherViTConfig
-from cxrdistill_train.cli import ModelFlags, Script
-from cxrdistill_train.common import (
-    DataConfig,
-    LoopConfig,
-    Sampling,
-    TrainingRun,
-    build_datasets,
-    end_processes,
-    fit_and_save_best,
-    make_accelerator,
-    make_loader,
-    script_command,
-    views_for,
-)
+from cxrdistill_train.cli import ModelFlags, Script, script_command
+from cxrdistill_train.data import DataConfig, Sampling, build_datasets, make_loader, views_for
+from cxrdistill_train.loop import LoopConfig, TrainingRun, end_processes, fit_and_save_best, make_accelerator
 
 DEFAULT_PRESET = "mlcak-teacher-conv6"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-import cxrdistill_train.common as common
+import cxrdistill_train.loop as loop
 from cxrdistill.models.base import CXRModel
 
 trace_dir, module_name, *script_args = sys.argv[1:]
@@ -32,7 +32,7 @@ def write_trace() -> None:
     (trace_dir / f"rank{rank}.json").write_text(json.dumps(trace))
 
 
-real_fit, real_save_pretrained, real_save_checkpoint = common.fit, CXRModel.save_pretrained, common.save_checkpoint
+real_fit, real_save_pretrained, real_save_checkpoint = loop.fit, CXRModel.save_pretrained, loop.save_checkpoint
 
 
 def traced_fit(run, loop, accelerator, on_best):
@@ -65,6 +65,6 @@ def save_then_maybe_die(accelerator, output_dir, progress=None):
 
 
 trace_dir.mkdir(parents=True, exist_ok=True)
-common.fit, CXRModel.save_pretrained, common.save_checkpoint = traced_fit, traced_save_pretrained, save_then_maybe_die
+loop.fit, CXRModel.save_pretrained, loop.save_checkpoint = traced_fit, traced_save_pretrained, save_then_maybe_die
 importlib.import_module(module_name).main(script_args)
 write_trace()
