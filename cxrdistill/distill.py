@@ -47,11 +47,18 @@ from cxrdistill.losses import (
 
 @dataclass(frozen=True)
 class MLCAKWeights:
-    """Weights of the distillation terms (alpha: local logits, beta: global logits, gamma: attention)."""
+    """Weights of the distillation terms of the MLCAK loss (Akhter et al., ISBI 2024).
+
+    Attributes:
+        alpha: weight of the local logits' MSE.
+        beta: weight of the global logits' MSE.
+        gamma: weight of the attention maps' MSE (attention probabilities are ~1/N, e.g. 1/197: their MSE is tiny,
+            so it needs a large weight).
+    """
 
     alpha: float = 1.0
     beta: float = 1.0
-    gamma: float = 100.0  # attention probabilities are ~1/N: their MSE is tiny, so it needs a large weight
+    gamma: float = 100.0
 
     def __post_init__(self) -> None:
         if min(self.alpha, self.beta, self.gamma) < 0:

@@ -135,13 +135,23 @@ class Script:
         return arguments
 
     def flags(self) -> dict[str, str]:
-        """``--flag`` -> its help text, for every flag (empty where a field has no ``Attributes:`` entry)."""
-        helps = {}
-        for section in self.sections:
+        """``--flag`` -> its help text, for every flag (empty where a field has no ``Attributes:`` entry); the fields
+        of a nested dataclass are flags of their own (``DistillConfig.weights`` -> ``--alpha``)."""
+        helps: dict[str, str] = {}
+
+        def add(section: Any) -> None:
             docs = field_docs(type(section))
             for f in dataclasses.fields(section):
-                if f.name not in self.hidden:
+                value = getattr(section, f.name)
+                if f.name in self.hidden:
+                    continue
+                if dataclasses.is_dataclass(value):
+                    add(value)
+                else:
                     helps["--" + f.name.replace("_", "-")] = docs.get(f.name, "")
+
+        for section in self.sections:
+            add(section)
         for model in self.models:
             for name, hint in typing.get_type_hints(_override_flags(model), include_extras=True).items():
                 helps["--" + name.replace("_", "-")] = next(

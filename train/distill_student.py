@@ -41,9 +41,7 @@ class DistillConfig:
         teacher: the trained teacher, a folder or Hub repo id (not needed for --ablation none).
         teacher_revision: Hub revision (tag, branch or commit) of the teacher.
         ablation: the loss terms: none (student alone), logits (alpha, beta), attention (gamma) or all (MLCAK).
-        alpha: weight of the local logits' MSE.
-        beta: weight of the global logits' MSE.
-        gamma: weight of the attention maps' MSE (attention probabilities are ~1/197: it needs a large weight).
+        weights: the MLCAK weights alpha, beta and gamma (their flags: --alpha, --beta, --gamma).
         levels: how many evenly spaced (student layer, teacher layer) pairs the attention term compares.
         local_weight: weight of the local findings' BCE in the task loss.
         teacher_mode: cache (the teacher once, on un-augmented views) or online (on every augmented batch).
@@ -60,9 +58,7 @@ class DistillConfig:
     teacher: str | None = None
     teacher_revision: str | None = None
     ablation: str = "all"
-    alpha: float = 1.0
-    beta: float = 1.0
-    gamma: float = 100.0
+    weights: MLCAKWeights = field(default_factory=MLCAKWeights)
     levels: int = 3
     local_weight: float = 1.0
     teacher_mode: str = "cache"
@@ -102,8 +98,8 @@ def parse(argv=None) -> DistillTrainConfig:
 def main(argv=None) -> dict:
     config = parse(argv)
     settings = config.distill
-    config.loop.extra = {**vars(config.data), **vars(settings), "preset": config.model.preset}
-    weights = ablation_weights(settings.ablation, MLCAKWeights(settings.alpha, settings.beta, settings.gamma))
+    config.loop.extra = {**vars(config.data), **dataclasses.asdict(settings), "preset": config.model.preset}
+    weights = ablation_weights(settings.ablation, settings.weights)
     uses_teacher = weights.alpha > 0 or weights.beta > 0 or weights.gamma > 0
     if uses_teacher and not settings.teacher:
         raise SystemExit(f"--ablation {settings.ablation} needs --teacher (a folder or Hub repo id)")
