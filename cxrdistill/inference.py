@@ -401,6 +401,10 @@ class Predictor:
     def resolutions(self) -> list[int]:
         return list(self.students)
 
+    def vit_models(self) -> list[CXRModel]:
+        """The students and the teacher (the models whose attention the app shows), those loaded."""
+        return [model for model in (*self.students.values(), self.teacher) if model is not None]
+
     # ---------------------------------------------------------------------------------------------- predict
 
     def read(self, source: XRaySource | XRay) -> XRay:

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from cxrdistill.inference import Prediction, Predictor
+from cxrdistill.io import XRayMeta
 from cxrdistill.models.card import box_supervised
-from cxrdistill.render import roc_picture
+from cxrdistill.render import draw_boxes, draw_outline, gray_to_rgb, overlay, roc_picture
 from cxrdistill.triage import STATES, display_label, reference_auroc
 
 CSS = """
@@ -35,6 +36,81 @@ CSS = """
 .cxr-card {display: inline-block; vertical-align: top; width: 31%; min-width: 260px; margin: 0 1% 12px 0}
 .cxr-card ul {padding-left: 18px; font-size: 0.9em}
 """
+
+DISCLAIMER = (
+    "**Research demo, not a medical device.** It must not be used to diagnose, treat or triage anyone. The "
+    "models were trained on a few hundred public images and are often wrong. Uploads are decoded in memory and "
+    "deleted from the server right after; nothing is stored or logged, and DICOM patient fields are never read "
+    "into the app."
+)
+LOW_BANDWIDTH_NOTE = (
+    "**Low-bandwidth mode.** Your browser reduces the X-ray to the student's input (28 x 28 pixels by default, "
+    "as chosen above) and sends only that: a few hundred bytes instead of the whole file, and the full-resolution "
+    "film never reaches the server. What it gives up: no teacher, no lung outline, no TB boxes and no "
+    "full-resolution maps (all need the whole film); the student's attention is shown over what was sent. DICOM "
+    "files cannot be decoded by a browser: export them as PNG or JPG first."
+)
+
+
+def introduction(smallest: int) -> str:
+    """The page's heading and what it does."""
+    return (
+        "# cxrdistill: chest X-ray AI at low resolution\n"
+        f"A ViT student that sees the X-ray at **{smallest} x {smallest} pixels**, distilled from a 224-px "
+        "teacher (MLCAK), and a CNN that localises TB from image labels only. Upload an X-ray: one answer "
+        "(**low**, **indeterminate** or **signal**) from the family's best-validated model, then what each "
+        "model sees, what it says and where it looks."
+    )
+
+
+def describe_read(meta: XRayMeta, seconds: float, uploaded: bool = True) -> str:
+    """The status line after a film is read: its format, size and depth (never a patient field)."""
+    height, width = meta.original_size
+    parts = [f"{meta.format}", f"{width} x {height} px", f"{meta.bit_depth}-bit"]
+    parts += [x for x in (meta.modality, meta.view) if x]
+    note = " The uploaded file is already deleted from the server." if uploaded else ""
+    return f"Read {' · '.join(parts)} in {seconds * 1000:.0f} ms.{note}"
+
+
+def models_note(families: dict[str, Predictor]) -> str:
+    """The side panel's list of the loaded models, by family."""
+
+    def describe(model) -> str:
+        config = model.config
+        calibrated = "answer cuts" if config.rule_out_threshold is not None else "no answer cuts"
+        return f"{type(model).__name__} {config.image_size} px ({calibrated})"
+
+    lines = []
+    for title, predictor in families.items():
+        if len(families) > 1:
+            lines.append(f"- *{title}*")
+        lines += [f"  - student: {describe(m)}" for m in predictor.students.values()]
+        lines.append(f"  - teacher: {describe(predictor.teacher)}" if predictor.teacher else "  - teacher: not loaded")
+        if predictor.tb_model:
+            lines.append(f"  - TB boxes: {describe(predictor.tb_model)}")
+    return "**Models**\n" + "\n".join(line.removeprefix("  ") if len(families) == 1 else line for line in lines)
+
+
+def heat_picture(prediction: Prediction, result, index: int) -> np.ndarray | None:
+    """``result``'s ``index``-th map over the display image (``None`` where it has no such map)."""
+    if result is None or len(result.maps) <= index:
+        return None
+    return overlay(prediction.image, list(result.maps.values())[index])
+
+
+def tb_pictures(prediction: Prediction, cards: dict[str, dict]) -> tuple[Any, Any, str]:
+    """The TB tab: the boxes (and the lung outline, in blue) over the film, the class activation map, and the
+    words (:func:`tb_note`)."""
+    tb = prediction.tb
+    if tb is None:
+        return None, None, tb_note(prediction, cards)
+    boxes = [[v / prediction.scale for v in b.box] for b in tb.boxes]
+    picture = gray_to_rgb(prediction.image)
+    if prediction.lungs is not None:
+        picture = draw_outline(picture, prediction.lungs)
+    picture = draw_boxes(picture, boxes, [f"{b.score:.2f}" for b in tb.boxes])
+    return picture, overlay(prediction.image, next(iter(tb.maps.values()))), tb_note(prediction, cards)
+
 
 STATE_HEADLINE = {"low": "low", "indeterminate": "indeterminate", "signal": "signal"}
 

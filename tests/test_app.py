@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, make_dicom, png_bytes, shared_path, synthetic_chest
-from test_inference import tb_model
+from support.films import REPO_ROOT, make_dicom, png_bytes, shared_path, synthetic_chest
+from support.models import tb_model
 
 import app
+from cxrdistill import pages
 from cxrdistill.inference import Predictor
 from cxrdistill.pages import model_card_row, model_panel
+from cxrdistill.serving import ConsumedUploads, UploadGone, reduced_view
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = os.environ.get("CXRDISTILL_SCREENSHOTS")  # keep the browser screenshots here when set
@@ -124,13 +126,15 @@ def test_uploads_do_not_stay_on_disk(client, upload_dir, tmp_path):
 def test_an_upload_is_deleted_at_once_and_its_empty_folder_only_once_old(upload_dir):
     # Gradio makes <sha256>/ and then renames an identical upload into it: removing that folder at once made such
     # uploads fail with HTTP 500 (seen in the crowd tests), so only the file goes at once.
-    consumed = app._ConsumedUploads(folder_ttl_s=600)
+    consumed = ConsumedUploads(folder_ttl_s=600)
     folder = upload_dir / ("a" * 64)
     folder.mkdir()
     (folder / "x.png").write_bytes(b"pixels")
-    assert consumed.consume(folder / "x.png") == b"pixels"
+    assert consumed.consume(folder / "x.png", upload_dir) == b"pixels"
     assert folder.is_dir() and not any(folder.iterdir())
-    assert consumed.consume(folder / "x.png") == b"pixels"  # a second visitor with the same file, from memory
+    assert consumed.consume(folder / "x.png", upload_dir) == b"pixels"  # a second visitor with the same file
+    with pytest.raises(UploadGone):
+        ConsumedUploads(ttl_s=0).consume(folder / "x.png", upload_dir)
 
     busy, other = upload_dir / ("b" * 64), upload_dir / "not-an-upload-folder"
     busy.mkdir()
@@ -225,7 +229,7 @@ def test_each_release_family_is_offered_and_answers_with_its_own_models(tmp_path
     tb_title, nih_title = RELEASE_FAMILIES["tbx11k"].title, RELEASE_FAMILIES["nih1024"].title
     assert list(families) == [tb_title, nih_title]
     assert families[tb_title].resolutions == [28] and families[nih_title].resolutions == [56]
-    note = app._models_note(families)
+    note = pages.models_note(families)
     assert tb_title in note and nih_title in note and note.index(tb_title) < note.index("56 px")
     demo = app.build_demo(families)
     demo.queue(**app.queue_options(args))
@@ -567,16 +571,16 @@ def test_the_browser_reduction_matches_the_servers_model_input(served, tmp_path)
     gray.convert("RGB").resize((600, 700)).save(cases["600 x 700 colour PNG"])
     for name, path in cases.items():
         for size in (28, 56):
-            sent = app.reduced_view(_browser_reduction(served[0], path, size))
+            sent = reduced_view(_browser_reduction(served[0], path, size))
             server = model_input(display_image(load_xray(path).pixels), size)[0, 0].numpy()
             assert sent.shape == (size, size)
             assert np.abs(sent - server).max() <= 0.5 / 255 + 1e-4, (name, size, np.abs(sent - server).max() * 255)
     with pytest.raises(ValueError, match="more data"):
-        app.reduced_view("28:" + "A" * 5000)
+        reduced_view("28:" + "A" * 5000)
     with pytest.raises(ValueError, match="SIZE at most"):
-        app.reduced_view("4096:AAAA")
+        reduced_view("4096:AAAA")
     with pytest.raises(ValueError, match="pixels for a 28 x 28"):
-        app.reduced_view("28:AAAA")
+        reduced_view("28:AAAA")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
@@ -608,7 +612,7 @@ def test_browser_low_bandwidth_mode_sends_only_the_reduced_film(served, tmp_path
         payload = next(json.loads(r.post_data)["data"][0] for r in posts if r.url.split("?")[0].endswith("/join"))
         assert f"Sent {len(payload):,} bytes" in status.inner_text()
         shown = float(page.locator("#cxr-lowbw-answer").get_attribute("data-probability"))
-        same_input = predictor.predict_view(app.reduced_view(payload)).answer.decision.probability
+        same_input = predictor.predict_view(reduced_view(payload)).answer.decision.probability
         full_film = predictor.predict(film.read_bytes()).student.decision.probability
         assert shown == pytest.approx(same_input, abs=1e-4)  # the server's prediction on what was sent
         assert shown == pytest.approx(full_film, abs=0.02)  # and close to the full-upload path's

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from support.films import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "cxrdistill"
 

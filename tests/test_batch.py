@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, make_dicom, png_bytes, shared_path, synthetic_chest
-from test_inference import tb_model
+from support.films import REPO_ROOT, make_dicom, png_bytes, shared_path, synthetic_chest
+from support.models import tb_model
 
 from cxrdistill.batch import BatchOptions, collect_inputs, predict_files, read_rows
 from cxrdistill.cli import main

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import png_bytes, shared_path, synthetic_chest
+from support.films import png_bytes, shared_path, synthetic_chest
 
 from cxrdistill.data import TBX11K, CachedDataset, CSVDataset, MultiResolutionViews, transform_boxes
 from cxrdistill.data.transforms import letterbox_matrix, warp

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import png_bytes, synthetic_chest
+from support.films import png_bytes, synthetic_chest
 
 from cxrdistill.cli import main, text_preview
 

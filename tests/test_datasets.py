@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_dicom, png_bytes, shared_path, synthetic_chest
+from support.films import make_dicom, png_bytes, shared_path, synthetic_chest
 
 from cxrdistill import labels
 from cxrdistill.data import (

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 from safetensors.torch import load_file
-from test_train_scripts import common_args
+from support.films import REPO_ROOT
+from support.scripts import common_args
 
 from cxrdistill.models import TeacherViT, TeacherViTConfig
 

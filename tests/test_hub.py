@@ -10,9 +10,10 @@ import uuid
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from support.films import REPO_ROOT
+from support.models import small_student
 
-from cxrdistill.models import CNNStudent, CNNStudentConfig, ModelLoadError, StudentViT, StudentViTConfig
+from cxrdistill.models import CNNStudent, CNNStudentConfig, ModelLoadError, StudentViT
 
 METRICS = {
     "dataset": {"name": "TBX11K", "type": "tbx11k", "split": "validation (20% of all_train)", "licence": "research"},
@@ -22,11 +23,6 @@ METRICS = {
     ],
     "training": {"command": "python train/distill_student.py --size 28", "machine": "2-core CPU", "data": "TBX11K"},
 }
-
-
-def small_student(seed: int = 0) -> StudentViT:
-    torch.manual_seed(seed)
-    return StudentViT(StudentViTConfig(depth=2, embed_dim=48)).eval()
 
 
 def repo_name() -> str:
@@ -170,7 +166,7 @@ def test_cli_push_and_pull(hub, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["teacher-vit", "student-vit-28", "cnn-teacher", "cnn-student"])
 def test_every_model_class_round_trips_through_the_hub_by_tag(hub, name):
-    from test_models import build, images_for
+    from support.models import build, images_for
 
     model = build(name, seed=11)
     repo_id = repo_name()

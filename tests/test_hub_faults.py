@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO_ROOT
+from support.films import REPO_ROOT
 
 from cxrdistill.hub import push_folder
 from cxrdistill.models import ModelLoadError

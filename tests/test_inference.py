@@ -7,19 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, png_bytes, shared_path, synthetic_chest
 from PIL import Image
+from support.films import REPO_ROOT, chest_png, png_bytes, shared_path, synthetic_chest
+from support.models import tb_model
 
 from cxrdistill.inference import Predictor
 from cxrdistill.io import XRayReadError
-from cxrdistill.models import CNNStudent, CNNStudentConfig, StudentViT, StudentViTConfig
+from cxrdistill.models import StudentViT, StudentViTConfig
 from cxrdistill.triage import state_of
-
-
-def tb_model(seed: int = 0) -> CNNStudent:
-    torch.manual_seed(seed)
-    config = CNNStudentConfig(image_size=28, stem="lowres", global_labels=("not_tb", "tb"), local_labels=())
-    return CNNStudent(config).eval()
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +24,6 @@ def predictor() -> Predictor:
     if released.tb_model is None:
         released.tb_model = tb_model()
     return released
-
-
-def chest_png(size: int = 256) -> bytes:
-    image = synthetic_chest(size, size)
-    image[size // 4 : size // 3, size // 5 : size // 3] = 1.0  # a bright blob for the maps to find
-    return png_bytes((image * 255).astype(np.uint8))
 
 
 def test_released_models_load_and_predict_the_bundled_dicom(predictor):

@@ -8,8 +8,8 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import make_dicom, png_bytes, shared_path, synthetic_chest
 from PIL import Image
+from support.films import make_dicom, png_bytes, shared_path, synthetic_chest
 
 from cxrdistill.io import ReadLimits, XRay, XRayReadError, load_xray
 

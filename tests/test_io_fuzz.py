@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, SHARED_DATA, make_dicom, png_bytes, synthetic_chest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support.films import REPO_ROOT, SHARED_DATA, make_dicom, png_bytes, synthetic_chest
 
 from cxrdistill.inference import Predictor
 from cxrdistill.io import XRay, XRayReadError, load_xray

@@ -34,7 +34,7 @@ def test_vinbig_ids_match_the_real_csv():
     import csv
     import gzip
 
-    from conftest import shared_path
+    from support.films import shared_path
 
     path = shared_path("labels_torchxrayvision", "vinbigdata-train.csv.gz")
     with gzip.open(path, "rt") as handle:
@@ -52,7 +52,7 @@ def test_nih_names_match_the_real_label_file():
     import csv
     import gzip
 
-    from conftest import shared_path
+    from support.films import shared_path
 
     path = shared_path("labels_torchxrayvision", "Data_Entry_2017_v2020.csv.gz")
     with gzip.open(path, "rt") as handle:

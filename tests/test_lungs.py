@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, png_bytes, shared_path, synthetic_chest
+from support.films import REPO_ROOT, png_bytes, shared_path, synthetic_chest
 
 from cxrdistill.data import LungOutlines, polygon_mask
 from cxrdistill.models import LungSegmenter, LungSegmenterConfig, preset_config
@@ -162,11 +162,10 @@ def test_two_lungs_wants_one_lung_on_each_side():
 
 
 def test_the_predictor_keeps_tb_maps_inside_the_lungs_and_says_so(tmp_path):
-    from test_inference import tb_model
+    from support.models import tb_model
 
-    import app
     from cxrdistill.inference import Predictor
-    from cxrdistill.pages import lung_sentence
+    from cxrdistill.pages import lung_sentence, tb_pictures
 
     torch.manual_seed(0)
     lungs = LungSegmenter(preset_config(LungSegmenterConfig, "lung-unet-mobilenetv3s", image_size=64)).eval()
@@ -187,7 +186,7 @@ def test_the_predictor_keeps_tb_maps_inside_the_lungs_and_says_so(tmp_path):
     else:
         assert list(prediction.tb.maps) == ["CAM (tb)"] and "No lungs found" in lung_sentence(prediction)
         assert not any("inside the lungs" in name for name in prediction.student.maps)
-        assert prediction.tb.boxes == [] and "box(es)" not in app._tb_outputs(prediction, {})[2]
+        assert prediction.tb.boxes == [] and "box(es)" not in tb_pictures(prediction, {})[2]
     prediction.lungs = np.zeros_like(prediction.lungs)
     assert not prediction.lungs_found and "No lungs found" in lung_sentence(prediction)
 

@@ -9,8 +9,9 @@ import threading
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 from safetensors.torch import load_file, save_file
+from support.films import REPO_ROOT
+from support.models import CASES, build, images_for
 
 from cxrdistill.models import (
     MODEL_CLASSES,
@@ -26,42 +27,7 @@ from cxrdistill.models import (
 )
 from cxrdistill.models.hub_files import PICKLE_WEIGHTS
 
-# Small but real configurations, so each test takes well under a second on a CPU.
-CASES = {
-    "teacher-vit": (TeacherViT, TeacherViTConfig(image_size=64, patch_size=16, depth=3, embed_dim=48, num_heads=3)),
-    "student-vit-28": (StudentViT, StudentViTConfig(image_size=28, depth=2, embed_dim=48)),
-    "student-vit-56": (StudentViT, StudentViTConfig(image_size=56, depth=2, embed_dim=48)),
-    # a hybrid ViT: EfficientNet-Lite0's stride-16 features are the tokens
-    "teacher-vit-hybrid": (
-        TeacherViT,
-        TeacherViTConfig(image_size=64, patch_size=16, stem="efficientnet_lite0", depth=2, embed_dim=48, num_heads=3),
-    ),
-    # hybrid students: EfficientNet-Lite0 stages with the low-resolution strides give 7 x 7 tokens at 28 px
-    "student-vit-hybrid-lowres": (
-        StudentViT,
-        StudentViTConfig(image_size=28, patch_size=4, stem="efficientnet_lite0_lowres", depth=2, embed_dim=48),
-    ),
-    "student-vit-hybrid-small": (
-        StudentViT,
-        StudentViTConfig(image_size=28, patch_size=4, stem="efficientnet_lite0_small", depth=2, embed_dim=48),
-    ),
-    "cnn-teacher": (CNNTeacher, CNNTeacherConfig(image_size=64)),
-    "cnn-student": (CNNStudent, CNNStudentConfig(image_size=28)),
-    # a deep stem (three 3x3 convolutions) instead of ResNet18's single 7x7 one
-    "cnn-student-deep-stem": (CNNStudent, CNNStudentConfig(image_size=28, timm_name="resnet10t")),
-}
 VIT_CASES = [name for name in CASES if "vit" in name]
-
-
-def build(name: str, seed: int = 0):
-    cls, config = CASES[name]
-    torch.manual_seed(seed)
-    return cls(config).eval()
-
-
-def images_for(model, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    size = model.config.image_size
-    return torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -315,7 +281,7 @@ def test_half_precision_release_weights_load_into_float32(tmp_path):
 @pytest.mark.parametrize("name", ["student-vit-28", "cnn-student"])
 def test_the_cards_how_to_load_code_runs(name, tmp_path, capsys):
     import numpy as np
-    from conftest import png_bytes, synthetic_chest
+    from support.films import png_bytes, synthetic_chest
 
     model = build(name)
     model.save_pretrained(tmp_path / "model")

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import png_bytes, shared_path, synthetic_chest
+from support.films import png_bytes, shared_path, synthetic_chest
 
 from cxrdistill.data import train_val_split
 from cxrdistill.data.registry import DATASETS, DatasetEntry, dataset_entry, load_registered, register_dataset

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from support.films import REPO_ROOT
 
 from cxrdistill.hub import push_folder
 from cxrdistill.models import LungSegmenter, load_model
@@ -62,3 +62,30 @@ def test_a_released_model_round_trips_through_the_hub_by_tag(hub):
     local = load_model(folder)
     for (key, a), (_, b) in zip(local.state_dict().items(), pulled.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=key)
+
+
+CLASSIFIERS = [p for p in RELEASES if json.loads((p / "config.json").read_text())["model_type"] != "cxrdistill-lung-unet"]
+
+
+@pytest.mark.parametrize("folder", CLASSIFIERS, ids=[p.name for p in CLASSIFIERS])
+def test_each_released_classifier_scores_on_its_validation_films_what_its_card_says(folder):
+    """Re-score the released weights on the films the card was measured on (the training scripts' split: 25% of
+    the training films, split seed 0) and compare every AUROC on the card, within its 4-decimal rounding."""
+    from support.films import shared_path
+
+    from cxrdistill.evaluation import EvalData, classification_metrics, load_dataset, predict_dataset
+    from cxrdistill.models.card import card_result_names
+
+    card = json.loads((folder / "metrics.json").read_text())
+    dataset = card["dataset"]["type"]
+    split = card["dataset"]["split"]
+    assert split.startswith("validation (25% of") and "split seed 0" in split, split
+    model = load_model(folder)
+    films = load_dataset(EvalData(dataset, str(shared_path(dataset)), None, "val", 0.25, 0))
+    config = model.config
+    metrics = classification_metrics(predict_dataset(model, films), config.global_labels, config.local_labels)
+    keys = {name: key for key, name in card_result_names(config.global_labels).items()}
+    aurocs = [r for r in card["results"] if r["type"] == "roc_auc"]
+    assert aurocs, "a released classifier's card reports its AUROC"
+    for result in aurocs:
+        assert metrics[keys[result["name"]]] == pytest.approx(result["value"], abs=6e-5), result["name"]

@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from support.films import shared_path
 
 from cxrdistill.data import TBX11K, NIHChestXray14, Record, split_indices, train_val_split
 from cxrdistill.labels import NORMAL_ABNORMAL

@@ -9,32 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from support.films import REPO_ROOT
+from support.scripts import common_args
 
 from cxrdistill.models import StudentViT, TeacherViT
 from cxrdistill_train import distill_student, train_teacher
 from cxrdistill_train.checkpoints import latest_checkpoint
-
-
-def common_args(root, output, cache) -> list[str]:
-    return [
-        "--root",
-        str(root),
-        "--output-dir",
-        str(output),
-        "--cache-dir",
-        str(cache),
-        "--batch-size",
-        "8",
-        "--num-workers",
-        "0",
-        "--bootstrap",
-        "20",
-        "--cache-size",
-        "96",
-        "--val-fraction",
-        "0.3",
-    ]
 
 
 @pytest.fixture(scope="module")

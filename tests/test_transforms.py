@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_chest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.films import synthetic_chest
 
 from cxrdistill.data import (
     AugmentConfig,
