@@ -1,4 +1,4 @@
-"""Benchmark issue 16's speed targets: is the 28-px MLCAK student fast because it is small?
+"""Benchmark the MLCAK speed targets: is the 28-px MLCAK student fast because it is small?
 
     python bench/bench_mlcak.py --grid docs/results/mlcak_nih1024.json docs/results/mlcak_nih1024_tiny.json \
         --plot docs/images/mlcak_auroc_latency.png
@@ -13,7 +13,7 @@ one, else built from its preset with random weights (the table says which). ``--
 adds each architecture's validation AUROC (the MLCAK rows, seed mean; a later file's cell wins) and ``--plot`` draws
 AUROC against batch-1 latency.
 
-Targets (issue 16): the released 28-px student >= 20x the teacher's batch-64 throughput, batch-1 < 2 ms in torch and
+Targets: the released 28-px student >= 20x the teacher's batch-64 throughput, batch-1 < 2 ms in torch and
 < 0.5 ms ONNX int8. Run it on an otherwise idle machine; prints a table and writes JSON (bench/results/mlcak.json).
 """
 

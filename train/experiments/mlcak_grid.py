@@ -1,4 +1,4 @@
-"""Issue 16's table: the MLCAK student grid (28 / 56 / 112 px x alone / logits / attention / all, seeds, the
+"""The MLCAK table: the MLCAK student grid (28 / 56 / 112 px x alone / logits / attention / all, seeds, the
 7 x 7-token patch-4 student) against its hybrid teacher, with paired bootstrap differences over the same films.
 
     python train/experiments/mlcak_grid.py --dataset nih1024 --root ../shared/data/nih1024 --prefix nih1024 \\

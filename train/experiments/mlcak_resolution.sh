@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's experiment: does MLCAK let a 28-px student keep what a pretrained 224-px teacher sees, on films that
+# The experiment: does MLCAK let a 28-px student keep what a pretrained 224-px teacher sees, on films that
 # have real detail (NIH-1024: 512-px films of one hospital) and on TBX11K? Hybrid ViT teachers (ImageNet
 # EfficientNet-Lite0 tokens + 4 transformer layers), then students alone / logits / attention / all (MLCAK) at
 # 28 / 56 / 112 px, three seeds for the 28-px rows (the validation split is the same for every seed: split seed 0,
@@ -7,7 +7,7 @@
 # Which 28-px student is released (rule fixed before the runs finished): of the three 28-px architectures (14 x 14
 # tokens, 7 x 7 patch-4, the tiny 7 x 7), the fastest (bench/bench_mlcak.py, ONNX int8 batch-1) whose MLCAK
 # seed-mean AUROC is within 0.01 of the best architecture's; the teacher is the dataset's hybrid teacher.
-# Rules added before the grids and copies runs below finished (2026-12-02, second session): at 56 and 112 px the
+# Rules added before the grids and copies runs below finished : at 56 and 112 px the
 # MLCAK (all terms) tiny student of seed 0 is released for each dataset (the method, not the best row); at 28 px the
 # released student becomes the augmented-copies MLCAK student of seed 0 only where its seed mean beats the grid's
 # tiny MLCAK seed mean by at least 0.01 on that dataset, else the released 28-px student stays.

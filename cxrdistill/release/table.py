@@ -1,0 +1,86 @@
+"""The README's table of released models, read from their cards (``metrics.json``) so it never drifts from them.
+
+    python -m cxrdistill.release.table models      # prints the Markdown table
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cxrdistill.release import RELEASE_FAMILIES
+
+
+def _ci(values) -> str:
+    return f" ({values[0]:.3f}-{values[1]:.3f})" if values else ""
+
+
+def _auroc(raw: dict[str, Any]) -> str:
+    """The reference-film AUROC with its CI: same-hospital films where the dataset has them, else all films."""
+    key = "same_hospital_auroc" if raw.get("same_hospital_images") else "global_auroc"
+    films = raw.get("same_hospital_images") or raw.get("images")
+    where = "same-hospital" if key.startswith("same") else "all"
+    return f"{raw[key]:.3f}{_ci(raw.get(f'{key}_ci95'))} | {films} {where}"
+
+
+def _result(card: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((r for r in card["results"] if r["name"] == name), None)
+
+
+def _localisation_note(card: dict[str, Any]) -> str:
+    own = _result(card, "mIoU vs radiologists' TB boxes, CAM (tb) (threshold cross-fitted)")
+    prior = _result(card, "mIoU vs radiologists' TB boxes, location prior (no model) (threshold cross-fitted)")
+    if not own:
+        return ""
+    text = f"draws the TB boxes: mIoU {own['value']:.3f}{_ci(own.get('ci95'))}"
+    text += f"; the location prior alone (no model) {prior['value']:.3f}" if prior else ""
+    sanity = card.get("raw", {}).get("map_sanity", {}).get("CAM (tb)", {}).get("positive films")
+    if sanity and sanity.get("peak_cell_share") is not None:
+        text += f"; its map peaks in one cell on {sanity['peak_cell_share']:.0%} of TB films"
+    return text
+
+
+def _row(family: str, name: str, role: str, card: dict[str, Any], config: dict[str, Any]) -> str:
+    size = f"{config['image_size']} px"
+    if config["model_type"] == "cxrdistill-lung-unet":
+        dice = card["results"][0]
+        return f"| {family} | `{name}` | {role} | {size} | Dice {dice['value']:.3f}{_ci(dice.get('ci95'))} | - | |"
+    note = _localisation_note(card) if role == "TB boxes" else ""
+    return f"| {family} | `{name}` | {role} | {size} | {_auroc(card['raw'])} | {note} |"
+
+
+def models_table(models_dir: str | Path) -> str:
+    """One row per released folder in ``models_dir``: family, role, input size, validation AUROC on the reference
+    films with its 95% CI and film count (Dice for the lung model), and the TB model's localisation beside the
+    model-free location prior."""
+    models_dir = Path(models_dir)
+    lines = [
+        "| family | model | role | input | validation AUROC (95% CI) | films | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    seen = set()
+    for key, family in RELEASE_FAMILIES.items():
+        roles = {name: "student" for name in family.students}
+        roles.update({family.teacher: "teacher"} if family.teacher else {})
+        roles.update({family.tb: "TB boxes"} if family.tb else {})
+        roles[family.answer] = f"{roles.get(family.answer, 'model')}, **answers**"
+        roles.update({family.lungs: "lung outline"} if family.lungs else {})
+        for name, role in roles.items():
+            folder = models_dir / name
+            if name in seen or not (folder / "metrics.json").is_file():
+                continue
+            seen.add(name)
+            card = json.loads((folder / "metrics.json").read_text())
+            config = json.loads((folder / "config.json").read_text())
+            lines.append(_row(key, name, role, card, config))
+    for folder in sorted(p for p in models_dir.iterdir() if (p / "metrics.json").is_file() and p.name not in seen):
+        card = json.loads((folder / "metrics.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+        lines.append(_row(card["dataset"]["type"], folder.name, "not in the app", card, config))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(models_table(sys.argv[1] if len(sys.argv) > 1 else "models"))
