@@ -28,8 +28,9 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cxrdistill.inference import Prediction, Predictor, read_for_prediction
+from cxrdistill.inference import Predictor, read_for_prediction
 from cxrdistill.io import ReadLimits, XRayReadError
+from cxrdistill.results import Prediction
 
 logger = logging.getLogger(__name__)
 

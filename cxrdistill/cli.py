@@ -279,11 +279,15 @@ def _localisation_inputs(args: argparse.Namespace, data, model) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cxrdistill.data.registry import DATASETS
-    from cxrdistill.explain import GRADIENT_MAP_METHODS  # light (NumPy, SciPy); grad-cam itself loads on use
-
     parser = argparse.ArgumentParser(prog="cxrdistill", description="Chest X-ray AI at low resolution.")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_inspect, _add_push, _add_predict, _add_export, _add_space_push, _add_pull, _add_evaluate):
+        add(commands)
+    return parser
+
+
+def _add_inspect(commands) -> None:
+    """``cxrdistill inspect``: read an X-ray and describe it."""
     inspect = commands.add_parser("inspect", help="read an X-ray (PNG/JPG/TIFF/BMP/WebP/DICOM) and describe it")
     inspect.add_argument("path", nargs="?", help="the X-ray file")
     inspect.add_argument("--example", nargs="?", const="chest-cr", help="use a bundled example instead of a file")
@@ -291,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--max-mib", type=int, default=64, help="largest file accepted, in MiB (default 64)")
     inspect.set_defaults(handler=_inspect)
 
+
+def _add_push(commands) -> None:
+    """``cxrdistill push``: publish a saved model folder."""
     push = commands.add_parser("push", help="publish a saved model folder to the Hugging Face Hub")
     push.add_argument("model_dir", help="folder written by save_pretrained (config.json, model.safetensors, README.md)")
     push.add_argument("repo_id", help="e.g. org/cxr-student-28")
@@ -299,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.set_defaults(handler=_push)
 
+
+def _add_predict(commands) -> None:
+    """``cxrdistill predict``: the app's models over many films, one row each."""
     predict = commands.add_parser("predict", help="predict over files, folders or list files into a CSV / JSONL")
     predict.add_argument("paths", nargs="+", help="X-ray files, folders (searched recursively) or .txt path lists")
     predict.add_argument(
@@ -322,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=_predict)
 
+
+def _add_export(commands) -> None:
+    """``cxrdistill export``: ONNX (and int8) graphs of a model."""
     export = commands.add_parser("export", help="export a model to ONNX (and int8) for ONNX Runtime")
     export.add_argument("model", help="model folder or Hub repo id")
     export.add_argument("--revision", help="Hub tag, branch or commit of the model")
@@ -329,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 model")
     export.set_defaults(handler=_export)
 
+
+def _add_space_push(commands) -> None:
+    """``cxrdistill space-push``: deploy the demo as a Space."""
     space = commands.add_parser("space-push", help="deploy the demo app (app.py + models) as a Hugging Face Space")
     space.add_argument("repo_id", help="e.g. org/cxrdistill-demo")
     space.add_argument("--root", default=".", help="the cxrdistill checkout to deploy (default: here)")
@@ -338,11 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     space.add_argument("--private", action="store_true", help="create the Space as private")
     space.set_defaults(handler=_space_push)
 
+
+def _add_pull(commands) -> None:
+    """``cxrdistill pull``: download a model and check that it loads."""
     pull = commands.add_parser("pull", help="download a model from the Hub and check that it loads")
     pull.add_argument("repo_id", help="Hub repo id, e.g. org/cxr-student-28")
     pull.add_argument("--revision", help="tag, branch or commit (default main)")
     pull.add_argument("--local-dir", help="copy the files here instead of only into the Hub cache")
     pull.set_defaults(handler=_pull)
+
+
+def _add_evaluate(commands) -> None:
+    """``cxrdistill evaluate``: AUROCs, operating points and map localisation on a dataset."""
+    from cxrdistill.data.registry import DATASETS
+    from cxrdistill.explain import GRADIENT_MAP_METHODS  # light (NumPy, SciPy); grad-cam itself loads on use
 
     evaluate = commands.add_parser("evaluate", help="AUROC (with bootstrap CIs) and operating points on a dataset")
     evaluate.add_argument("--model", required=True, help="model folder or Hub repo id")
@@ -406,7 +431,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score each map minus its mean over the training split's normal films (kept above 0)",
     )
     evaluate.set_defaults(handler=_evaluate)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

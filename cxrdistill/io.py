@@ -331,40 +331,14 @@ def _decode_dicom(data: bytes, limits: ReadLimits) -> XRay:
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise XRayReadError("the DICOM file has no image (no pixel data): it may be a report or a structured object")
 
-    modality = _text(dataset, "Modality")
-    body_part = _text(dataset, "BodyPartExamined")
-    if modality is not None and modality.upper() not in RADIOGRAPH_MODALITIES:
-        raise XRayReadError(
-            f"the DICOM file is a {modality} image, not a chest radiograph; upload a CR or DX chest X-ray"
-        )
-    if limits.chest_only and body_part is not None and body_part.upper() not in CHEST_BODY_PARTS:
-        raise XRayReadError(f"the DICOM file shows the {body_part.lower()}, not the chest; upload a chest X-ray")
-
-    frames = _int(dataset, "NumberOfFrames", 1)
-    if frames > 1:
-        raise XRayReadError(
-            f"the DICOM file holds {frames} frames (a series or volume); upload a single 2-D chest X-ray"
-        )
+    modality, body_part = _check_chest_radiograph(dataset, limits)
     rows, columns = _int(dataset, "Rows", 0), _int(dataset, "Columns", 0)
     _check_size(rows, columns, limits)
     samples = _int(dataset, "SamplesPerPixel", 1)
     bits_stored = _int(dataset, "BitsStored", _int(dataset, "BitsAllocated", 8))
     photometric = (_text(dataset, "PhotometricInterpretation") or "MONOCHROME2").upper()
 
-    try:
-        array = dataset.pixel_array
-    except NotImplementedError as error:
-        raise XRayReadError(
-            f"the DICOM pixel data uses an unsupported compression ({_transfer_syntax_name(dataset)})"
-        ) from error
-    except (MemoryError, XRayReadError):
-        raise
-    except Exception as error:  # a header that lies about the encoding, or damaged compressed data
-        logger.debug("DICOM pixel decoder failed with %s", type(error).__name__)  # never the message: header values
-        raise XRayReadError(
-            f"the DICOM pixel data could not be decoded as its declared encoding ({_transfer_syntax_name(dataset)}): "
-            f"the file is corrupt or mislabelled ({type(error).__name__})"
-        ) from error
+    array = _pixel_array(dataset)
     if samples == 1 and array.ndim != 2:
         raise XRayReadError(f"the DICOM image has shape {array.shape}; expected a single 2-D image")
     if samples > 1:
@@ -391,6 +365,43 @@ def _decode_dicom(data: bytes, limits: ReadLimits) -> XRay:
             transfer_syntax=_transfer_syntax_name(dataset),
         ),
     )
+
+
+def _check_chest_radiograph(dataset, limits: ReadLimits) -> tuple[str | None, str | None]:
+    """``(modality, body part)`` of a DICOM dataset that may be a single-frame chest radiograph, else an error."""
+    modality = _text(dataset, "Modality")
+    body_part = _text(dataset, "BodyPartExamined")
+    if modality is not None and modality.upper() not in RADIOGRAPH_MODALITIES:
+        raise XRayReadError(
+            f"the DICOM file is a {modality} image, not a chest radiograph; upload a CR or DX chest X-ray"
+        )
+    if limits.chest_only and body_part is not None and body_part.upper() not in CHEST_BODY_PARTS:
+        raise XRayReadError(f"the DICOM file shows the {body_part.lower()}, not the chest; upload a chest X-ray")
+
+    frames = _int(dataset, "NumberOfFrames", 1)
+    if frames > 1:
+        raise XRayReadError(
+            f"the DICOM file holds {frames} frames (a series or volume); upload a single 2-D chest X-ray"
+        )
+    return modality, body_part
+
+
+def _pixel_array(dataset) -> np.ndarray:
+    """The dataset's decoded pixels, with an error that names the encoding where they cannot be decoded."""
+    try:
+        return dataset.pixel_array
+    except NotImplementedError as error:
+        raise XRayReadError(
+            f"the DICOM pixel data uses an unsupported compression ({_transfer_syntax_name(dataset)})"
+        ) from error
+    except (MemoryError, XRayReadError):
+        raise
+    except Exception as error:  # a header that lies about the encoding, or damaged compressed data
+        logger.debug("DICOM pixel decoder failed with %s", type(error).__name__)  # never the message: header values
+        raise XRayReadError(
+            f"the DICOM pixel data could not be decoded as its declared encoding ({_transfer_syntax_name(dataset)}): "
+            f"the file is corrupt or mislabelled ({type(error).__name__})"
+        ) from error
 
 
 def _dicom_grayscale(dataset, array: np.ndarray, photometric: str) -> tuple[np.ndarray, tuple[float, float] | None]:

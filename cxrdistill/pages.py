@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from cxrdistill.inference import Prediction, Predictor
+from cxrdistill.inference import Predictor
 from cxrdistill.io import XRayMeta
 from cxrdistill.models.card import box_supervised
 from cxrdistill.render import draw_boxes, draw_outline, gray_to_rgb, overlay, roc_picture
+from cxrdistill.results import Prediction
 from cxrdistill.triage import STATES, display_label, reference_auroc
 
 CSS = """

@@ -557,8 +557,8 @@ def test_the_browser_reduction_matches_the_servers_model_input(served, tmp_path)
     from PIL import Image
 
     from cxrdistill.data.transforms import model_input
-    from cxrdistill.inference import display_image
     from cxrdistill.io import load_xray
+    from cxrdistill.results import display_image
 
     film = shared_path("tbx11k", "imgs", "tb", "tb0005.png")
     gray = Image.open(film).convert("L")

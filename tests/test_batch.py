@@ -146,7 +146,7 @@ def test_real_tb_and_normal_films_get_the_answers_of_the_app(tmp_path):
 def test_tb_boxes_are_written_in_original_pixels(tmp_path):
     """A 1024 x 880 film (twice the display size) and its exact 2 x 2 average (512 x 440, the display size itself)
     give the model the same display image, so the big film's boxes must be the small one's, doubled."""
-    from cxrdistill.inference import DISPLAY_SIZE
+    from cxrdistill.results import DISPLAY_SIZE
 
     assert DISPLAY_SIZE == 512
     big = synthetic_chest(1024, 880)

@@ -130,7 +130,7 @@ def test_each_model_reports_its_own_forward_time_apart_from_its_maps(predictor):
 def test_a_one_of_k_head_gives_one_state_between_its_two_cuts():
     """The positive class's probability against the model's rule-out and rule-in cuts: a probability equal to a
     cut takes the state above it; a model without cuts gives no state."""
-    from cxrdistill.inference import ModelResult
+    from cxrdistill.results import ModelResult
     from cxrdistill.triage import Cuts
 
     default = Cuts(0.10, 0.40)
@@ -192,7 +192,7 @@ def test_the_family_answer_comes_from_its_answering_model_whatever_the_options(p
 
 
 def test_tb_boxes_are_drawn_from_the_map_kept_inside_the_lungs(predictor):
-    from cxrdistill.inference import display_boxes
+    from cxrdistill.results import display_boxes
 
     film = shared_path("tbx11k", "imgs", "tb") / "tb0007.png"
     prediction = predictor.predict(film)

@@ -148,7 +148,7 @@ def test_evaluate_contrasts_maps_with_the_mean_normal_map_and_checks_their_const
 
 
 def test_two_lungs_wants_one_lung_on_each_side():
-    from cxrdistill.inference import two_lungs
+    from cxrdistill.results import two_lungs
 
     yy, xx = np.mgrid[0:200, 0:200]
     lungs = np.zeros((200, 200), bool)

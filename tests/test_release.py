@@ -64,7 +64,9 @@ def test_a_released_model_round_trips_through_the_hub_by_tag(hub):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=key)
 
 
-CLASSIFIERS = [p for p in RELEASES if json.loads((p / "config.json").read_text())["model_type"] != "cxrdistill-lung-unet"]
+CLASSIFIERS = [
+    p for p in RELEASES if json.loads((p / "config.json").read_text())["model_type"] != "cxrdistill-lung-unet"
+]
 
 
 @pytest.mark.parametrize("folder", CLASSIFIERS, ids=[p.name for p in CLASSIFIERS])

@@ -1,6 +1,6 @@
 """The README's table of released models, read from their cards (``metrics.json``) so it never drifts from them.
 
-    python -m cxrdistill.release.table models      # prints the Markdown table
+python -m cxrdistill.release.table models      # prints the Markdown table
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cxrdistill.inference import Predictor, two_lungs
+from cxrdistill.inference import Predictor
 from cxrdistill.render import draw_outline, gray_to_rgb
+from cxrdistill.results import two_lungs
 
 
 def main(argv=None) -> dict:

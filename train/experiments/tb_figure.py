@@ -21,11 +21,12 @@ from PIL import Image, ImageDraw
 
 from cxrdistill.evaluation import EvalData, load_dataset, load_train_val, location_prior
 from cxrdistill.explain import heatmap_mask
-from cxrdistill.inference import Predictor, display_image
+from cxrdistill.inference import Predictor
 from cxrdistill.io import XRay, XRayMeta
 from cxrdistill.metrics import boxes_mask, mask_iou
 from cxrdistill.models import load_model
 from cxrdistill.render import TRUTH_COLOUR, draw_boxes, gray_to_rgb, overlay
+from cxrdistill.results import display_image
 
 TILE = 256
 
