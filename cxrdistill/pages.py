@@ -16,7 +16,7 @@ import numpy as np
 
 from cxrdistill.inference import Predictor
 from cxrdistill.io import XRayMeta
-from cxrdistill.models.card import box_supervised
+from cxrdistill.models.card import CardMetrics, box_supervised
 from cxrdistill.render import draw_boxes, draw_outline, gray_to_rgb, overlay, roc_picture
 from cxrdistill.results import Prediction
 from cxrdistill.triage import STATES, display_label, reference_auroc
@@ -304,28 +304,28 @@ def model_card_row(name: str, model, card: dict | None, source: str = "", answer
             f'<div class="cxr-card" data-model="{html.escape(name)}">{title}<p>No measurements travel with this '
             "model: treat it as unmeasured.</p></div>"
         )
-    raw, dataset = card.get("raw", {}), card.get("dataset", {})
+    metrics = CardMetrics.from_dict(card)
     positive = html.escape(model.positive_label)
     lines = []
-    if raw.get("same_hospital_images"):
+    same, everything = metrics.same_hospital_auroc, metrics.global_auroc
+    if same:
         lines.append(
-            f"Same-hospital validation films ({raw['same_hospital_images']}): <b>AUROC "
-            f"{raw['same_hospital_auroc']:.3f}</b>{interval(raw.get('same_hospital_auroc_ci95'))}"
+            f"Same-hospital validation films ({same.films}): <b>AUROC {same.value:.3f}</b>{interval(same.ci95)}"
         )
-    lines.append(
-        f"All {raw.get('images', '?')} validation films: AUROC {raw['global_auroc']:.3f}"
-        f"{interval(raw.get('global_auroc_ci95'))}"
-        + (" (includes films whose source alone gives TB away)" if raw.get("same_hospital_images") else "")
-    )
-    triage, points = raw.get("triage"), []
-    if triage:
-        lines += triage_lines(triage, positive)
-        calls = raw.get("reference_calls", {})
+    if everything:
+        lines.append(
+            f"All {everything.films or '?'} validation films: AUROC {everything.value:.3f}{interval(everything.ci95)}"
+            + (" (includes films whose source alone gives TB away)" if same else "")
+        )
+    points = []
+    if metrics.triage:
+        lines += triage_lines(metrics.triage, positive)
+        calls = metrics.reference_calls
         points = [(1 - p["specificity"], p["sensitivity"]) for p in calls.values() if p.get("sensitivity") is not None]
     else:
         lines.append("No answer cuts on its card: it gives probabilities only.")
-    lines.append(f"Validation set: {html.escape(dataset.get('name', '?'))}, {html.escape(dataset.get('split', '?'))}")
-    roc = raw.get("roc")
+    lines.append(f"Validation set: {html.escape(metrics.dataset.name)}, {html.escape(metrics.dataset.split)}")
+    roc = metrics.roc
     picture = (
         f'<img class="cxr-roc" alt="ROC curve of {shown}" src="'
         + _png_data_uri(roc_picture(roc["fpr"], roc["tpr"], points, f"{positive}: ROC, {roc['films']}"))

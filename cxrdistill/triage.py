@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cxrdistill.metrics import auroc, bootstrap_ci, threshold_for_sensitivity, threshold_for_specificity
+from cxrdistill.models.card import CardMetrics
 
 STATES = ("low", "indeterminate", "signal")
 RULE_OUT_SENSITIVITY = 0.95
@@ -193,9 +194,10 @@ def finding_trust(targets: np.ndarray, scores: np.ndarray, samples: int = 1000, 
 def reference_auroc(card: Mapping[str, Any] | None) -> float | None:
     """A card's validation AUROC on its reference films: the same-hospital films where it has them (TBX11K), else
     all its validation films (one-hospital datasets). ``None`` without one."""
-    raw = (card or {}).get("raw", {})
-    value = raw.get("same_hospital_auroc") if raw.get("same_hospital_images") else raw.get("global_auroc")
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    if not card:
+        return None
+    measured = CardMetrics.from_dict(dict(card)).reference_auroc
+    return measured.value if measured else None
 
 
 def answer_model(candidates: Mapping[str, tuple[int, Mapping[str, Any] | None]]) -> str | None:

@@ -103,7 +103,11 @@ def card(same=None, overall=0.9):
     raw = {"global_auroc": overall, "same_hospital_images": 73 if same is not None else 0}
     if same is not None:
         raw["same_hospital_auroc"] = same
-    return {"raw": raw}
+    return {
+        "dataset": {"name": "TBX11K", "type": "tbx11k", "split": "validation"},
+        "results": [{"type": "roc_auc", "name": "AUROC", "value": overall}],
+        "raw": raw,
+    }
 
 
 def test_the_answering_model_is_the_best_on_the_reference_films_and_ties_go_to_the_smaller_input():

@@ -40,6 +40,15 @@ class CardResult:
 
 
 @dataclass(frozen=True)
+class MeasuredAUROC:
+    """An AUROC on a set of validation films, with its 95% CI."""
+
+    value: float
+    ci95: tuple[float, float] | None
+    films: int | None
+
+
+@dataclass(frozen=True)
 class CardMetrics:
     """What ``metrics.json`` holds, typed. ``training`` has the command, machine and loss terms of the run that made
     the weights; ``raw`` the structured measurements the cards and the app show (``triage``, ``findings``,
@@ -74,6 +83,45 @@ class CardMetrics:
     def result(self, name: str) -> CardResult | None:
         """The result called ``name``, or ``None``."""
         return next((result for result in self.results if result.name == name), None)
+
+    def _auroc(self, key: str, films_key: str) -> MeasuredAUROC | None:
+        value = self.raw.get(key)
+        if not isinstance(value, (int, float)) or value != value:  # absent or NaN
+            return None
+        ci = self.raw.get(f"{key}_ci95")
+        return MeasuredAUROC(float(value), tuple(ci) if ci else None, self.raw.get(films_key))
+
+    @property
+    def same_hospital_auroc(self) -> MeasuredAUROC | None:
+        """AUROC on the same-hospital validation films (TBX11K's extra sets), where the dataset has them."""
+        return (
+            self._auroc("same_hospital_auroc", "same_hospital_images") if self.raw.get("same_hospital_images") else None
+        )
+
+    @property
+    def global_auroc(self) -> MeasuredAUROC | None:
+        """AUROC on every validation film."""
+        return self._auroc("global_auroc", "images")
+
+    @property
+    def reference_auroc(self) -> MeasuredAUROC | None:
+        """AUROC on the reference films: the same-hospital ones where there are some, else all."""
+        return self.same_hospital_auroc or self.global_auroc
+
+    @property
+    def triage(self) -> dict[str, Any] | None:
+        """The two answer cuts and each state's share among validation films (see the card's Answers table)."""
+        return self.raw.get("triage")
+
+    @property
+    def reference_calls(self) -> dict[str, dict[str, Any]]:
+        """Sensitivity and specificity at each cut on the reference films."""
+        return self.raw.get("reference_calls") or {}
+
+    @property
+    def roc(self) -> dict[str, Any] | None:
+        """ROC points on the reference films (``fpr``, ``tpr``, ``films``)."""
+        return self.raw.get("roc")
 
 
 # metric key -> its name in model cards and metrics.json for the TB label spaces (the release maps names back with

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cxrdistill.models.card import CardMetrics
 from cxrdistill.release import RELEASE_FAMILIES
 
 
@@ -17,12 +18,11 @@ def _ci(values) -> str:
     return f" ({values[0]:.3f}-{values[1]:.3f})" if values else ""
 
 
-def _auroc(raw: dict[str, Any]) -> str:
+def _auroc(card: dict[str, Any]) -> str:
     """The reference-film AUROC with its CI: same-hospital films where the dataset has them, else all films."""
-    key = "same_hospital_auroc" if raw.get("same_hospital_images") else "global_auroc"
-    films = raw.get("same_hospital_images") or raw.get("images")
-    where = "same-hospital" if key.startswith("same") else "all"
-    return f"{raw[key]:.3f}{_ci(raw.get(f'{key}_ci95'))} | {films} {where}"
+    metrics = CardMetrics.from_dict(card)
+    auroc, where = metrics.reference_auroc, "same-hospital" if metrics.same_hospital_auroc else "all"
+    return f"{auroc.value:.3f}{_ci(auroc.ci95)} | {auroc.films} {where}"
 
 
 def _result(card: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -48,7 +48,7 @@ def _row(family: str, name: str, role: str, card: dict[str, Any], config: dict[s
         dice = card["results"][0]
         return f"| {family} | `{name}` | {role} | {size} | Dice {dice['value']:.3f}{_ci(dice.get('ci95'))} | - | |"
     note = _localisation_note(card) if role == "TB boxes" else ""
-    return f"| {family} | `{name}` | {role} | {size} | {_auroc(card['raw'])} | {note} |"
+    return f"| {family} | `{name}` | {role} | {size} | {_auroc(card)} | {note} |"
 
 
 def models_table(models_dir: str | Path) -> str:
