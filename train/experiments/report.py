@@ -82,7 +82,7 @@ def markdown(rows: list[dict]) -> str:
     ]
     for row in rows:
         if not row["found"]:
-            status = "stopped before the end (session time)" if row.get("unfinished") else "not run"
+            status = "stopped before the end (time limit)" if row.get("unfinished") else "not run"
             lines.append(f"| {row['run']} | {row['model']} | {row['size']} | {status} | | | | |")
             continue
         wall = f"{row['wall_s'] / 60:.0f} min" if row.get("wall_s") else "-"
