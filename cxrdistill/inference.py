@@ -289,8 +289,11 @@ class Predictor:
             return "teacher"
         return "tb" if model is self.tb_model else "student"
 
-    def _answer(self, result: ModelResult) -> Answer:
-        return Answer(self.family, result.source, result.decision, reference_auroc(self.cards.get(result.name)))
+    def _answer(self, result: ModelResult, why: str | None = None) -> Answer:
+        auroc = reference_auroc(self.cards.get(result.name))
+        if why is None:
+            return Answer(self.family, result.source, result.decision, auroc)
+        return Answer(self.family, result.source, result.decision, auroc, why)
 
     @torch.inference_mode()
     def predict_view(self, view: np.ndarray, layer: int = -1) -> Prediction:
@@ -319,7 +322,7 @@ class Predictor:
             scale=1.0,
             meta={"original_size": [size, size], "format": "reduced in the browser"},
             student=student,
-            answer=self._answer(student),  # the only model that can run on a reduced view
+            answer=self._answer(student, "the only model that runs on a view reduced in the browser"),
             answer_result=student,
         )
 

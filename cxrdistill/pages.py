@@ -148,8 +148,8 @@ def answer_html(prediction: Prediction, title: str = "", element_id: str = "cxr-
     result = prediction.answer_result
     auroc = "" if answer.auroc is None else f", validation AUROC {answer.auroc:.3f}"
     who = (
-        f"Answered by <b>{html.escape(answer.model)}</b> ({result.image_size} px{auroc}): of the models for "
-        f"{html.escape(title or answer.family)}, the one with the best validation AUROC."
+        f"Answered by <b>{html.escape(answer.model)}</b> ({result.image_size} px{auroc}) for "
+        f"{html.escape(title or answer.family)}: {html.escape(answer.why)}."
     )
     return (
         f'<div id="{element_id}" class="cxr-answer cxr-state-{d.state or "none"}" data-state="{d.state or ""}" '

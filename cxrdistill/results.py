@@ -147,12 +147,14 @@ class Answer:
         model: the answering model's source (release folder name or Hub repo id).
         decision: its positive class's probability, cuts and state.
         auroc: its validation AUROC on the reference films, from its card (``None`` when unmeasured).
+        why: why this model answers (the family's rule, or the only model that could run).
     """
 
     family: str
     model: str
     decision: Decision
     auroc: float | None = None
+    why: str = "of the family's models, the one with the best validation AUROC"
 
     def to_dict(self) -> dict[str, Any]:
         return {

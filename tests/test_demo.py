@@ -56,3 +56,18 @@ def test_a_family_change_offers_its_own_sizes_with_the_smallest_chosen(handlers)
     handlers, _ = handlers
     choices, size, panel = handlers.family_sizes("TB")
     assert choices == sorted(choices) and size == choices[0] and f"{size} px" in panel
+
+
+def test_the_low_bandwidth_answer_says_why_the_student_answers(handlers):
+    import base64
+
+    import numpy as np
+
+    handlers, _ = handlers
+    pixels = (np.linspace(0, 255, 28 * 28) % 256).astype(np.uint8).tobytes()
+    status, view, heat, results = handlers.analyse_reduced("28:" + base64.b64encode(pixels).decode(), "TB", 28, 1)
+    assert "Sent **" in status and view is not None and heat is not None
+    assert "the only model that runs on a view reduced in the browser" in results
+    assert "best validation AUROC" not in results.split("cxr-answer")[1].split("</div></div>")[0]
+    status, *_ = handlers.analyse_reduced("error:no file chosen", "TB", 28, 1)
+    assert status.startswith("**Nothing sent:**")
