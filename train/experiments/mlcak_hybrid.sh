@@ -7,6 +7,8 @@
 # Usage: SEEDS="0 1 2" ABLATIONS="none logits attention all" bash train/experiments/mlcak_hybrid.sh PRESET [PRESET...]
 # Patient and consistent distillation: COPIES=16 EPOCHS=4 trains every ablation on 16 fixed augmented views of each
 # film (the teacher cached on exactly those views; 64 passes over the films), run names ending in -k16.
+# Mixup on the shared views: MIXUP=0.4 EPOCHS=30 runs the teacher online on every mixed batch (its cached outputs are
+# for unmixed views), run names ending in -mix.
 #
 # Release rule, fixed before the three-seed grid: a hybrid preset replaces the released 28-px TB student only if its
 # MLCAK seed mean (same-hospital AUROC) is above the released tiny student's grid mean (0.759) AND the speed floor
@@ -20,6 +22,7 @@ ROOT=${ROOT:-../shared/data/$DATASET}
 EPOCHS=${EPOCHS:-12}
 TEACHER=${TEACHER:-models/mlcak-teacher-224}
 COPIES=${COPIES:-0}
+MIXUP=${MIXUP:-0}
 read -r -a SEED_LIST <<< "${SEEDS:-0}"
 read -r -a ABLATION_LIST <<< "${ABLATIONS:-none all}"
 mkdir -p runs/eval
@@ -28,9 +31,11 @@ for preset in "$@"; do
         for ablation in "${ABLATION_LIST[@]}"; do
             name="$DATASET-student-28-$ablation-${preset#mlcak-student-}"
             [ "$COPIES" != 0 ] && name="$name-k$COPIES"
+            [ "$MIXUP" != 0 ] && name="$name-mix"
             [ "$seed" != 0 ] && name="$name-s$seed"
             teacher_args=()
             [ "$ablation" != none ] && teacher_args=(--teacher "$TEACHER")
+            [ "$MIXUP" != 0 ] && teacher_args+=(--teacher-mode online --mixup-alpha "$MIXUP")
             if [ ! -f "runs/$name/best/model.safetensors" ]; then
                 start=$SECONDS
                 python train/distill_student.py --dataset "$DATASET" --root "$ROOT" --image-size 28 --preset "$preset" \
