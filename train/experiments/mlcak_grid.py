@@ -52,11 +52,14 @@ GRIDS = {
     "-tiny-aug4-a5": "tiny, augmented copies, alpha = beta = 5",
     "-hybrid-lite0": "hybrid: ImageNet Lite0 stages to stride 16, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-small": "hybrid small: ImageNet Lite0 stages to stride 8, 7 x 7 tokens, 2 layers x 96",
+    "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
+    "-hybrid-lite0-mix": "hybrid, online teacher, mixup (alpha 0.4) on the shared views, 30 epochs",
 }
 ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4"}  # a grid whose student alone is another grid's (only loss weights differ)
 RUN_NAME = re.compile(
     r"student-(\d+)-(none|logits|attention|all)"
-    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny|-hybrid-lite0-small|-hybrid-lite0)?(?:-s(\d+))?$"
+    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny|-hybrid-lite0-small|-hybrid-lite0-k16|-hybrid-lite0-mix|-hybrid-lite0)?"
+    r"(?:-s(\d+))?$"
 )
 
 
