@@ -11,12 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-if TYPE_CHECKING:  # the card reads a model's description; models import this module, never the reverse
-    from cxrdistill.models.base import CXRModel
+
+class DescribedModel(Protocol):
+    """What a card reads from a model (every ``CXRModel`` has it; models import this module, never the reverse)."""
+
+    config: Any
+    card_summary: str
+    card_citation: str
+
+    def card_tags(self) -> list[str]: ...
+    def architecture_summary(self) -> str: ...
+    def outputs_summary(self) -> str: ...
+    def usage_example(self) -> str: ...
+    def parameters(self): ...
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,7 @@ def box_supervised(metrics: dict[str, Any] | None) -> bool:
     return metrics is not None and CardMetrics.from_dict(metrics).box_supervised
 
 
-def render_model_card(model: CXRModel, metrics: dict[str, Any] | None = None) -> ModelCard:
+def render_model_card(model: DescribedModel, metrics: dict[str, Any] | None = None) -> ModelCard:
     """The model card of ``model``: Hub YAML metadata + documentation, with ``metrics`` if there are any."""
     config = model.config
     title = f"cxrdistill {type(model).__name__} ({config.image_size} px)"
