@@ -198,7 +198,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ModelLoadError as error:
         print(f"cannot load the model: {error}", file=sys.stderr)
         return 1
-    data = EvalData(args.dataset, args.root, args.split, args.part, args.val_fraction, args.split_seed)
+    data = EvalData(args.dataset, args.root, args.split, args.part, args.val_fraction, args.split_seed, args.lung_crop)
+    if args.lung_crop and args.part == "all":
+        print("--lung-crop crops the films of our split: use --part val or train", file=sys.stderr)
+        return 2
     dataset = load_dataset(data)
     config = model.config
     problem = _evaluation_problem(args, data, dataset, config)
@@ -418,6 +421,11 @@ def _add_evaluate(commands) -> None:
         "--lung-model",
         help="a LungSegmenter (folder or Hub repo id): also score its lung mask alone (no model) and every heatmap "
         "and the prior kept inside the lungs",
+    )
+    evaluate.add_argument(
+        "--lung-crop",
+        help="a LungSegmenter (folder or Hub repo id): crop every film to the box around its lungs before resizing, "
+        "as a model trained with --lung-crop saw them; its maps and boxes are then over the crops",
     )
     evaluate.add_argument(
         "--location-prior",

@@ -59,6 +59,7 @@ class EvalData:
     part: str = "val"  # "all", or "train" / "val" of train_val_split(val_fraction, split_seed)
     val_fraction: float = 0.25
     split_seed: int = 0
+    lung_crop: str | None = None  # a LungSegmenter (folder or Hub repo id): every film cropped to its lungs
 
 
 def load_full_dataset(data: EvalData):
@@ -67,13 +68,24 @@ def load_full_dataset(data: EvalData):
 
 
 def load_train_val(data: EvalData):
-    """``(train, validation)`` as the training scripts split them."""
-    return train_val_split(load_full_dataset(data), data.val_fraction, seed=data.split_seed)
+    """``(train, validation)`` as the training scripts split them (each film cropped to its lungs where
+    ``data.lung_crop`` names a lung model: :mod:`cxrdistill.data.lung_crop`)."""
+    full = load_full_dataset(data)
+    train, validation = train_val_split(full, data.val_fraction, seed=data.split_seed)
+    if data.lung_crop is None:
+        return train, validation
+    from cxrdistill.data.lung_crop import LungCropped, lung_crop_boxes
+    from cxrdistill.models import load_model
+
+    crops = lung_crop_boxes(load_model(data.lung_crop), full)
+    return LungCropped(train, crops), LungCropped(validation, crops)
 
 
 def load_dataset(data: EvalData):
     """The images ``data`` describes: the whole split (``part="all"``) or one side of the training split."""
     if data.part == "all":
+        if data.lung_crop is not None:
+            raise ValueError("lung crops are made for our split: use part 'train' or 'val'")
         return load_full_dataset(data)
     if data.part not in ("train", "val"):
         raise ValueError(f"part must be 'all', 'train' or 'val', got {data.part!r}")

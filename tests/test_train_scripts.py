@@ -633,3 +633,35 @@ def test_mixup_is_refused_with_cached_teacher_outputs_and_taken_online():
     config = distill_student.parse(["--mixup-alpha", "0.4", "--teacher-mode", "online", "--augment"])
     assert config.distill.mixup_alpha == 0.4
     assert distill_student.parse(["--mixup-alpha", "0.4", "--ablation", "none"]).distill.mixup_alpha == 0.4
+
+
+def test_lung_crop_trains_and_evaluates_on_the_cropped_films(tiny_tbx11k, tmp_path, monkeypatch):
+    """--lung-crop hands the loaders LungCropped datasets, records the lung model in the run's card, and
+    ``cxrdistill evaluate --lung-crop`` scores the model on the same crops."""
+    from cxrdistill.cli import main as cli_main
+    from cxrdistill.data.lung_crop import LungCropped
+    from cxrdistill.models import LungSegmenter, LungSegmenterConfig
+    from cxrdistill_train import tb_localize
+
+    datasets = []
+    real_loader = tb_localize.make_loader
+
+    def recording_loader(dataset, *args, **kwargs):
+        datasets.append(dataset)
+        return real_loader(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(tb_localize, "make_loader", recording_loader)
+    monkeypatch.setenv("CXRDISTILL_CACHE", str(tmp_path / "cache"))
+    lungs = tmp_path / "lungs"
+    LungSegmenter(LungSegmenterConfig(image_size=64)).save_pretrained(lungs)
+    args = [*common_args(tiny_tbx11k, tmp_path / "tb", tmp_path / "cache"), "--epochs", "1", "--stage", "teacher"]
+    tb_localize.main([*args, "--teacher-image-size", "64", "--lung-crop", str(lungs)])
+    assert datasets and all(isinstance(dataset, LungCropped) for dataset in datasets)
+    card = json.loads((tmp_path / "tb" / "teacher" / "best" / "metrics.json").read_text())
+    assert card["training"]["lung_crop"] == str(lungs)
+    report = tmp_path / "report.json"
+    base = ["evaluate", "--model", str(tmp_path / "tb" / "teacher" / "best"), "--dataset", "tbx11k"]
+    base += ["--root", str(tiny_tbx11k), "--val-fraction", "0.3", "--bootstrap", "0", "--json", str(report)]
+    assert cli_main([*base, "--lung-crop", str(lungs), "--task", "tb-localisation"]) == 0
+    assert json.loads(report.read_text())["data"]["lung_crop"] == str(lungs)
+    assert cli_main([*base, "--lung-crop", str(lungs), "--part", "all"]) == 2

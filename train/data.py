@@ -35,6 +35,8 @@ class DataConfig:
         cache_dir: where the tensor cache lives (default: the user cache folder).
         limit: use only N evenly spaced images of each split (smoke tests); none: all.
         num_workers: DataLoader worker processes per training process.
+        lung_crop: a LungSegmenter (folder or Hub repo id): every film cropped to the box around its lungs (with a
+            5% margin) before it is resized, so more of the input's pixels fall on the lungs; none: whole films.
     """
 
     dataset: str = "tbx11k"
@@ -45,13 +47,14 @@ class DataConfig:
     cache_dir: str | None = None
     limit: int | None = None
     num_workers: int = 1
+    lung_crop: str | None = None
 
 
 def build_datasets(config: DataConfig, accelerator: Accelerator | None = None):
     """``(train, validation)`` datasets of records, split as ``cxrdistill evaluate`` does, with their tensor caches
     built (by the main process first; the others then open them)."""
     train, validation = load_train_val(
-        EvalData(config.dataset, config.root, None, "all", config.val_fraction, config.split_seed)
+        EvalData(config.dataset, config.root, None, "all", config.val_fraction, config.split_seed, config.lung_crop)
     )
     if config.limit:  # evenly spaced, so a small subset still has every source and label
         train, validation = (

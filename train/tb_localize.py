@@ -133,6 +133,12 @@ def training_sampling(config: TBTrainConfig, train_set) -> tuple[np.ndarray | No
     return sample_weights, class_weight_tensor(targets, config.tb.class_weights, sample_weights)
 
 
+def crop_record(config: TBTrainConfig) -> dict:
+    """The card's record of the films' lung crop (the lung model's folder or repo id), where there is one: a model
+    trained on crops must be shown crops."""
+    return {"lung_crop": config.data.lung_crop} if config.data.lung_crop else {}
+
+
 def main(argv=None) -> dict:
     config = parse(argv)
     output_dir = Path(config.loop.output_dir)
@@ -181,6 +187,7 @@ def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict
         val_loader=make_loader(val_set, config.data, views_for(size, (), False), batch),
         data=config.data,
         command=command,
+        extra=crop_record(config),
     )
     return fit_and_save_best(run, loop, accelerator)
 
@@ -219,6 +226,7 @@ def train_student(config: TBTrainConfig, output_dir: Path, command: str, teacher
         val_loader=make_loader(val_set, config.data, views_for(base, (size,), False), batch),
         data=config.data,
         command=command,
+        extra=crop_record(config),
     )
     return fit_and_save_best(run, loop, accelerator)
 

@@ -48,6 +48,8 @@ def dataset_fingerprint(dataset: XRayDataset, size: int) -> str:
         digest.update(json.dumps(entry).encode())
     if hasattr(dataset, "images"):  # in-memory datasets: hash the pixels themselves
         digest.update(np.ascontiguousarray(dataset.images).tobytes())
+    if hasattr(dataset, "fingerprint_extra"):  # derived datasets (lung crops): what they derive the pixels by
+        digest.update(json.dumps(dataset.fingerprint_extra()).encode())
     return digest.hexdigest()[:20]
 
 
