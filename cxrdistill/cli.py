@@ -198,6 +198,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ModelLoadError as error:
         print(f"cannot load the model: {error}", file=sys.stderr)
         return 1
+    if args.map_target is not None:
+        if not hasattr(model.config, "map_target"):
+            print(f"--map-target applies to CNNs; {type(model).__name__} has no map target", file=sys.stderr)
+            return 2
+        model.config = dataclasses.replace(model.config, map_target=args.map_target)
     data = EvalData(args.dataset, args.root, args.split, args.part, args.val_fraction, args.split_seed, args.lung_crop)
     if args.lung_crop and args.part == "all":
         print("--lung-crop crops the films of our split: use --part val or train", file=sys.stderr)
@@ -421,6 +426,12 @@ def _add_evaluate(commands) -> None:
         "--lung-model",
         help="a LungSegmenter (folder or Hub repo id): also score its lung mask alone (no model) and every heatmap "
         "and the prior kept inside the lungs",
+    )
+    evaluate.add_argument(
+        "--map-target",
+        choices=("class", "log-odds"),
+        help="a CNN's first map: the positive class's activation map, or its log-odds map (what a box-supervised "
+        "model's box loss trains); default: the model's own config",
     )
     evaluate.add_argument(
         "--lung-crop",

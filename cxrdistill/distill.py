@@ -40,6 +40,7 @@ from cxrdistill.losses import (
     head_average,
     logit_mse,
     min_max_normalise,
+    positive_log_odds,
     soft_target_kd,
     task_loss,
 )
@@ -215,8 +216,7 @@ class SupervisedTask(nn.Module):
         if self.box_weight > 0:
             maps = self.model.class_activation_maps(output.features, "global")  # (B, K, h, w)
             positive = self.model.positive_index
-            others = [k for k in range(maps.shape[1]) if k != positive]
-            log_odds = maps[:, positive] - torch.logsumexp(maps[:, others], dim=1)  # (B, h, w)
+            log_odds = positive_log_odds(maps, positive)  # (B, h, w)
             is_positive = batch["global"][:, positive] > 0.5
             terms["boxes"] = box_heatmap_loss(
                 log_odds, batch["boxes"][self.view_size], is_positive, ~is_positive, self.view_size

@@ -164,6 +164,13 @@ def box_cell_targets(boxes: Sequence[torch.Tensor], grid: tuple[int, int], view_
     return targets
 
 
+def positive_log_odds(maps: torch.Tensor, positive: int) -> torch.Tensor:
+    """``(B, h, w)``: each cell's log-odds of class ``positive`` from class maps ``(B, K, h, w)``: its map minus the
+    log-sum-exp of the others' (for two classes, the difference of the two maps)."""
+    others = [k for k in range(maps.shape[1]) if k != positive]
+    return maps[:, positive] - torch.logsumexp(maps[:, others], dim=1)
+
+
 def box_heatmap_loss(
     log_odds: torch.Tensor,
     boxes: Sequence[torch.Tensor],

@@ -114,6 +114,28 @@ def test_cnn_cams_average_to_the_logits(name):
         model(images_for(model), return_attention=True)
 
 
+def test_the_log_odds_map_target_puts_the_positive_log_odds_map_first():
+    """map_target "log-odds" (set for box-supervised models): the first map is the positive class's CAM minus the
+    log-sum-exp of the others' (the map the box loss trains), the class map follows; "class" gives the CAM alone."""
+    import dataclasses
+
+    model = build("cnn-teacher")
+    output = model(images_for(model), return_features=True)
+    cams = model.class_activation_maps(output.features, "global")
+    positive = model.positive_index
+    assert list(model.explanation_maps(output)) == [f"CAM ({model.positive_label})"]
+    model.config = dataclasses.replace(model.config, map_target="log-odds")
+    maps = model.explanation_maps(output)
+    first, second = maps
+    assert first == f"log-odds CAM ({model.positive_label})" and second == f"CAM ({model.positive_label})"
+    others = [k for k in range(cams.shape[1]) if k != positive]
+    expected = cams[:, positive] - torch.logsumexp(cams[:, others], dim=1)
+    torch.testing.assert_close(maps[first], expected)
+    assert not torch.allclose(maps[first], maps[second])
+    with pytest.raises(ValueError, match="map_target"):
+        dataclasses.replace(model.config, map_target="boxes")
+
+
 def test_lowres_stem_keeps_a_deep_stem_and_drops_only_its_stride():
     model = build("cnn-student-deep-stem")
     convs = [m for m in model.backbone.conv1.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -589,6 +589,8 @@ def test_tb_teacher_with_the_fine_stem_topk_pooling_and_the_box_term(tiny_tbx11k
     tb_localize.main([*common, *fine, "--box-weight", "1"])
     card = json.loads((tmp_path / "boxes" / "teacher" / "best" / "metrics.json").read_text())
     assert "boxes" in card["training"]["loss_terms"]
+    assert teacher.config.map_target == "class"  # image labels only: the class map
+    assert CNNTeacher.from_pretrained(tmp_path / "boxes" / "teacher" / "best").config.map_target == "log-odds"
     with pytest.raises(SystemExit, match="--box-weight"):
         tb_localize.parse(["--box-weight", "-1"])
 
@@ -662,6 +664,8 @@ def test_lung_crop_trains_and_evaluates_on_the_cropped_films(tiny_tbx11k, tmp_pa
     report = tmp_path / "report.json"
     base = ["evaluate", "--model", str(tmp_path / "tb" / "teacher" / "best"), "--dataset", "tbx11k"]
     base += ["--root", str(tiny_tbx11k), "--val-fraction", "0.3", "--bootstrap", "0", "--json", str(report)]
-    assert cli_main([*base, "--lung-crop", str(lungs), "--task", "tb-localisation"]) == 0
-    assert json.loads(report.read_text())["data"]["lung_crop"] == str(lungs)
+    assert cli_main([*base, "--lung-crop", str(lungs), "--task", "tb-localisation", "--map-target", "log-odds"]) == 0
+    scored = json.loads(report.read_text())
+    assert scored["data"]["lung_crop"] == str(lungs)
+    assert {"log-odds CAM (tb)", "CAM (tb)"} <= {row["key"]["map"] for row in scored["localisation"].values()}
     assert cli_main([*base, "--lung-crop", str(lungs), "--part", "all"]) == 2

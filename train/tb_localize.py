@@ -57,7 +57,8 @@ class TBConfig:
         lung_model: a LungSegmenter (folder or Hub repo id) that keeps the teacher's map inside the lungs before
             the student's CAM is aligned with it (student stage; lung-guided distillation); none: the whole map.
         box_weight: weight of a map loss against the training films' radiologist boxes (teacher stage): the
-            box-supervised reference that weak supervision is measured against; 0: image labels only.
+            box-supervised reference that weak supervision is measured against (its map target becomes
+            log-odds: its first map is the one the box loss trains); 0: image labels only.
     """
 
     stage: str = "both"
@@ -166,6 +167,8 @@ def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict
     model_config = dataclasses.replace(
         config.teacher_model, global_labels=train_set.global_space.names, local_labels=()
     )
+    if config.tb.box_weight > 0:  # its first map is the one its box loss trains
+        model_config = dataclasses.replace(model_config, map_target="log-odds")
     model = CNNTeacher(model_config, pretrained=config.tb.pretrained)
     sample_weights, weights = training_sampling(config, train_set)
     size, batch, augment = model_config.image_size, loop.batch_size, config.tb.augment

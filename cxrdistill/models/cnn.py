@@ -25,6 +25,7 @@ import timm
 import torch
 from torch import nn
 
+from cxrdistill.losses import positive_log_odds
 from cxrdistill.models.base import (
     HUB_CLASS_METADATA,
     HUB_TAGS,
@@ -37,6 +38,7 @@ from cxrdistill.models.base import (
 
 STEMS = ("imagenet", "lowres", "fine")
 POOLINGS = ("avg", "topk", "lse")
+MAP_TARGETS = ("class", "log-odds")
 
 
 def _lowres_resnet(backbone: nn.Module, in_chans: int) -> None:
@@ -138,6 +140,9 @@ class CNNConfig(ModelConfig):
             ``pool_param``).
         pool_param: the top-k share of cells (in (0, 1]) or the log-sum-exp sharpness (> 0); unused by ``"avg"``.
         drop_rate: dropout on the pooled features.
+        map_target: which map explains the model first: ``"class"`` (the class activation map of the positive
+            class) or ``"log-odds"`` (the positive class's log-odds per cell, its CAM minus the log-sum-exp of the
+            other classes' CAMs: the map a box-supervised model's box loss trains; the class map follows it).
         pretrained_weights: where the backbone's ImageNet weights came from, or ``None``: trained from scratch
             (a record, set by ``pretrained=True``).
     """
@@ -147,10 +152,13 @@ class CNNConfig(ModelConfig):
     pooling: str = "avg"
     pool_param: float = 0.1
     drop_rate: float = 0.0
+    map_target: str = "class"
     pretrained_weights: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.map_target not in MAP_TARGETS:
+            raise ValueError(f"map_target must be one of {MAP_TARGETS}, got {self.map_target!r}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         cnn_family(self.timm_name)
@@ -199,9 +207,13 @@ class _CNNClassifier(nn.Module, CXRModel):
         return self(images, return_features=True)
 
     def explanation_maps(self, output: ModelOutput, layer: int = -1) -> dict[str, torch.Tensor]:
-        """The exact class activation map of the positive class (``layer`` does not apply: one feature map)."""
-        cam = self.class_activation_maps(output.features, "global")[:, self.positive_index]
-        return {f"CAM ({self.positive_label})": cam}
+        """The exact class activation map of the positive class, after the positive class's log-odds map where
+        ``config.map_target`` is ``"log-odds"`` (``layer`` does not apply: one feature map)."""
+        maps = self.class_activation_maps(output.features, "global")
+        cam = {f"CAM ({self.positive_label})": maps[:, self.positive_index]}
+        if self.config.map_target == "class":
+            return cam
+        return {f"log-odds CAM ({self.positive_label})": positive_log_odds(maps, self.positive_index), **cam}
 
     def grad_cam_layer(self):
         return FAMILIES[cnn_family(self.config.timm_name)].grad_cam_layer(self.backbone), None

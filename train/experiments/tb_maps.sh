@@ -22,6 +22,8 @@
 # model, labelled box-supervised in the app and on its card, if (a) its peak-cell share on TB films is <= 0.30,
 # (b) its own map beats tb-student-28's own map with a paired 95% interval above 0, and (c) its same-hospital AUROC
 # is >= 0.80 (its probability only ranks its boxes; the 0.85 above was set for a model that might also answer).
+# A box-supervised model's own map is the map its box loss trains: the positive class's log-odds per cell
+# (map target log-odds), scored beside its class activation map.
 # Otherwise tb-student-28 keeps drawing the boxes. topk-crop against topk answers the lung-crop question for the
 # weakly supervised map; it is not a release candidate.
 set -euo pipefail
@@ -52,6 +54,7 @@ for variant in "${variants[@]}"; do
     fi
     crop=()
     [[ "$variant" == *-crop ]] && crop=(--lung-crop models/lung-unet-256)
+    [[ "$variant" == boxes* ]] && crop+=(--map-target log-odds)  # the map its box loss trains (set by new runs)
     if [ ! -f "runs/eval/$name-contrast.json" ]; then
         cxrdistill evaluate --model "runs/$name/teacher/best" --dataset tbx11k --root "$ROOT" --task tb-localisation \
             --lung-model models/lung-unet-256 --contrast-normal "${crop[@]}" --json "runs/eval/$name-contrast.json" \
