@@ -204,6 +204,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             return 2
         model.config = dataclasses.replace(model.config, map_target=args.map_target)
     data = EvalData(args.dataset, args.root, args.split, args.part, args.val_fraction, args.split_seed, args.lung_crop)
+    if model.config.input_crop == "lungs" and not args.lung_crop:
+        print("this model reads films cropped to their lungs: pass --lung-crop LUNG_MODEL", file=sys.stderr)
+        return 2
     if args.lung_crop and args.part == "all":
         print("--lung-crop crops the films of our split: use --part val or train", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrdistill.data.lung_crop import CROP_MARGIN, CropBox, crop_film, mask_crop_box
 from cxrdistill.data.transforms import model_input
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
 from cxrdistill.models import load_metrics, load_model
@@ -88,12 +89,18 @@ class Predictor:
         if self.tb_model is not None and self.tb_model.explains_with != "cam":
             raise ValueError(f"the TB model must be a CNN with class activation maps, got {type(tb_model).__name__}")
         self.lung_model = lung_model.eval() if lung_model is not None else None
+        cropping = [type(m).__name__ for m in self._all_models() if m.config.input_crop == "lungs"]
+        if cropping and self.lung_model is None:
+            raise ValueError(f"{', '.join(cropping)} read films cropped to their lungs: give the lung model too")
         self.limits = limits or ReadLimits(max_file_bytes=32 * 2**20)
         self.min_box_area = min_box_area
         self.cards = dict(cards or {})
         self.sources = dict(sources or {})
         self.family = family
         self.answer_name = self._answer_name(answer)
+
+    def _all_models(self) -> list[CXRModel]:
+        return [*self.students.values(), *(m for m in (self.teacher, self.tb_model) if m is not None)]
 
     def _answer_name(self, answer: str | None) -> str:
         classifiers = self.classifiers
@@ -263,7 +270,7 @@ class Predictor:
                 return None
             name = self.name_of(role, model)
             if name not in ran:
-                ran[name] = self._run(name, model, display, scale, layer, inside)
+                ran[name] = self._run(name, model, display, scale, layer, inside, lungs=lungs)
             return ran[name]
 
         student = run(self.students[resolution], "student")
@@ -314,6 +321,8 @@ class Predictor:
         if not np.isfinite(view).all() or view.min() < 0 or view.max() > 1:
             raise ValueError("a reduced view must hold values in [0, 1]")
         model = self.students[size]
+        if model.config.input_crop != "film":
+            raise ValueError(f"the {size}-px student reads films cropped to their lungs, which need the whole film")
         student = self._run(
             self.name_of("student", model), model, view, 1.0, layer, view=torch.from_numpy(view)[None, None]
         )
@@ -343,17 +352,22 @@ class Predictor:
         layer: int,
         inside=None,
         view: torch.Tensor | None = None,
+        lungs: np.ndarray | None = None,
     ) -> ModelResult:
         config = model.config
+        crop = None
+        if config.input_crop == "lungs":  # the film cropped to its lungs, as in training; the maps go back onto it
+            found = lungs if lungs is not None else np.zeros(display.shape, dtype=bool)
+            crop = mask_crop_box(found, display.shape, CROP_MARGIN)
         if view is None:  # (1, 1, size, size), prepared as in training
-            view = model_input(display, config.image_size, BASE_SIZE)
+            view = model_input(display if crop is None else crop_film(display, crop), config.image_size, BASE_SIZE)
         started = time.perf_counter()
         output = model(view)  # the model alone: its own time, apart from the maps'
         forward_ms = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
         explained = model.forward_for_maps(view)
         grids = {key: grid[0] for key, grid in model.explanation_maps(explained, layer).items()}
-        maps = {key: grid_to_display(grid, config.image_size, display.shape).numpy() for key, grid in grids.items()}
+        maps = {key: _map_on_display(grid, config.image_size, display.shape, crop) for key, grid in grids.items()}
         if inside is not None:  # each map min-max scaled and kept inside the lungs; the kept one comes first
             kept = {f"{key} inside the lungs": unit_scale(value) * inside for key, value in maps.items()}
             maps = {**kept, **maps}
@@ -385,6 +399,18 @@ class Predictor:
             if config.global_thresholds is None
             else dict(zip(config.global_labels, config.global_thresholds, strict=True)),
         )
+
+
+def _map_on_display(grid: torch.Tensor, size: int, shape: tuple[int, int], crop: CropBox | None) -> np.ndarray:
+    """A model's map over its view drawn onto the display image; a crop's map lies in the crop, at its own lowest
+    value around it."""
+    if crop is None:
+        return grid_to_display(grid, size, shape).numpy()
+    x0, y0, x1, y1 = crop.box
+    inner = grid_to_display(grid, size, crop.size).numpy()
+    placed = np.full(shape, inner.min(), dtype=np.float32)  # outside the crop: the map's lowest value
+    placed[y0:y1, x0:x1] = inner
+    return placed
 
 
 @dataclass(frozen=True)

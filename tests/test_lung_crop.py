@@ -82,3 +82,34 @@ def test_a_cropped_dataset_gets_a_tensor_cache_of_its_own(tiny_tbx11k, tmp_path)
     whole, crops = CachedDataset(films, 32, tmp_path, False), CachedDataset(cropped, 32, tmp_path, False)
     assert whole.pixels_path != crops.pixels_path
     assert not np.array_equal(whole[0]["image"], crops[0]["image"])
+
+
+def test_the_predictor_shows_a_lung_crop_model_the_crop_and_draws_its_map_back_onto_the_film():
+    import dataclasses
+
+    from support.films import chest_png
+    from support.models import small_student, tb_model
+
+    from cxrdistill.data import model_input
+    from cxrdistill.inference import Predictor
+    from cxrdistill.results import BASE_SIZE
+
+    cropping = tb_model()
+    cropping.config = dataclasses.replace(cropping.config, input_crop="lungs")
+    with pytest.raises(ValueError, match="cropped to their lungs: give the lung model"):
+        Predictor({28: small_student()}, tb_model=cropping)
+    lungs = RectangleLungs(rows=(0.25, 0.75), cols=(0.125, 0.875), size=32)
+    predictor = Predictor({28: small_student()}, tb_model=cropping, lung_model=lungs)
+    film = predictor.read(chest_png(96)).pixels
+    result = predictor.predict(chest_png(96)).tb
+    mask = predictor.lungs(film)
+    crop = mask_crop_box(mask, film.shape, 0.05)
+    x0, y0, x1, y1 = crop.box
+    assert crop.lungs_found and (x1 - x0, y1 - y0) != film.shape
+    expected_view = model_input(film[y0:y1, x0:x1], 28, BASE_SIZE)[0, 0].numpy()
+    np.testing.assert_allclose(result.view, expected_view, atol=1e-6)
+    raw = result.maps["CAM (tb)"]
+    outside = np.ones(film.shape, dtype=bool)
+    outside[y0:y1, x0:x1] = False
+    assert raw.shape == film.shape and np.allclose(raw[outside], raw[~outside].min())
+    assert raw[~outside].max() > raw[~outside].min()

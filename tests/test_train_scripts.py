@@ -669,3 +669,10 @@ def test_lung_crop_trains_and_evaluates_on_the_cropped_films(tiny_tbx11k, tmp_pa
     assert scored["data"]["lung_crop"] == str(lungs)
     assert {"log-odds CAM (tb)", "CAM (tb)"} <= {row["key"]["map"] for row in scored["localisation"].values()}
     assert cli_main([*base, "--lung-crop", str(lungs), "--part", "all"]) == 2
+    from cxrdistill.models import CNNTeacher
+
+    assert CNNTeacher.from_pretrained(tmp_path / "tb" / "teacher" / "best").config.input_crop == "lungs"
+    assert cli_main(base) == 2  # a model that reads lung crops is not scored on whole films
+    for script in (train_teacher, distill_student):
+        with pytest.raises(SystemExit, match=r"--lung-crop is for train/tb_localize\.py"):
+            script.parse(["--lung-crop", str(lungs)])

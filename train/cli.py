@@ -32,6 +32,7 @@ NOT_FLAGS = (
     "global_thresholds",
     "local_thresholds",
     "heatmap_threshold",
+    "input_crop",  # set by --lung-crop
     "rule_out_threshold",
     "rule_in_threshold",
     "rule_out_sensitivity",

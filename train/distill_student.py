@@ -93,6 +93,8 @@ def command_line() -> Script:
 def parse(argv=None) -> DistillTrainConfig:
     (data, loop, distill), (model,) = command_line().parse(argv)
     config = DistillTrainConfig(model, data, loop, distill)
+    if data.lung_crop:
+        raise SystemExit("--lung-crop is for train/tb_localize.py (TB maps); MLCAK students read whole films")
     if config.distill.teacher_mode not in TEACHER_MODES:
         raise SystemExit(f"--teacher-mode must be one of {TEACHER_MODES}, got {config.distill.teacher_mode!r}")
     if distill.mixup_alpha > 0 and distill.teacher_mode != "online" and distill.ablation != "none":

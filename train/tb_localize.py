@@ -134,6 +134,11 @@ def training_sampling(config: TBTrainConfig, train_set) -> tuple[np.ndarray | No
     return sample_weights, class_weight_tensor(targets, config.tb.class_weights, sample_weights)
 
 
+def input_crop(config: TBTrainConfig) -> str:
+    """What of each film the run's models read (their configs' ``input_crop``)."""
+    return "lungs" if config.data.lung_crop else "film"
+
+
 def crop_record(config: TBTrainConfig) -> dict:
     """The card's record of the films' lung crop (the lung model's folder or repo id), where there is one: a model
     trained on crops must be shown crops."""
@@ -169,6 +174,7 @@ def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict
     )
     if config.tb.box_weight > 0:  # its first map is the one its box loss trains
         model_config = dataclasses.replace(model_config, map_target="log-odds")
+    model_config = dataclasses.replace(model_config, input_crop=input_crop(config))
     model = CNNTeacher(model_config, pretrained=config.tb.pretrained)
     sample_weights, weights = training_sampling(config, train_set)
     size, batch, augment = model_config.image_size, loop.batch_size, config.tb.augment
@@ -200,8 +206,18 @@ def train_student(config: TBTrainConfig, output_dir: Path, command: str, teacher
     accelerator = make_accelerator(loop, "tb_student")
     train_set, val_set = build_datasets(config.data, accelerator)
     teacher = CNNTeacher.from_pretrained(teacher_source)
+    if teacher.config.input_crop != input_crop(config):
+        raise SystemExit(
+            f"the teacher reads input_crop={teacher.config.input_crop!r} and this run gives "
+            f"input_crop={input_crop(config)!r}: train the student with the teacher's --lung-crop"
+        )
     student = CNNStudent(
-        dataclasses.replace(config.student_model, global_labels=teacher.config.global_labels, local_labels=()),
+        dataclasses.replace(
+            config.student_model,
+            global_labels=teacher.config.global_labels,
+            local_labels=(),
+            input_crop=input_crop(config),
+        ),
         pretrained=config.tb.pretrained,
     )
     sample_weights, weights = training_sampling(config, train_set)

@@ -59,6 +59,8 @@ def command_line() -> Script:
 
 def parse(argv=None) -> TeacherTrainConfig:
     (data, loop, task), (model,) = command_line().parse(argv)
+    if data.lung_crop:
+        raise SystemExit("--lung-crop is for train/tb_localize.py (TB maps); ViT teachers read whole films")
     if task.pretrained and model.stem == "patch" and not model.pretrained_weights:
         model = dataclasses.replace(model, pretrained_weights="vit_tiny_patch16_224")
     return TeacherTrainConfig(model, data, loop, task)

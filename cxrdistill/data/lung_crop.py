@@ -30,6 +30,7 @@ from cxrdistill.data.cache import CachedDataset, dataset_fingerprint, default_ca
 logger = logging.getLogger(__name__)
 
 MIN_LUNG_SHARE = 0.05  # a lung mask over less of the film than this is no lung: the crop is the whole film
+CROP_MARGIN = 0.05  # the crop reaches this share of the lungs' width and height beyond them on every side
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def film_lung_masks(lung_model, images: torch.Tensor, to_image: np.ndarray, film
 def lung_crop_boxes(
     lung_model,
     dataset: XRayDataset,
-    margin: float = 0.05,
+    margin: float = CROP_MARGIN,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 32,
 ) -> dict[str, CropBox]:

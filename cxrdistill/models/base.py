@@ -65,6 +65,9 @@ class ModelOutput:
     features: torch.Tensor | None = None
 
 
+INPUT_CROPS = ("film", "lungs")
+
+
 @dataclass
 class ModelConfig:
     """Fields every cxrdistill model config has. Subclasses add the architecture.
@@ -90,6 +93,9 @@ class ModelConfig:
         heatmap_threshold: relative threshold (share of the map's maximum) that turns this model's explanation map
             into a mask and boxes, chosen on the validation split for localisation mIoU; ``None`` when it has not
             been chosen (then 0.5 is used and the app says so).
+        input_crop: what of a film the model reads: ``"film"`` (the whole film) or ``"lungs"`` (the film cropped to
+            the box around its lungs, as a lung model finds them: :mod:`cxrdistill.data.lung_crop`; its maps are
+            over that crop, and whoever runs it needs the lung model).
     """
 
     model_type: str = ""
@@ -108,6 +114,7 @@ class ModelConfig:
     mean: float = 0.449
     std: float = 0.226
     heatmap_threshold: float | None = None
+    input_crop: str = "film"
 
     def __post_init__(self) -> None:
         for name in ("global_labels", "local_labels", "global_thresholds", "local_thresholds"):
@@ -145,6 +152,8 @@ class ModelConfig:
             raise ValueError(f"heatmap_threshold must be in (0, 1), got {self.heatmap_threshold}")
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
+        if self.input_crop not in INPUT_CROPS:
+            raise ValueError(f"input_crop must be one of {INPUT_CROPS}, got {self.input_crop!r}")
         check_preset(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,6 +88,8 @@ def release_model(source: Path, target: Path, options: ReleaseOptions) -> dict[s
     if isinstance(model, LungSegmenter):  # measured by its own script (Dice); released as trained
         shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
         return json.loads((source / METRICS_NAME).read_text())
+    if model.config.input_crop == "lungs" and options.data.lung_crop is None:
+        raise ValueError(f"{source} reads films cropped to their lungs: measure it with the data's lung_crop")
     measured = _choose_precision(model, options)
     card = json.loads((source / METRICS_NAME).read_text())
     card = _calibrate_and_measure(measured, card, options)

@@ -35,6 +35,9 @@ def main(argv=None) -> None:
     parser.add_argument("--localisation", action="store_true", help="score heatmaps against boxes (TBX11K)")
     parser.add_argument("--lung-model", help="a LungSegmenter: score the heatmaps inside the lungs too")
     parser.add_argument(
+        "--lung-crop", help="a LungSegmenter: the films cropped to their lungs (models trained with --lung-crop)"
+    )
+    parser.add_argument(
         "--rule-out-sensitivity",
         type=float,
         default=RULE_OUT_SENSITIVITY,
@@ -48,7 +51,7 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = EvalData(args.dataset, args.root, None, "val", args.val_fraction, args.split_seed)
+    data = EvalData(args.dataset, args.root, None, "val", args.val_fraction, args.split_seed, args.lung_crop)
     options = ReleaseOptions(
         data,
         max_change=args.max_auroc_change,
