@@ -36,7 +36,9 @@ def task_loss(
     """Cross-entropy on the global class + masked BCE on the local findings.
 
     Args:
-        global_logits: ``(B, K)``; global_targets: ``(B, K)`` one-hot (or soft) targets.
+        global_logits: ``(B, K)``; global_targets: ``(B, K)`` one-hot (or soft) targets; a row of NaN is an
+            unlabelled film (a transfer film that only distillation learns from): it adds nothing to the
+            cross-entropy, which is the mean over the labelled films.
         local_logits, local_targets, local_mask: ``(B, L)``; the mask is 1 where a local label is known.
         local_weight: weight of the local term.
         class_weights: ``(K,)`` weights of the global classes in the cross-entropy, or ``None``.
@@ -44,7 +46,13 @@ def task_loss(
     Returns:
         ``(loss, {"global_ce": ..., "local_bce": ...})``.
     """
-    global_ce = F.cross_entropy(global_logits, global_targets, weight=class_weights)
+    labelled = ~torch.isnan(global_targets).any(dim=1)
+    if labelled.all():
+        global_ce = F.cross_entropy(global_logits, global_targets, weight=class_weights)
+    elif labelled.any():
+        global_ce = F.cross_entropy(global_logits[labelled], global_targets[labelled], weight=class_weights)
+    else:
+        global_ce = global_logits.sum() * 0.0
     known = local_mask.sum()
     if local_logits.shape[1] and known > 0:
         per_label = F.binary_cross_entropy_with_logits(local_logits, local_targets, reduction="none")

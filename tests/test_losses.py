@@ -71,6 +71,25 @@ def test_task_loss_ignores_unknown_local_labels():
     torch.testing.assert_close(loss, terms["global_ce"] + terms["local_bce"])
 
 
+def test_task_loss_leaves_unlabelled_films_to_distillation():
+    """A film whose global target is NaN (a transfer film) adds nothing to the cross-entropy: the loss is the mean
+    over the labelled films, and a batch of unlabelled films alone gives 0 with a gradient graph."""
+    import torch.nn.functional as F
+
+    global_logits = torch.randn(4, 2, requires_grad=True)
+    targets = torch.eye(2)[[0, 1, 1, 0]]
+    targets[1:3] = float("nan")
+    no_local = torch.zeros(4, 0)
+    _, terms = task_loss(global_logits, no_local, targets, no_local, no_local)
+    expected = F.cross_entropy(global_logits[[0, 3]], targets[[0, 3]])
+    torch.testing.assert_close(terms["global_ce"], expected)
+    assert torch.isfinite(terms["global_ce"])
+    none_known = torch.full((4, 2), float("nan"))
+    loss, _ = task_loss(global_logits, no_local, none_known, no_local, no_local)
+    loss.backward()
+    assert loss.item() == 0.0 and global_logits.grad is not None
+
+
 def test_default_layer_pairs():
     assert default_layer_pairs(6, 12) == [(1, 3), (3, 7), (5, 11)]
     assert default_layer_pairs(6, 6) == [(1, 1), (3, 3), (5, 5)]

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from support.films import REPO_ROOT
@@ -133,6 +134,36 @@ def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_p
     torch.testing.assert_close(cached.global_logits, online.global_logits, rtol=1e-4, atol=1e-4)
     for layer, maps in online.attentions.items():
         torch.testing.assert_close(cached.attentions[layer], maps, rtol=0, atol=2e-3)
+
+
+def test_transfer_films_distil_without_labels(teacher_folder, tiny_tbx11k, tmp_path, monkeypatch):
+    """--transfer-dataset adds another dataset's training films unlabelled: the training set grows by them, their
+    targets are unknown (NaN global, no local label known), the teacher is cached on them too, and validation keeps
+    the labelled films alone."""
+    runs = []
+    real_run = distill_student.TrainingRun
+
+    def recording_run(**kwargs):
+        runs.append(kwargs)
+        return real_run(**kwargs)
+
+    monkeypatch.setattr(distill_student, "TrainingRun", recording_run)
+    args = [*common_args(tiny_tbx11k, tmp_path / "out", tmp_path / "cache"), "--epochs", "1", "--depth", "2"]
+    args += ["--embed-dim", "24", "--teacher", str(teacher_folder)]
+    args += ["--transfer-dataset", "tbx11k", "--transfer-root", str(tiny_tbx11k)]
+    distill_student.main(args)
+    (run,) = runs
+    films = run["train_loader"].dataset.dataset.dataset  # ViewDataset -> CachedDataset -> the films
+    unlabelled = [r for r in films.records if r.id.startswith("transfer:")]
+    labelled = [r for r in films.records if not r.id.startswith("transfer:")]
+    assert unlabelled and len(unlabelled) == len(labelled)  # the same training side, once more without labels
+    assert all(np.isnan(r.global_target).all() and r.local_mask.sum() == 0 and len(r.boxes) == 0 for r in unlabelled)
+    assert len(run["task"].cache.global_logits) == len(films)
+    assert not any(r.id.startswith("transfer:") for r in run["val_loader"].dataset.dataset.dataset.records)
+    saved = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["training"]
+    assert saved["transfer_films"] == len(unlabelled)
+    with pytest.raises(SystemExit, match="--transfer-dataset needs"):
+        distill_student.parse(["--transfer-dataset", "nih1024", "--transfer-root", "x", "--ablation", "none"])
 
 
 def _student_config(teacher):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from cxrdistill.data import (
     ViewDataset,
     collate_views,
 )
+from cxrdistill.data.base import EMPTY_BOX_LABELS, EMPTY_BOXES, XRayDataset
 from cxrdistill.evaluation import EvalData, load_train_val
 
 
@@ -66,6 +67,34 @@ def build_datasets(config: DataConfig, accelerator: Accelerator | None = None):
             for dataset in (train, validation):
                 CachedDataset(dataset, size=config.cache_size, cache_dir=config.cache_dir)
     return train, validation
+
+
+def with_transfer_films(train: XRayDataset, dataset: str, root: str, config: DataConfig) -> XRayDataset:
+    """``train`` plus the training side of another dataset's split as unlabelled films (global targets NaN, no
+    known local label, no boxes; ids prefixed ``transfer:``): distillation needs no labels, so a teacher can teach
+    on films from elsewhere. Only path-based datasets (read from files) can be combined."""
+    other, _ = load_train_val(EvalData(dataset, root, None, "all", config.val_fraction, config.split_seed))
+    if config.limit:
+        other = other.subset(np.unique(np.linspace(0, len(other) - 1, config.limit).astype(int)).tolist())
+    if any(record.path is None for record in other.records):
+        raise ValueError(f"{dataset} films are not files: they cannot be added as transfer films")
+    unknown_global = np.full(len(train.global_space), np.nan, dtype=np.float32)
+    no_local = np.zeros(len(train.local_space), dtype=np.float32)
+    unlabelled = [
+        replace(
+            record,
+            id=f"transfer:{dataset}:{record.id}",
+            global_target=unknown_global,
+            local_target=no_local,
+            local_mask=no_local,
+            boxes=EMPTY_BOXES,
+            box_labels=EMPTY_BOX_LABELS,
+            box_frame=None,
+            source=f"transfer:{record.source or dataset}",
+        )
+        for record in other.records
+    ]
+    return XRayDataset([*train.records, *unlabelled], train.global_space, train.local_space, train.read_limits)
 
 
 @dataclass(frozen=True)

