@@ -54,11 +54,14 @@ GRIDS = {
     "-hybrid-lite0-small": "hybrid small: ImageNet Lite0 stages to stride 8, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
     "-hybrid-lite0-mix": "hybrid, online teacher, mixup (alpha 0.4) on the shared views, 30 epochs",
+    "-hybrid-lite0-xfer": "hybrid, plus the other dataset's training films unlabelled (distillation terms only)",
 }
-ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4"}  # a grid whose student alone is another grid's (only loss weights differ)
+# a grid whose student alone is another grid's (only loss weights or unlabelled films differ)
+ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4", "-hybrid-lite0-xfer": "-hybrid-lite0"}
 RUN_NAME = re.compile(
     r"student-(\d+)-(none|logits|attention|all)"
-    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny|-hybrid-lite0-small|-hybrid-lite0-k16|-hybrid-lite0-mix|-hybrid-lite0)?"
+    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny|-hybrid-lite0-small|-hybrid-lite0-k16|-hybrid-lite0-mix"
+    r"|-hybrid-lite0-xfer|-hybrid-lite0)?"
     r"(?:-s(\d+))?$"
 )
 

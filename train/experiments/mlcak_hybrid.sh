@@ -9,6 +9,8 @@
 # film (the teacher cached on exactly those views; 64 passes over the films), run names ending in -k16.
 # Mixup on the shared views: MIXUP=0.4 EPOCHS=30 runs the teacher online on every mixed batch (its cached outputs are
 # for unmixed views), run names ending in -mix.
+# Unlabelled transfer films: TRANSFER=nih1024 (with TRANSFER_ROOT, default ../shared/data/TRANSFER) adds that
+# dataset's training films without labels to the distillation runs (not to the student alone), names ending in -xfer.
 #
 # Release rule, fixed before the three-seed grid: a hybrid preset replaces the released 28-px TB student only if its
 # MLCAK seed mean (same-hospital AUROC) is above the released tiny student's grid mean (0.759) AND the speed floor
@@ -23,6 +25,8 @@ EPOCHS=${EPOCHS:-12}
 TEACHER=${TEACHER:-models/mlcak-teacher-224}
 COPIES=${COPIES:-0}
 MIXUP=${MIXUP:-0}
+TRANSFER=${TRANSFER:-}
+TRANSFER_ROOT=${TRANSFER_ROOT:-../shared/data/$TRANSFER}
 read -r -a SEED_LIST <<< "${SEEDS:-0}"
 read -r -a ABLATION_LIST <<< "${ABLATIONS:-none all}"
 mkdir -p runs/eval
@@ -32,10 +36,13 @@ for preset in "$@"; do
             name="$DATASET-student-28-$ablation-${preset#mlcak-student-}"
             [ "$COPIES" != 0 ] && name="$name-k$COPIES"
             [ "$MIXUP" != 0 ] && name="$name-mix"
+            [ -n "$TRANSFER" ] && [ "$ablation" != none ] && name="$name-xfer"
             [ "$seed" != 0 ] && name="$name-s$seed"
             teacher_args=()
             [ "$ablation" != none ] && teacher_args=(--teacher "$TEACHER")
             [ "$MIXUP" != 0 ] && teacher_args+=(--teacher-mode online --mixup-alpha "$MIXUP")
+            [ -n "$TRANSFER" ] && [ "$ablation" != none ] && \
+                teacher_args+=(--transfer-dataset "$TRANSFER" --transfer-root "$TRANSFER_ROOT")
             if [ ! -f "runs/$name/best/model.safetensors" ]; then
                 start=$SECONDS
                 python train/distill_student.py --dataset "$DATASET" --root "$ROOT" --image-size 28 --preset "$preset" \
