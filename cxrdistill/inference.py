@@ -395,6 +395,7 @@ class Predictor:
             cuts=model_cuts(config),
             local_reasons=self._not_called(name, config),
             mask_threshold=config.heatmap_threshold,
+            input_crop=config.input_crop,
             global_thresholds={}
             if config.global_thresholds is None
             else dict(zip(config.global_labels, config.global_thresholds, strict=True)),

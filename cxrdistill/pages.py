@@ -245,10 +245,13 @@ def tb_note(prediction: Prediction, cards: dict[str, dict] | None = None) -> str
         if box_supervised((cards or {}).get(tb.name))
         else "trained with image labels only (weakly supervised)"
     )
+    first = next(iter(tb.maps), "")
+    kind = "map of TB log-odds per region" if "log-odds" in first else "class activation map"
+    read = " read on the film cropped to its lungs" if tb.input_crop == "lungs" else ""
     boxes = (
-        f"{len(tb.boxes)} box(es) around the regions where the class activation map of **{tb.source}** "
-        f"({tb.image_size} px; {trained}) is above half its maximum; the number on a box is the mean map value "
-        "inside it. Boxes show where that model looks, whatever the answer above; how well they overlap the "
+        f"{len(tb.boxes)} box(es) around the regions where the {kind} of **{tb.source}** "
+        f"({tb.image_size} px{read}; {trained}) is above half its maximum; the number on a box is the mean map "
+        "value inside it. Boxes show where that model looks, whatever the answer above; how well they overlap the "
         "radiologists' boxes on validation films is in docs/tb_maps.md. "
         if prediction.lungs is None or prediction.lungs_found
         else ""

@@ -79,6 +79,8 @@ class ModelResult:
         mask_threshold: the model's relative mask threshold chosen on validation data for localisation mIoU
             (``None`` when not chosen). Boxes use :data:`BOX_THRESHOLD` instead: a threshold that maximises mask
             IoU can be low enough to box most of the chest.
+        input_crop: ``"film"`` or ``"lungs"``: whether the model saw the whole film or the film cropped to its lungs
+            (its maps are drawn back onto the whole film either way).
     """
 
     name: str
@@ -99,6 +101,7 @@ class ModelResult:
     local_reasons: dict[str, str] = field(default_factory=dict)
     mask_threshold: float | None = None
     global_thresholds: dict[str, float] = field(default_factory=dict)
+    input_crop: str = "film"
 
     @property
     def latency_ms(self) -> float:
@@ -134,6 +137,7 @@ class ModelResult:
             "source": self.source,
             "not_called": self.local_reasons,
             "mask_threshold": self.mask_threshold,
+            "input_crop": self.input_crop,
             "decision": self.decision.to_dict(),
         }
 

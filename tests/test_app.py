@@ -641,3 +641,13 @@ def test_the_tb_tab_says_how_the_box_drawing_model_was_trained():
     assert "**box-supervised**" in tb_note(prediction, {"tb-28": boxed})
     assert "Box-supervised" in str(render_model_card(predictor.tb_model, boxed))
     assert "Box-supervised" not in str(render_model_card(predictor.tb_model, card))
+    # a box-supervised model on lung crops: the tab names its map and says what it read
+    import dataclasses
+
+    tb = prediction.tb
+    assert tb.input_crop == "film" and "cropped" not in tb_note(prediction, predictor.cards)
+    cropped = dataclasses.replace(
+        tb, maps={"log-odds CAM (tb)": next(iter(tb.maps.values())), **tb.maps}, input_crop="lungs"
+    )
+    note = tb_note(dataclasses.replace(prediction, tb=cropped), {"tb-28": boxed})
+    assert "map of TB log-odds per region" in note and "read on the film cropped to its lungs" in note
