@@ -7,7 +7,8 @@ Rows are validation TB images with boxes (the first ``--images`` in id order, ne
 first ``--normal`` normal validation films (a map that localises should not look the same on them); columns are
 the X-ray with the radiologists' boxes (green), the location prior, then each model's heatmap with its boxes (red,
 at half the map's maximum) and the image's mask IoU (at the model's stored mask threshold, else 0.5). Drawn with
-cxrdistill.render, through the same Predictor code as the app.
+cxrdistill.render, through the same Predictor code as the app; with ``--lung-model``, as the app draws them: maps and
+boxes kept inside the lungs, and models that read lung crops shown their crops.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--normal", type=int, default=0, help="also this many normal validation films")
     parser.add_argument("--out", default="docs/images/tb_localisation.png")
+    parser.add_argument(
+        "--lung-model",
+        help="a LungSegmenter: maps and boxes kept inside the lungs as the app draws them (needed by models that "
+        "read lung crops)",
+    )
     args = parser.parse_args(argv)
 
     data = EvalData("tbx11k", args.root, None, "val")
@@ -53,7 +59,8 @@ def main(argv=None) -> None:
     prior = location_prior(load_train_val(data)[0])
     sources = [m.split("=", 1) if "=" in m else (Path(m).name, m) for m in args.models]  # LABEL=PATH or PATH
     models = {label: load_model(path) for label, path in sources}
-    predictors = {name: Predictor({model.config.image_size: model}) for name, model in models.items()}
+    lungs = load_model(args.lung_model) if args.lung_model else None
+    predictors = {name: Predictor({model.config.image_size: model}, lung_model=lungs) for name, model in models.items()}
     with_boxes = [i for i, record in enumerate(dataset.records) if len(record.boxes)][: args.images]
     positive = dataset.global_space.names.index("tb")
     normal = [i for i in range(len(dataset)) if dataset.global_targets()[i, positive] < 0.5][: args.normal]

@@ -1,12 +1,13 @@
 """The TB-maps table of docs/tb_maps.md: every model's own map, inside the lungs, times the prior, minus the mean normal
-map, with AP50, the constancy check and paired differences, beside the maps with no model.
+map, with AP50, the constancy check and paired differences, beside the maps with no model (scored again over the
+crops' frame for models that read lung crops).
 
     python train/experiments/tb_maps_report.py tb-student-28=runs/eval/tb-student-28.json \\
         fine-avg=runs/eval/tbmap-lite0-fine-avg.json ... --out docs/results/tb_maps.json
 
 Reads ``cxrdistill evaluate --task tb-localisation --lung-model ... --contrast-normal --json`` reports of the same
 validation films. Paired differences (bootstrap over the same films): map x prior x lungs minus prior x lungs, and
-each model's map inside the lungs minus the first model's.
+each model's own map, and its map inside the lungs, minus the first model's.
 """
 
 from __future__ import annotations
@@ -63,18 +64,24 @@ def model_rows(name: str, report: dict, reference: dict | None) -> dict:
         row["prior_lungs_minus_prior"] = paired(row["prior_lungs"], prior_lungs)
     if reference is not None and row["lungs"] and reference["lungs"]:
         row["lungs_minus_reference"] = paired(row["lungs"], reference["lungs"])
+    if reference is not None:
+        row["own_minus_reference"] = paired(row["own"], reference["own"])
     return row
 
 
 def markdown(rows: list[dict], model_free: dict) -> str:
     lines = [
-        "| model | same-hospital AUROC | own map | map x lungs (minus the first row's) | "
+        "| model | same-hospital AUROC | own map (minus the first row's) | map x lungs (minus the first row's) | "
         "map x prior x lungs (minus prior x lungs) | "
         "(map - mean normal map) x lungs | peak-cell share TB / normal | correlation with mean TB / normal |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         auroc = row["same_hospital_auroc"]
+        own = cell(row["own"])
+        if "own_minus_reference" in row:
+            difference = row["own_minus_reference"]
+            own += f" ({difference['mean']:+.3f}{ci(difference['ci95'])})"
         lungs = cell(row["lungs"])
         if "lungs_minus_reference" in row:
             difference = row["lungs_minus_reference"]
@@ -96,7 +103,7 @@ def markdown(rows: list[dict], model_free: dict) -> str:
         )
         lines.append(
             f"| {row['model']} | {'-' if auroc is None else f'{auroc:.3f}'}{ci(row['same_hospital_auroc_ci95'])} | "
-            f"{cell(row['own'])} | {lungs} | {combined} | {cell(row['minus_normal_lungs'])} | {shares} | "
+            f"{own} | {lungs} | {combined} | {cell(row['minus_normal_lungs'])} | {shares} | "
             f"{correlations} |"
         )
     for name, values in model_free.items():
@@ -117,8 +124,9 @@ def main(argv=None) -> None:
         reference = reference or row
         rows.append(row)
         located = read_localisation(report["localisation"])
+        frame = " on lung crops" if report.get("data", {}).get("lung_crop") else ""  # maps over the crops' frame
         for key in MODEL_FREE:
-            model_free.setdefault(key.label, located.get(key))
+            model_free.setdefault(key.label + frame, located.get(key))
     print(markdown(rows, {k: v for k, v in model_free.items() if v}))
     lean = [dict(row) for row in rows]  # the per-film lists stay out of the JSON
     for row in lean:
