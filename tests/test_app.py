@@ -310,7 +310,7 @@ def test_browser_upload_shows_one_answer_comparisons_attention_and_boxes(served,
 
         page.get_by_role("tab", name="How good is this model?").click()  # the cards' numbers
         panel = page.locator("#cxr-panel")
-        for name, folder in (("teacher-224", "mlcak-teacher-224"), ("tb-28", "tb-student-28")):
+        for name, folder in (("teacher-224", "mlcak-teacher-224"), ("tb-224", "tb-boxes-224")):
             raw = json.loads((REPO_ROOT / "models" / folder / "metrics.json").read_text())["raw"]
             card = panel.locator(f'.cxr-card[data-model="{name}"]')
             expect(card).to_contain_text(f"AUROC {raw['same_hospital_auroc']:.3f}")
@@ -502,10 +502,10 @@ def test_the_model_panel_shows_each_cards_numbers_and_its_roc_curve(tmp_path):
     from cxrdistill.models import load_metrics
 
     predictor = Predictor.from_release(REPO_ROOT / "models")
-    card = predictor.cards["tb-28"]
-    assert card == json.loads((REPO_ROOT / "models" / "tb-student-28" / "metrics.json").read_text())
+    card = predictor.cards["tb-224"]
+    assert card == json.loads((REPO_ROOT / "models" / "tb-boxes-224" / "metrics.json").read_text())
     raw = card["raw"]
-    row = model_card_row("tb-28", predictor.tb_model, card, "tb-student-28")
+    row = model_card_row("tb-224", predictor.tb_model, card, "tb-boxes-224")
     assert f"AUROC {raw['same_hospital_auroc']:.3f}" in row and f"({raw['same_hospital_images']})" in row
     assert row.index("Same-hospital") < row.index(f"All {raw['images']} validation films")
     triage = raw["triage"]
@@ -521,10 +521,10 @@ def test_the_model_panel_shows_each_cards_numbers_and_its_roc_curve(tmp_path):
                 assert f"{state} {rate['share']:.0%} (95% CI {low:.2f}-{high:.2f})" in line, (line, state)
                 assert low <= rate["share"] <= high
     with_roc = {**card, "raw": {**raw, "roc": {"films": "same-hospital films", "fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1]}}}
-    assert 'src="data:image/png;base64,' in model_card_row("tb-28", predictor.tb_model, with_roc)
+    assert 'src="data:image/png;base64,' in model_card_row("tb-224", predictor.tb_model, with_roc)
     assert "unmeasured" in model_card_row("student-28", predictor.students[28], None)
     panel = model_panel(predictor, 28)
-    assert [name in panel for name in ("student-28", "teacher-224", "tb-28")] == [True] * 3
+    assert [name in panel for name in ("student-28", "teacher-224", "tb-224")] == [True] * 3
     assert panel.index("mlcak-teacher-224") < panel.index("mlcak-student-28")  # the answering model first
     bare = tmp_path / "bare"  # weights and config only
     bare.mkdir()
@@ -633,21 +633,21 @@ def test_the_tb_tab_says_how_the_box_drawing_model_was_trained():
     from cxrdistill.models import render_model_card
     from cxrdistill.pages import tb_note
 
-    predictor = Predictor.from_release(REPO_ROOT / "models")
-    prediction = predictor.predict(png_bytes((synthetic_chest(300, 260) * 255).astype(np.uint8)))
-    card = predictor.cards["tb-28"]
-    assert "weakly supervised" in tb_note(prediction, predictor.cards) and "box-supervised" not in card["training"]
-    boxed = {**card, "training": {**card["training"], "loss_terms": ["global_ce", "boxes"]}}
-    assert "**box-supervised**" in tb_note(prediction, {"tb-28": boxed})
-    assert "Box-supervised" in str(render_model_card(predictor.tb_model, boxed))
-    assert "Box-supervised" not in str(render_model_card(predictor.tb_model, card))
-    # a box-supervised model on lung crops: the tab names its map and says what it read
     import dataclasses
 
-    tb = prediction.tb
-    assert tb.input_crop == "film" and "cropped" not in tb_note(prediction, predictor.cards)
-    cropped = dataclasses.replace(
-        tb, maps={"log-odds CAM (tb)": next(iter(tb.maps.values())), **tb.maps}, input_crop="lungs"
-    )
-    note = tb_note(dataclasses.replace(prediction, tb=cropped), {"tb-28": boxed})
+    predictor = Predictor.from_release(REPO_ROOT / "models")
+    prediction = predictor.predict(png_bytes((synthetic_chest(300, 260) * 255).astype(np.uint8)))
+    card = predictor.cards["tb-224"]  # the released box drawer: box-supervised, on lung crops, its log-odds map
+    assert "boxes" in card["training"]["loss_terms"]
+    note = tb_note(prediction, predictor.cards)
+    assert "**box-supervised**" in note and "Box-supervised" in str(render_model_card(predictor.tb_model, card))
     assert "map of TB log-odds per region" in note and "read on the film cropped to its lungs" in note
+    assert prediction.tb.input_crop == "lungs" and next(iter(prediction.tb.maps)).startswith("log-odds CAM (tb)")
+    weak = {**card, "training": {**card["training"], "loss_terms": ["global_ce"]}}
+    assert "weakly supervised" in tb_note(prediction, {"tb-224": weak})
+    assert "Box-supervised" not in str(render_model_card(predictor.tb_model, weak))
+    # a weakly supervised model on whole films: its class activation map, nothing said of crops
+    tb = prediction.tb
+    whole = dataclasses.replace(tb, maps={"CAM (tb)": next(iter(tb.maps.values()))}, input_crop="film")
+    note = tb_note(dataclasses.replace(prediction, tb=whole), {"tb-224": weak})
+    assert "class activation map" in note and "cropped" not in note

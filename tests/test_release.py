@@ -83,7 +83,8 @@ def test_each_released_classifier_scores_on_its_validation_films_what_its_card_s
     split = card["dataset"]["split"]
     assert split.startswith("validation (25% of") and "split seed 0" in split, split
     model = load_model(folder)
-    films = load_dataset(EvalData(dataset, str(shared_path(dataset)), None, "val", 0.25, 0))
+    crop = str(folder.parent / "lung-unet-256") if model.config.input_crop == "lungs" else None  # as it was measured
+    films = load_dataset(EvalData(dataset, str(shared_path(dataset)), None, "val", 0.25, 0, crop))
     config = model.config
     metrics = classification_metrics(predict_dataset(model, films), config.global_labels, config.local_labels)
     keys = {name: key for key, name in card_result_names(config.global_labels).items()}

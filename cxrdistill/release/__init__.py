@@ -7,7 +7,7 @@ from dataclasses import dataclass
 # folders of the repository's models/ release that the app loads (Predictor.from_release, the Space)
 RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")  # those present are loaded
 RELEASE_TEACHER = "mlcak-teacher-224"
-RELEASE_TB = "tb-student-28"
+RELEASE_TB = "tb-boxes-224"  # box-supervised, reads lung crops: its map follows the lesion (docs/tb_maps.md)
 RELEASE_LUNGS = "lung-unet-256"
 
 

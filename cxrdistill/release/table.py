@@ -29,14 +29,20 @@ def _result(card: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((r for r in card["results"] if r["name"] == name), None)
 
 
-def _localisation_note(card: dict[str, Any]) -> str:
-    own = _result(card, "mIoU vs radiologists' TB boxes, CAM (tb) (threshold cross-fitted)")
+def _localisation_note(card: dict[str, Any], config: dict[str, Any]) -> str:
+    """The box-drawing model's own map (the first it explains with) against the boxes, beside the location prior
+    over the same frame (the lung crops for a model that reads them), and its constancy check."""
+    own_map = "log-odds CAM (tb)" if config.get("map_target") == "log-odds" else "CAM (tb)"
+    own = _result(card, f"mIoU vs radiologists' TB boxes, {own_map} (threshold cross-fitted)")
     prior = _result(card, "mIoU vs radiologists' TB boxes, location prior (no model) (threshold cross-fitted)")
     if not own:
         return ""
-    text = f"draws the TB boxes: mIoU {own['value']:.3f}{_ci(own.get('ci95'))}"
-    text += f"; the location prior alone (no model) {prior['value']:.3f}" if prior else ""
-    sanity = card.get("raw", {}).get("map_sanity", {}).get("CAM (tb)", {}).get("positive films")
+    how = "box-supervised, " if CardMetrics.from_dict(card).box_supervised else ""
+    how += "on lung crops, " if config.get("input_crop") == "lungs" else ""
+    text = f"draws the TB boxes ({how}{own_map}): mIoU {own['value']:.3f}{_ci(own.get('ci95'))}"
+    frame = " on the same crops" if config.get("input_crop") == "lungs" else ""
+    text += f"; the location prior alone (no model){frame} {prior['value']:.3f}" if prior else ""
+    sanity = card.get("raw", {}).get("map_sanity", {}).get(own_map, {}).get("positive films")
     if sanity and sanity.get("peak_cell_share") is not None:
         text += f"; its map peaks in one cell on {sanity['peak_cell_share']:.0%} of TB films"
     return text
@@ -47,7 +53,7 @@ def _row(family: str, name: str, role: str, card: dict[str, Any], config: dict[s
     if config["model_type"] == "cxrdistill-lung-unet":
         dice = card["results"][0]
         return f"| {family} | `{name}` | {role} | {size} | Dice {dice['value']:.3f}{_ci(dice.get('ci95'))} | - | |"
-    note = _localisation_note(card) if role == "TB boxes" else ""
+    note = _localisation_note(card, config) if role == "TB boxes" else ""
     return f"| {family} | `{name}` | {role} | {size} | {_auroc(card)} | {note} |"
 
 

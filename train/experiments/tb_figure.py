@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cxrdistill.evaluation import EvalData, load_dataset, load_train_val, location_prior
+from cxrdistill.evaluation import EvalData, load_dataset, load_train_val
 from cxrdistill.explain import heatmap_mask
 from cxrdistill.inference import Predictor
 from cxrdistill.io import XRay, XRayMeta
+from cxrdistill.localisation import location_prior
 from cxrdistill.metrics import boxes_mask, mask_iou
 from cxrdistill.models import load_model
 from cxrdistill.render import TRUTH_COLOUR, draw_boxes, gray_to_rgb, overlay
