@@ -630,10 +630,10 @@ def test_browser_low_bandwidth_mode_sends_only_the_reduced_film(served, tmp_path
 def test_the_tb_tab_says_how_the_box_drawing_model_was_trained():
     """A model whose card's loss terms include the radiologists' boxes is labelled box-supervised, in the TB tab and
     on its model card; the others are weakly supervised."""
+    import dataclasses
+
     from cxrdistill.models import render_model_card
     from cxrdistill.pages import tb_note
-
-    import dataclasses
 
     predictor = Predictor.from_release(REPO_ROOT / "models")
     prediction = predictor.predict(png_bytes((synthetic_chest(300, 260) * 255).astype(np.uint8)))
