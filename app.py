@@ -222,7 +222,7 @@ def _result_tabs() -> list:
         note = gr.Markdown(elem_id="cxr-tb-note")
         with gr.Row():
             boxes = gr.Image(label="TB boxes", elem_id="cxr-tb-boxes")
-            heat = gr.Image(label="TB class activation map")
+            heat = gr.Image(label="TB map of the box-drawing model")
     return [*maps, boxes, heat, note]
 
 

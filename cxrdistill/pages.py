@@ -58,7 +58,7 @@ def introduction(smallest: int) -> str:
     return (
         "# cxrdistill: chest X-ray AI at low resolution\n"
         f"A ViT student that sees the X-ray at **{smallest} x {smallest} pixels**, distilled from a 224-px "
-        "teacher (MLCAK), and a CNN that localises TB from image labels only. Upload an X-ray: one answer "
+        "teacher (MLCAK), and a CNN that draws TB boxes. Upload an X-ray: one answer "
         "(**low**, **indeterminate** or **signal**) from the family's best-validated model, then what each "
         "model sees, what it says and where it looks."
     )
