@@ -13,7 +13,7 @@ from support.models import tb_model
 
 from cxrdistill.inference import Predictor
 from cxrdistill.io import XRayReadError
-from cxrdistill.models import StudentViT, StudentViTConfig
+from cxrdistill.models import StudentViT, StudentViTConfig, load_model
 from cxrdistill.triage import state_of
 
 
@@ -49,16 +49,29 @@ def test_released_models_load_and_predict_the_bundled_dicom(predictor):
     assert all(m.shape == (512, 482) for m in prediction.student.maps.values())
 
 
+def _iou(a, b) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
 def test_boxes_are_in_the_original_image_pixels(predictor):
+    """The same picture at 4x the pixels gets 4x the box coordinates: exactly (to 3 display pixels) for a model
+    that reads the whole film; for the released box drawer, which reads a lung crop found again at each size (a
+    pixel or two apart), the boxes still overlap (IoU >= 0.85)."""
     small = chest_png(256)
     large = np.kron(np.asarray(Image.open(io.BytesIO(small))), np.ones((4, 4), dtype=np.uint8))  # same picture, x4
-    big = predictor.predict(png_bytes(large), teacher=False)
-    base = predictor.predict(small, teacher=False)
-    assert big.to_dict()["image"]["original_size"] == [1024, 1024]
-    assert base.tb.boxes, "the TB CNN's map should give at least one box"
-    assert len(big.tb.boxes) == len(base.tb.boxes)
-    for a, b in zip(base.tb.boxes, big.tb.boxes, strict=True):
-        assert np.allclose(np.array(b.box), 4 * np.array(a.box), atol=4 * 3)
+    whole_film = Predictor(predictor.students, tb_model=load_model(REPO_ROOT / "models" / "tb-student-28"))
+    for model, exact in ((whole_film, True), (predictor, False)):
+        big = model.predict(png_bytes(large), teacher=False)
+        base = model.predict(small, teacher=False)
+        assert big.to_dict()["image"]["original_size"] == [1024, 1024]
+        assert base.tb.boxes, "the TB CNN's map should give at least one box"
+        assert len(big.tb.boxes) == len(base.tb.boxes)
+        for a, b in zip(base.tb.boxes, big.tb.boxes, strict=True):
+            scaled = 4 * np.array(a.box)
+            assert np.allclose(np.array(b.box), scaled, atol=4 * 3) if exact else _iou(b.box, scaled) >= 0.85
 
 
 def test_each_resolution_uses_its_own_student_and_layers_are_selectable(predictor):
