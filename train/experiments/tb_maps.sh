@@ -39,6 +39,7 @@ declare -A FLAGS=(
     [boxes]="--box-weight 1.0"
     [boxes-s1]="--box-weight 1.0 --seed 1"
     [boxes-crop]="--box-weight 1.0 --lung-crop models/lung-unet-256"
+    [boxes-crop-s1]="--box-weight 1.0 --lung-crop models/lung-unet-256 --seed 1"
     [topk-crop]="--teacher-pooling topk --teacher-pool-param 0.1 --lung-crop models/lung-unet-256"
 )
 mkdir -p runs/eval
@@ -53,7 +54,7 @@ for variant in "${variants[@]}"; do
         echo "$name $((SECONDS - start))" >> runs/wall_times.txt
     fi
     crop=()
-    [[ "$variant" == *-crop ]] && crop=(--lung-crop models/lung-unet-256)
+    [[ "$variant" == *-crop* ]] && crop=(--lung-crop models/lung-unet-256)
     [[ "$variant" == boxes* ]] && crop+=(--map-target log-odds)  # the map its box loss trains (set by new runs)
     if [ ! -f "runs/eval/$name-contrast.json" ]; then
         cxrdistill evaluate --model "runs/$name/teacher/best" --dataset tbx11k --root "$ROOT" --task tb-localisation \
