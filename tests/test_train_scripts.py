@@ -113,14 +113,7 @@ def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_p
         torch.testing.assert_close(cached.attentions[layer], maps, rtol=0, atol=2e-3)  # float16 in the cache
 
     # the script's own wiring: the targets it cached for a training batch are the teacher's on that batch's views
-    runs = []
-    real_run = distill_student.TrainingRun
-
-    def recording_run(**kwargs):
-        runs.append(kwargs)
-        return real_run(**kwargs)
-
-    monkeypatch.setattr(distill_student, "TrainingRun", recording_run)
+    runs = record_training_runs(monkeypatch)
     args = [*common_args(tiny_tbx11k, tmp_path / "out", tmp_path / "cache"), "--epochs", "1", "--depth", "2"]
     args += ["--embed-dim", "24", "--teacher", str(teacher_folder), "--augment-copies", "2"]
     distill_student.main(args)
@@ -140,14 +133,7 @@ def test_transfer_films_distil_without_labels(teacher_folder, tiny_tbx11k, tmp_p
     """--transfer-dataset adds another dataset's training films unlabelled: the training set grows by them, their
     targets are unknown (NaN global, no local label known), the teacher is cached on them too, and validation keeps
     the labelled films alone."""
-    runs = []
-    real_run = distill_student.TrainingRun
-
-    def recording_run(**kwargs):
-        runs.append(kwargs)
-        return real_run(**kwargs)
-
-    monkeypatch.setattr(distill_student, "TrainingRun", recording_run)
+    runs = record_training_runs(monkeypatch)
     args = [*common_args(tiny_tbx11k, tmp_path / "out", tmp_path / "cache"), "--epochs", "1", "--depth", "2"]
     args += ["--embed-dim", "24", "--teacher", str(teacher_folder)]
     args += ["--transfer-dataset", "tbx11k", "--transfer-root", str(tiny_tbx11k)]
@@ -164,6 +150,19 @@ def test_transfer_films_distil_without_labels(teacher_folder, tiny_tbx11k, tmp_p
     assert saved["transfer_films"] == len(unlabelled)
     with pytest.raises(SystemExit, match="--transfer-dataset needs"):
         distill_student.parse(["--transfer-dataset", "nih1024", "--transfer-root", "x", "--ablation", "none"])
+
+
+def record_training_runs(monkeypatch) -> list[dict]:
+    """The keyword arguments of every TrainingRun distill_student builds, in order (the run still happens)."""
+    runs = []
+    real_run = distill_student.TrainingRun
+
+    def recording_run(**kwargs):
+        runs.append(kwargs)
+        return real_run(**kwargs)
+
+    monkeypatch.setattr(distill_student, "TrainingRun", recording_run)
+    return runs
 
 
 def _student_config(teacher):
