@@ -89,7 +89,7 @@ class Predictor:
         if self.tb_model is not None and self.tb_model.explains_with != "cam":
             raise ValueError(f"the TB model must be a CNN with class activation maps, got {type(tb_model).__name__}")
         self.lung_model = lung_model.eval() if lung_model is not None else None
-        cropping = [type(m).__name__ for m in self._all_models() if m.config.input_crop == "lungs"]
+        cropping = [name for name, m in self.classifiers.items() if m.config.input_crop == "lungs"]
         if cropping and self.lung_model is None:
             raise ValueError(f"{', '.join(cropping)} read films cropped to their lungs: give the lung model too")
         self.limits = limits or ReadLimits(max_file_bytes=32 * 2**20)
@@ -98,9 +98,6 @@ class Predictor:
         self.sources = dict(sources or {})
         self.family = family
         self.answer_name = self._answer_name(answer)
-
-    def _all_models(self) -> list[CXRModel]:
-        return [*self.students.values(), *(m for m in (self.teacher, self.tb_model) if m is not None)]
 
     def _answer_name(self, answer: str | None) -> str:
         classifiers = self.classifiers

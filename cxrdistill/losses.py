@@ -47,11 +47,9 @@ def task_loss(
         ``(loss, {"global_ce": ..., "local_bce": ...})``.
     """
     labelled = ~torch.isnan(global_targets).any(dim=1)
-    if labelled.all():
-        global_ce = F.cross_entropy(global_logits, global_targets, weight=class_weights)
-    elif labelled.any():
+    if labelled.any():
         global_ce = F.cross_entropy(global_logits[labelled], global_targets[labelled], weight=class_weights)
-    else:
+    else:  # a batch of transfer films only: no label to learn from, and still a graph to step through
         global_ce = global_logits.sum() * 0.0
     known = local_mask.sum()
     if local_logits.shape[1] and known > 0:

@@ -132,8 +132,7 @@ def lung_crop_boxes(
 class LungCropped(XRayDataset):
     """``dataset`` with every film cropped to its :class:`CropBox` (:func:`lung_crop_boxes`) and its boxes moved
     into the crop (clipped to it; :attr:`box_area_outside` is the share of the boxes' area the crops cut off).
-
-    A map computed on a crop covers the crop's frame: :meth:`to_film` gives the matrix back to the film.
+    A map computed on a crop covers the crop's frame (the Predictor draws it back onto the film).
     """
 
     def __init__(self, dataset: XRayDataset, crops: dict[str, CropBox]) -> None:
@@ -172,11 +171,6 @@ class LungCropped(XRayDataset):
     def fingerprint_extra(self) -> list:
         """What the tensor cache's key adds for a cropped dataset: every crop box."""
         return [list(self.crops[record.id].box) for record in self.records]
-
-    def to_film(self, film_id: str) -> np.ndarray:
-        """3x3 matrix from crop pixels to film pixels of ``film_id``."""
-        x0, y0, _, _ = self.crops[film_id].box
-        return np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
 
 
 def crop_film(image: np.ndarray, crop: CropBox) -> np.ndarray:
