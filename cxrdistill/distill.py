@@ -35,6 +35,7 @@ from torch import nn
 
 from cxrdistill.losses import (
     attention_mse,
+    box_dice_loss,
     box_heatmap_loss,
     cam_alignment,
     head_average,
@@ -179,6 +180,8 @@ class SupervisedTask(nn.Module):
             ``None``; its loss is added times its ``weight`` as the ``source_adversary`` term.
         box_weight: weight of :func:`cxrdistill.losses.box_heatmap_loss` on a CNN's class maps (the ``boxes`` term:
             the box-supervised reference; 0: image labels only).
+        box_dice: weight of :func:`cxrdistill.losses.box_dice_loss` on the same log-odds map (the ``box_dice``
+            term, added to the ``boxes`` term; needs ``box_weight > 0``; 0: none).
     """
 
     def __init__(
@@ -189,10 +192,13 @@ class SupervisedTask(nn.Module):
         class_weights: torch.Tensor | None = None,
         adversary: ConditionalSourceAdversary | None = None,
         box_weight: float = 0.0,
+        box_dice: float = 0.0,
     ) -> None:
         super().__init__()
+        if box_dice > 0 and box_weight <= 0:
+            raise ValueError("box_dice adds to the box term: it needs box_weight > 0")
         self.model, self.view_size, self.local_weight, self.adversary = model, view_size, local_weight, adversary
-        self.box_weight = box_weight
+        self.box_weight, self.box_dice = box_weight, box_dice
         self.register_buffer(
             "class_weights", None if class_weights is None else class_weights.float(), persistent=False
         )
@@ -222,6 +228,9 @@ class SupervisedTask(nn.Module):
                 log_odds, batch["boxes"][self.view_size], is_positive, ~is_positive, self.view_size
             )
             loss = loss + self.box_weight * terms["boxes"]
+            if self.box_dice > 0:
+                terms["box_dice"] = box_dice_loss(log_odds, batch["boxes"][self.view_size], is_positive, self.view_size)
+                loss = loss + self.box_dice * terms["box_dice"]
         return loss, terms
 
 

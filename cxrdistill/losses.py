@@ -195,3 +195,21 @@ def box_heatmap_loss(
     if not used.any():
         return log_odds.sum() * 0.0
     return F.binary_cross_entropy_with_logits(log_odds[used], targets[used])
+
+
+def box_dice_loss(
+    log_odds: torch.Tensor, boxes: Sequence[torch.Tensor], positive: torch.Tensor, view_size: int
+) -> torch.Tensor:
+    """A soft Dice loss (Milletari et al. 2016) between each cell's probability of the positive class (the sigmoid of
+    ``log_odds`` ``(B, h, w)``) and the cells inside a radiologist's box, over the ``positive`` films with boxes: one
+    minus twice the overlap over the sum of the two masses, per film, averaged. Per-cell cross-entropy
+    (:func:`box_heatmap_loss`) scores every cell apart, so a small lesion is a few positives among ~200 negatives;
+    Dice scores the overlap of the whole map with the boxes, which is what mask IoU measures. Films without boxes add
+    nothing (a normal film's map is kept low by the cross-entropy). Box-supervised, like :func:`box_heatmap_loss`."""
+    targets = box_cell_targets(boxes, tuple(log_odds.shape[-2:]), view_size).to(log_odds.device)
+    used = positive.bool() & (targets.flatten(1).sum(dim=1) > 0)  # (B,)
+    if not used.any():
+        return log_odds.sum() * 0.0
+    probability, target = torch.sigmoid(log_odds[used]).flatten(1), targets[used].flatten(1)
+    overlap = (probability * target).sum(dim=1)
+    return (1.0 - (2.0 * overlap + 1.0) / (probability.sum(dim=1) + target.sum(dim=1) + 1.0)).mean()

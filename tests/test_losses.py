@@ -329,6 +329,24 @@ def test_the_box_supervised_map_loss_targets_box_cells_and_skips_films_without_k
     assert (log_odds.grad[0][targets[0] > 0] < 0).all() and (log_odds.grad[0][targets[0] == 0] > 0).all()
 
 
+def test_the_box_dice_loss_scores_the_overlap_of_the_map_with_the_boxes_on_tb_films_with_boxes():
+    from cxrdistill.losses import box_cell_targets, box_dice_loss
+
+    boxes = [torch.tensor([[0.0, 0.0, 56.0, 112.0]]), torch.zeros(0, 4), torch.zeros(0, 4)]
+    targets = box_cell_targets(boxes, (4, 4), 224)
+    positive = torch.tensor([True, True, False])
+    on_box = torch.where(targets > 0, 8.0, -8.0)  # the map is the box
+    shifted = torch.roll(on_box, shifts=2, dims=-1)  # the same mass, beside the box
+    assert box_dice_loss(on_box, boxes, positive, 224).item() < 0.01
+    assert box_dice_loss(shifted, boxes, positive, 224).item() == pytest.approx(0.8, abs=1e-3)  # 1 - 1 / (2 + 2 + 1)
+    log_odds = torch.zeros(3, 4, 4, requires_grad=True)
+    box_dice_loss(log_odds, boxes, positive, 224).backward()
+    assert log_odds.grad[1:].abs().sum() == 0  # no boxes (a TB film without them, a normal film): nothing
+    assert (log_odds.grad[0][targets[0] > 0] < 0).all() and (log_odds.grad[0][targets[0] == 0] > 0).all()
+    empty = torch.zeros(3, 4, 4, requires_grad=True)
+    assert box_dice_loss(empty, boxes, torch.tensor([False, True, False]), 224).item() == 0.0
+
+
 def test_mixup_mixes_every_view_and_target_alike_so_views_stay_reductions_of_one_film():
     from cxrdistill.data.transforms import area_resize
     from cxrdistill.distill import mix_batch

@@ -616,13 +616,15 @@ def test_tb_teacher_with_the_fine_stem_topk_pooling_and_the_box_term(tiny_tbx11k
     card = json.loads((tmp_path / "tb" / "teacher" / "best" / "metrics.json").read_text())
     assert "boxes" not in card["training"]["loss_terms"]
     common[common.index(str(tmp_path / "tb"))] = str(tmp_path / "boxes")
-    tb_localize.main([*common, *fine, "--box-weight", "1"])
+    tb_localize.main([*common, *fine, "--box-weight", "1", "--box-dice", "0.5"])
     card = json.loads((tmp_path / "boxes" / "teacher" / "best" / "metrics.json").read_text())
-    assert "boxes" in card["training"]["loss_terms"]
+    assert {"boxes", "box_dice"} <= set(card["training"]["loss_terms"])
     assert teacher.config.map_target == "class"  # image labels only: the class map
     assert CNNTeacher.from_pretrained(tmp_path / "boxes" / "teacher" / "best").config.map_target == "log-odds"
     with pytest.raises(SystemExit, match="--box-weight"):
         tb_localize.parse(["--box-weight", "-1"])
+    with pytest.raises(SystemExit, match="--box-dice"):
+        tb_localize.parse(["--box-dice", "1"])  # Dice adds to the box loss: alone it would leave normal maps free
 
 
 def test_tb_stages_use_the_source_balanced_sampler_and_the_lung_model(tiny_tbx11k, tmp_path, monkeypatch):

@@ -59,6 +59,8 @@ class TBConfig:
         box_weight: weight of a map loss against the training films' radiologist boxes (teacher stage): the
             box-supervised reference that weak supervision is measured against (its map target becomes
             log-odds: its first map is the one the box loss trains); 0: image labels only.
+        box_dice: weight of a soft Dice loss between the same log-odds map's probabilities and the boxes of the TB
+            films that have them (the overlap that mask IoU scores), added to the box loss; needs --box-weight.
     """
 
     stage: str = "both"
@@ -74,6 +76,7 @@ class TBConfig:
     source_adversary: float = 0.0
     lung_model: str | None = None
     box_weight: float = 0.0
+    box_dice: float = 0.0
 
 
 @dataclass
@@ -107,6 +110,8 @@ def parse(argv=None) -> TBTrainConfig:
         raise SystemExit(f"--sampling must be one of {SAMPLING}, got {config.tb.sampling!r}")
     if config.tb.box_weight < 0:
         raise SystemExit(f"--box-weight must be >= 0, got {config.tb.box_weight}")
+    if config.tb.box_dice < 0 or (config.tb.box_dice > 0 and config.tb.box_weight <= 0):
+        raise SystemExit(f"--box-dice must be >= 0 and needs --box-weight > 0, got {config.tb.box_dice}")
     if config.tb.source_adversary < 0:
         raise SystemExit(f"--source-adversary must be >= 0, got {config.tb.source_adversary}")
     if config.tb.stage == "student" and not config.tb.teacher:
@@ -184,7 +189,14 @@ def train_teacher(config: TBTrainConfig, output_dir: Path, command: str) -> dict
             model.backbone.num_features, model.positive_index, weight=config.tb.source_adversary
         )
     run = TrainingRun(
-        task=SupervisedTask(model, size, class_weights=weights, adversary=adversary, box_weight=config.tb.box_weight),
+        task=SupervisedTask(
+            model,
+            size,
+            class_weights=weights,
+            adversary=adversary,
+            box_weight=config.tb.box_weight,
+            box_dice=config.tb.box_dice,
+        ),
         model=model,
         train_loader=make_loader(
             train_set,
