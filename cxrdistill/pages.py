@@ -248,11 +248,16 @@ def tb_note(prediction: Prediction, cards: dict[str, dict] | None = None) -> str
     first = next(iter(tb.maps), "")
     kind = "map of TB log-odds per region" if "log-odds" in first else "class activation map"
     read = " read on the film cropped to its lungs" if tb.input_crop == "lungs" else ""
+    whose = (
+        "It is the model that answers above: the boxes show where it looks for TB, whatever its answer;"
+        if prediction.answer_result.name == tb.name
+        else "Boxes show where that model looks, whatever the answer above;"
+    )
     boxes = (
         f"{len(tb.boxes)} box(es) around the regions where the {kind} of **{tb.source}** "
         f"({tb.image_size} px{read}; {trained}) is above half its maximum; the number on a box is the mean map "
-        "value inside it. Boxes show where that model looks, whatever the answer above; how well they overlap the "
-        "radiologists' boxes on validation films is in docs/tb_maps.md. "
+        f"value inside it. {whose} how well they overlap the radiologists' boxes on validation films is in "
+        "docs/tb_maps.md. "
         if prediction.lungs is None or prediction.lungs_found
         else ""
     )

@@ -41,7 +41,7 @@ class ReleaseFamily:
 # family name (a dataset of cxrdistill.data.registry) -> its released folders; the first is the app's default
 RELEASE_FAMILIES = {
     "tbx11k": ReleaseFamily(
-        "Tuberculosis (TBX11K)", RELEASE_STUDENTS, RELEASE_TEACHER, answer=RELEASE_TEACHER, tb=RELEASE_TB
+        "Tuberculosis (TBX11K)", RELEASE_STUDENTS, RELEASE_TEACHER, answer=RELEASE_TB, tb=RELEASE_TB
     ),
     "nih1024": ReleaseFamily(
         "Pneumonia (NIH ChestX-ray14, 512-px films)",

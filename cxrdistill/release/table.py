@@ -53,7 +53,7 @@ def _row(family: str, name: str, role: str, card: dict[str, Any], config: dict[s
     if config["model_type"] == "cxrdistill-lung-unet":
         dice = card["results"][0]
         return f"| {family} | `{name}` | {role} | {size} | Dice {dice['value']:.3f}{_ci(dice.get('ci95'))} | - | |"
-    note = _localisation_note(card, config) if role == "TB boxes" else ""
+    note = _localisation_note(card, config) if role.startswith("TB boxes") else ""
     return f"| {family} | `{name}` | {role} | {size} | {_auroc(card)} | {note} |"
 
 
