@@ -136,14 +136,15 @@ def answer_html(prediction: Prediction, title: str = "", element_id: str = "cxr-
     cuts, and which model gave it with its validation AUROC."""
     answer = prediction.answer
     d = answer.decision
+    shown = answer.to_dict()  # the numbers the API returns, so the page never rounds them differently
     label = html.escape(display_label(d.label))
     head = f"{label}: <b>{_state(d.state)}</b>"
     if d.state is None:
-        body = f"{label} probability {d.probability:.3f}; the answering model has no calibrated cuts."
+        body = f"{label} probability {shown['probability']:.3f}; the answering model has no calibrated cuts."
     else:
         body = (
-            f"{html.escape(d.explanation)}<br>{label} probability <b>{d.probability:.3f}</b>; "
-            f"rule-out cut {d.rule_out:.3f}, rule-in cut {d.rule_in:.3f}."
+            f"{html.escape(d.explanation)}<br>{label} probability <b>{shown['probability']:.3f}</b>; "
+            f"rule-out cut {shown['rule_out']:.3f}, rule-in cut {shown['rule_in']:.3f}."
         )
     result = prediction.answer_result
     auroc = "" if answer.auroc is None else f", validation AUROC {answer.auroc:.3f}"

@@ -262,9 +262,7 @@ def check_answer_on_page(page, expected: dict) -> None:
     assert float(box.get_attribute("data-probability")) == pytest.approx(expected["probability"], abs=1e-4)
     text = box.inner_text()
     assert f"{display_label(expected['label'])}: {expected['state']}" in text
-    # the API rounds to 4 decimals and the page to 3: 0.33149 is 0.3315 in the API and 0.331 on the page
-    shown = {f"probability {expected['probability'] + delta:.3f}" for delta in (-5e-5, 0.0, 5e-5)}
-    assert any(s in text for s in shown) and expected["model"] in text, (shown, text)
+    assert f"probability {expected['probability']:.3f}" in text and expected["model"] in text
     assert f"rule-out cut {expected['rule_out']:.3f}, rule-in cut {expected['rule_in']:.3f}" in text
 
 

@@ -99,17 +99,10 @@ def test_each_family_is_answered_by_the_model_the_rule_picks_from_the_released_c
     """``RELEASE_FAMILIES`` names the answering model; the rule fixed before the numbers (the highest validation
     AUROC on the reference films, among the family's classifiers with cuts) must pick the same one from the cards
     in models/, so re-releasing a model can never leave the app answering with a weaker one."""
-    from cxrdistill.release import RELEASE_FAMILIES
+    from cxrdistill.release import RELEASE_FAMILIES, family_cards
     from cxrdistill.triage import answer_model
 
     for family, release in RELEASE_FAMILIES.items():
-        candidates = {}
-        for name in dict.fromkeys((release.answer, *release.students, release.teacher, release.tb)):
-            folder = REPO_ROOT / "models" / str(name)
-            if not name or not (folder / "metrics.json").is_file():
-                continue
-            card = json.loads((folder / "metrics.json").read_text())
-            if card["raw"].get("triage"):
-                candidates[name] = (json.loads((folder / "config.json").read_text())["image_size"], card)
+        candidates = family_cards(REPO_ROOT / "models", family)
         assert release.answer in candidates, family
         assert answer_model(candidates) == release.answer, family

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 # folders of the repository's models/ release that the app loads (Predictor.from_release, the Space)
 RELEASE_STUDENTS = ("mlcak-student-28", "mlcak-student-56", "mlcak-student-112")  # those present are loaded
@@ -51,3 +54,18 @@ RELEASE_FAMILIES = {
     ),
 }
 APP_MODELS = tuple(dict.fromkeys(name for family in RELEASE_FAMILIES.values() for name in family.folders))
+
+
+def family_cards(models_dir: str | Path, family: str) -> dict[str, tuple[int, dict[str, Any]]]:
+    """name -> (input size, card) of each classifier of ``family`` in ``models_dir`` whose card has triage cuts,
+    the answering model first: the candidates :func:`cxrdistill.triage.answer_model` chooses among."""
+    release = RELEASE_FAMILIES[family]
+    found = {}
+    for name in dict.fromkeys((release.answer, *release.students, release.teacher, release.tb)):
+        folder = Path(models_dir) / str(name)
+        if not name or not (folder / "metrics.json").is_file():
+            continue
+        card = json.loads((folder / "metrics.json").read_text())
+        if card.get("raw", {}).get("triage"):
+            found[name] = (json.loads((folder / "config.json").read_text())["image_size"], card)
+    return found

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cxrdistill.release import RELEASE_FAMILIES
+from cxrdistill.release import RELEASE_FAMILIES, family_cards
 from cxrdistill.triage import answer_model, reference_auroc
 
 
@@ -28,15 +28,8 @@ def family_rows(models: Path, family: str) -> list[dict]:
     """One record per classifier of ``family`` that is in ``models`` and has cuts on its card."""
     release = RELEASE_FAMILIES[family]
     rows = []
-    for name in dict.fromkeys((release.answer, *release.students, release.teacher, release.tb)):
-        path = models / str(name) / "metrics.json"
-        if not name or not path.is_file():
-            continue
-        card = json.loads(path.read_text())
-        triage = card["raw"].get("triage")
-        if not triage:
-            continue
-        size = json.loads((models / name / "config.json").read_text())["image_size"]
+    for name, (size, card) in family_cards(models, family).items():
+        triage = card["raw"]["triage"]
         rows.append(
             {
                 "family": family,
