@@ -50,6 +50,7 @@ GRIDS = {
     "-tiny": "7 x 7 tokens, 4 layers x 64 (tiny)",
     "-tiny-aug4": "tiny, 4 fixed augmented copies, 40 passes",
     "-tiny-aug4-a5": "tiny, augmented copies, alpha = beta = 5",
+    "-tiny-fm": "tiny, function matching: online teacher, mixup (alpha 1.0) on the shared views, 40 epochs",
     "-hybrid-lite0": "hybrid: ImageNet Lite0 stages to stride 16, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-small": "hybrid small: ImageNet Lite0 stages to stride 8, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
@@ -58,6 +59,9 @@ GRIDS = {
 }
 # a grid whose student alone is another grid's (only loss weights or unlabelled films differ)
 ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4", "-hybrid-lite0-xfer": "-hybrid-lite0"}
+# a grid whose own student alone trains on other views (mixup, augmentation) than the plain grid's: its
+# distillation rows are also paired with the plain grid's student alone (the stronger baseline counts)
+PLAIN_ALONE = {"-tiny-fm": "-tiny"}
 RUN_NAME = re.compile(
     r"student-(\d+)-(none|logits|attention|all)"
     r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny|-hybrid-lite0-small|-hybrid-lite0-k16|-hybrid-lite0-mix"
@@ -222,6 +226,13 @@ def summarise(scorer: Scorer, preds: dict[str, dict], students: list[dict], teac
             if common:
                 cell["minus_alone"] = paired([cell["runs"][s] for s in common], [alone["runs"][s] for s in common])
                 cell["minus_alone"]["seeds"] = common
+        plain = cells.get(f"{cell['size']}{PLAIN_ALONE.get(cell['grid'], cell['grid'])}:none")
+        if cell["ablation"] != "none" and cell["grid"] in PLAIN_ALONE and plain:
+            common = [s for s in seeds if s in plain["runs"]]
+            if common:
+                names = [cell["runs"][s] for s in common]
+                cell["minus_plain_alone"] = paired(names, [plain["runs"][s] for s in common])
+                cell["minus_plain_alone"]["seeds"] = common
         if teacher:
             names = [cell["runs"][s] for s in seeds]
             cell["teacher_minus"] = paired(["teacher"] * len(names), names)
@@ -248,12 +259,16 @@ def _signed(entry: dict | None, key: str = "difference", ci: str = "ci95") -> st
 def markdown(summary: dict, metric_name: str, has_findings: bool) -> str:
     head = f"| model | px | tokens | seeds | {metric_name} (seed mean, 95% CI) | per seed | minus alone (paired) |"
     head += " teacher minus (paired) |"
+    plain = any("minus_plain_alone" in cell for cell in summary["cells"].values())
+    if plain:
+        head += " minus the plain grid's alone (paired) |"
     if has_findings:
         head += " findings macro AUROC | findings: minus alone |"
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     if "teacher" in summary:
         t = summary["teacher"]
         row = f"| hybrid teacher | 224 | 14 x 14 | 1 | {t['auroc']:.3f}{_ci(t['auroc_ci95'])} | - | - | - |"
+        row += " - |" if plain else ""
         if has_findings:
             row += f" {t['findings_macro_auroc']:.3f}{_ci(t['findings_macro_auroc_ci95'])} | - |"
         lines.append(row)
@@ -265,6 +280,7 @@ def markdown(summary: dict, metric_name: str, has_findings: bool) -> str:
             f"{', '.join(f'{v:.3f}' for v in cell['per_seed'])} | {_signed(cell.get('minus_alone'))} | "
             f"{_signed(cell.get('teacher_minus'))} |"
         )
+        row += f" {_signed(cell.get('minus_plain_alone'))} |" if plain else ""
         if has_findings:
             row += (
                 f" {cell['findings_macro_auroc']:.3f}{_ci(cell['findings_macro_auroc_ci95'])} | "
