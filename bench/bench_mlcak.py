@@ -5,13 +5,14 @@
 
 For the hybrid teacher (224 px) and each student architecture (the 14 x 14-token students at 28 / 56 / 112 px, the 7
 x 7-token patch-4 student at 28 px and the tiny 7 x 7-token students at 28 / 56 / 112 px): batch-1 latency p50 / p95
-in torch (eager, ``inference_mode``, this machine's threads and one thread), TorchScript (traced and frozen: the
-same weights without Python's per-layer overhead), ONNX Runtime float32 and dynamic int8; batch-64 images/s in torch
-and ONNX int8; and each student's batch-64 throughput as a multiple of the teacher's. Speed depends on the
-architecture, not on the weight values: a model is loaded from its released folder (``models/...``) when there is
-one, else built from its preset with random weights (the table says which). ``--grid`` (mlcak_grid.py's JSON files)
-adds each architecture's validation AUROC (the MLCAK rows, seed mean; a later file's cell wins) and ``--plot`` draws
-AUROC against batch-1 latency.
+in torch (eager, ``inference_mode``, this machine's threads and one thread; then "served": as the app and the CLI
+run it, BatchNorm folded and channels-last, :func:`cxrdistill.models.fusion.prepare_for_inference`), TorchScript
+(traced and frozen: the same weights without Python's per-layer overhead), ONNX Runtime float32 and dynamic int8;
+batch-64 images/s in torch and ONNX int8; and each student's batch-64 throughput as a multiple of the teacher's.
+Speed depends on the architecture, not on the weight values: a model is loaded from its released folder
+(``models/...``) when there is one, else built from its preset with random weights (the table says which).
+``--grid`` (mlcak_grid.py's JSON files) adds each architecture's validation AUROC (the MLCAK rows, seed mean; a
+later file's cell wins) and ``--plot`` draws AUROC against batch-1 latency.
 
 Targets: the released 28-px student >= 20x the teacher's batch-64 throughput, batch-1 < 2 ms in torch and
 < 0.5 ms ONNX int8. Run it on an otherwise idle machine; prints a table and writes JSON (bench/results/mlcak.json).
@@ -20,6 +21,7 @@ Targets: the released 28-px student >= 20x the teacher's batch-64 throughput, ba
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -43,6 +45,7 @@ from cxrdistill.models import (  # noqa: E402
     TeacherViTConfig,
     load_model,
 )
+from cxrdistill.models.fusion import prepare_for_inference  # noqa: E402
 from cxrdistill.models.presets import preset_config  # noqa: E402
 
 # name -> (released folder, model class, config class, preset, image size, grid cell in mlcak_grid.py's JSON)
@@ -187,6 +190,16 @@ def measure(name: str, repeats: int, seconds: float) -> dict:
             scripted = torch.jit.freeze(torch.jit.trace(_Logits(model).eval(), one, check_trace=False))
         row["torchscript_b1"] = _timings(scripted, one, repeats // 10 if slow else repeats)
         row["torchscript_b64_images_per_s"] = _rate(scripted, batch, seconds * (3 if slow else 1))
+    # as the app and the CLI serve it (Predictor.from_sources): BatchNorm folded, channels-last; ONNX below
+    # exports the unprepared model (ONNX Runtime folds BatchNorm itself)
+    prepared = prepare_for_inference(copy.deepcopy(model))
+    with torch.inference_mode():
+        row["prepared_b1"] = _timings(prepared, one, repeats // 10 if slow else repeats)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        row["prepared_b1_1thread"] = _timings(prepared, one, repeats // 10 if slow else repeats)
+        torch.set_num_threads(threads)
+        row["prepared_b64_images_per_s"] = _rate(prepared, batch, seconds * (3 if slow else 1))
     if not slow:
         with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -295,6 +308,9 @@ def main(argv=None) -> dict:
     if teacher_rate:
         for row in rows.values():
             row["b64_vs_teacher"] = round(row["torch_b64_images_per_s"] / teacher_rate, 1)
+            if "prepared_b64_images_per_s" in row and "prepared_b64_images_per_s" in rows[TEACHER]:
+                rate = rows[TEACHER]["prepared_b64_images_per_s"]
+                row["prepared_b64_vs_teacher"] = round(row["prepared_b64_images_per_s"] / rate, 1)
             if "onnx_int8_b64_images_per_s" in row:
                 row["onnx_int8_b64_vs_teacher_torch"] = round(row["onnx_int8_b64_images_per_s"] / teacher_rate, 1)
     if args.grid:
@@ -304,17 +320,20 @@ def main(argv=None) -> dict:
         return f"{row[key]['p50_ms']:.2f}" if key in row else "-"
 
     print(
-        "| model | weights | tokens | torch b1 ms | 1 thread | TorchScript b1 | ONNX b1 | ONNX int8 b1 | 1 thread "
-        "| torch b64 img/s | x teacher | ONNX int8 b64 img/s | AUROC |"
+        "| model | weights | tokens | torch b1 ms | 1 thread | served b1 ms | 1 thread | TorchScript b1 | ONNX b1 "
+        "| ONNX int8 b1 | 1 thread | torch b64 img/s | x teacher | served b64 img/s | x teacher (served) "
+        "| ONNX int8 b64 img/s | AUROC |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         auroc = f"{row['auroc']:.3f}" if "auroc" in row else "-"
         print(
             f"| {name} | {row['source']} | {row['tokens']} | {ms(row, 'torch_b1')} | {ms(row, 'torch_b1_1thread')} | "
+            f"{ms(row, 'prepared_b1')} | {ms(row, 'prepared_b1_1thread')} | "
             f"{ms(row, 'torchscript_b1')} | {ms(row, 'onnx_b1')} | {ms(row, 'onnx_int8_b1')} | "
             f"{ms(row, 'onnx_int8_b1_1thread')} | "
             f"{row['torch_b64_images_per_s']} | {row.get('b64_vs_teacher', '-')} | "
+            f"{row.get('prepared_b64_images_per_s', '-')} | {row.get('prepared_b64_vs_teacher', '-')} | "
             f"{row.get('onnx_int8_b64_images_per_s', '-')} | {auroc} |"
         )
     machine = {

@@ -26,6 +26,7 @@ from cxrdistill.data.transforms import model_input
 from cxrdistill.io import ReadLimits, XRay, XRaySource, load_xray
 from cxrdistill.models import load_metrics, load_model
 from cxrdistill.models.base import CXRModel
+from cxrdistill.models.fusion import prepare_for_inference
 from cxrdistill.release import RELEASE_FAMILIES
 from cxrdistill.results import (
     BASE_SIZE,
@@ -141,13 +142,18 @@ class Predictor:
         lung_model: str | None = None,
         **kwargs,
     ) -> Predictor:
-        """Load every model with ``from_pretrained`` (folders or Hub repo ids, all at ``revision``), and the metrics
-        each one's card reports."""
+        """Load every model with ``from_pretrained`` (folders or Hub repo ids, all at ``revision``), prepared for
+        inference (BatchNorm folded, channels-last: :mod:`cxrdistill.models.fusion`), and the metrics each one's
+        card reports."""
+
+        def load(source: str) -> CXRModel:
+            return prepare_for_inference(load_model(source, revision=revision))
+
         roles = [("student", source) for source in students] + [("teacher", teacher), ("tb", tb_model)]
         loaded, cards, sources = {}, {}, {}
         for role, source in roles:
             if source:
-                model = load_model(source, revision=revision)
+                model = load(source)
                 loaded.setdefault(role, []).append(model)
                 cards[cls.name_of(role, model)] = load_metrics(source, revision=revision)
                 sources[cls.name_of(role, model)] = source_name(source)
@@ -155,7 +161,7 @@ class Predictor:
             {model.config.image_size: model for model in loaded["student"]},
             teacher=loaded.get("teacher", [None])[0],
             tb_model=loaded.get("tb", [None])[0],
-            lung_model=load_model(lung_model, revision=revision) if lung_model else None,
+            lung_model=load(lung_model) if lung_model else None,
             cards={name: card for name, card in cards.items() if card},
             sources=sources,
             **kwargs,

@@ -241,3 +241,18 @@ def test_findings_that_are_not_trusted_are_shown_but_never_called():
             else:
                 assert result.local_calls[label] is None and result.local_reasons[label] == trust["reason"]
         assert sum(c is not None for c in result.local_calls.values()) <= 3  # at most a few of the 14 findings
+
+
+def test_released_models_are_prepared_for_inference_and_give_the_saved_models_outputs(predictor):
+    """The Predictor folds BatchNorm into the convolutions (cxrdistill.models.fusion): no BatchNorm is left in its
+    CNN-based models, and each gives the logits of the folder's model as saved."""
+    from cxrdistill.release import RELEASE_FAMILIES
+
+    release = RELEASE_FAMILIES["tbx11k"]
+    for model, name in ((predictor.teacher, release.teacher), (predictor.tb_model, release.tb)):
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        saved = load_model(REPO_ROOT / "models" / name).eval()
+        size = model.config.image_size
+        images = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(model(images).global_logits, saved(images).global_logits, atol=1e-4, rtol=1e-4)
