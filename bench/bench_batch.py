@@ -5,7 +5,8 @@
 Runs :func:`cxrdistill.batch.predict_files` (what the command runs: DataLoader workers decode, the main process
 calls ``Predictor.predict`` on each film) over the first ``--films`` TB films of TBX11K, with the release family's
 models, and prints and writes (default bench/results/batch.json) films/s, the models' share of the wall time, and
-the answers' state counts. Run it on an otherwise idle machine.
+the answers' state counts. ``--unprepared`` runs the models as saved instead of as the app serves them (BatchNorm
+folded, channels-last). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="decoding workers (default 2)")
     parser.add_argument("--family", default="tbx11k", help="release family whose models run (default tbx11k)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "batch.json"), help="output JSON")
+    parser.add_argument(
+        "--unprepared", action="store_true", help="models as saved (no BatchNorm folding, no channels-last)"
+    )
     args = parser.parse_args(argv)
     films = sorted(str(p) for p in (Path(args.root) / "imgs" / "tb").glob("*.png"))[: args.films]
-    predictor = Predictor.from_release(REPO / "models", args.family)
+    predictor = Predictor.from_release(REPO / "models", args.family, prepare=not args.unprepared)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "rows.csv"
         stats = predict_files(films, predictor, out, BatchOptions(num_workers=args.workers, progress=False))
@@ -46,6 +50,7 @@ def main(argv=None) -> dict:
         "family": args.family,
         "models": sorted(predictor.sources.values()),
         "workers": args.workers,
+        "served_as": "saved (unprepared)" if args.unprepared else "BatchNorm folded, channels-last",
         "films_per_s": stats["images_per_s"],
         "wall_s": stats["wall_s"],
         "model_share_of_wall": round(stats["model_s"] / stats["wall_s"], 3),

@@ -140,14 +140,16 @@ class Predictor:
         tb_model: str | None = None,
         revision: str | None = None,
         lung_model: str | None = None,
+        prepare: bool = True,
         **kwargs,
     ) -> Predictor:
         """Load every model with ``from_pretrained`` (folders or Hub repo ids, all at ``revision``), prepared for
-        inference (BatchNorm folded, channels-last: :mod:`cxrdistill.models.fusion`), and the metrics each one's
-        card reports."""
+        inference (BatchNorm folded, channels-last: :mod:`cxrdistill.models.fusion`; ``prepare=False`` keeps the
+        models as saved, e.g. to fine-tune them), and the metrics each one's card reports."""
 
         def load(source: str) -> CXRModel:
-            return prepare_for_inference(load_model(source, revision=revision))
+            model = load_model(source, revision=revision)
+            return prepare_for_inference(model) if prepare else model
 
         roles = [("student", source) for source in students] + [("teacher", teacher), ("tb", tb_model)]
         loaded, cards, sources = {}, {}, {}

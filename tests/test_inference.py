@@ -256,3 +256,8 @@ def test_released_models_are_prepared_for_inference_and_give_the_saved_models_ou
         images = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             torch.testing.assert_close(model(images).global_logits, saved(images).global_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_prepare_false_keeps_the_models_as_saved():
+    kept = Predictor.from_release(REPO_ROOT / "models", prepare=False)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in kept.teacher.modules())
