@@ -64,7 +64,7 @@ ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4", "-hybrid-lite0-xfer": "-hybrid-lite0"
 PLAIN_ALONE = {"-tiny-fm": "-tiny"}
 RUN_NAME = re.compile(
     r"student-(\d+)-(none|logits|attention|all)"
-    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny|-hybrid-lite0-small|-hybrid-lite0-k16|-hybrid-lite0-mix"
+    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny-fm|-tiny|-hybrid-lite0-small|-hybrid-lite0-k16|-hybrid-lite0-mix"
     r"|-hybrid-lite0-xfer|-hybrid-lite0)?"
     r"(?:-s(\d+))?$"
 )
