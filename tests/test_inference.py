@@ -14,6 +14,7 @@ from support.models import tb_model
 from cxrdistill.inference import Predictor
 from cxrdistill.io import XRayReadError
 from cxrdistill.models import StudentViT, StudentViTConfig, load_model
+from cxrdistill.results import BOX_THRESHOLD
 from cxrdistill.triage import state_of
 
 
@@ -59,7 +60,9 @@ def _iou(a, b) -> float:
 def test_boxes_are_in_the_original_image_pixels(predictor):
     """The same picture at 4x the pixels gets 4x the box coordinates: exactly (to 3 display pixels) for a model
     that reads the whole film; for the released box drawer, which reads a lung crop found again at each size (a
-    pixel or two apart), the boxes still overlap (IoU >= 0.85)."""
+    pixel or two apart), every box has a partner at the other size (IoU >= 0.85), except a region that only just
+    crosses the boxing level (its score, the mean scaled map inside it, within 0.05 of BOX_THRESHOLD), which the
+    one-pixel shift of the crop can tip either way."""
     small = chest_png(256)
     large = np.kron(np.asarray(Image.open(io.BytesIO(small))), np.ones((4, 4), dtype=np.uint8))  # same picture, x4
     whole_film = Predictor(predictor.students, tb_model=load_model(REPO_ROOT / "models" / "tb-student-28"))
@@ -68,10 +71,21 @@ def test_boxes_are_in_the_original_image_pixels(predictor):
         base = model.predict(small, teacher=False)
         assert big.to_dict()["image"]["original_size"] == [1024, 1024]
         assert base.tb.boxes, "the TB CNN's map should give at least one box"
-        assert len(big.tb.boxes) == len(base.tb.boxes)
-        for a, b in zip(base.tb.boxes, big.tb.boxes, strict=True):
-            scaled = 4 * np.array(a.box)
-            assert np.allclose(np.array(b.box), scaled, atol=4 * 3) if exact else _iou(b.box, scaled) >= 0.85
+        if exact:
+            assert len(big.tb.boxes) == len(base.tb.boxes)
+            for a, b in zip(base.tb.boxes, big.tb.boxes, strict=True):
+                assert np.allclose(np.array(b.box), 4 * np.array(a.box), atol=4 * 3)
+            continue
+        scaled = [(4 * np.array(a.box), a.score) for a in base.tb.boxes]
+        pairs = [(list(box), score, [b.box for b in big.tb.boxes]) for box, score in scaled]
+        pairs += [(list(b.box), b.score, [list(box) for box, _ in scaled]) for b in big.tb.boxes]
+        matched = 0
+        for box, score, others in pairs:
+            if max(_iou(box, other) for other in others) >= 0.85:
+                matched += 1
+            else:
+                assert abs(score - BOX_THRESHOLD) < 0.05, f"box {box} (score {score:.2f}) has no partner"
+        assert matched >= 2 * len(base.tb.boxes) - 1  # the strong regions are boxed at both sizes
 
 
 def test_each_resolution_uses_its_own_student_and_layers_are_selectable(predictor):
