@@ -169,6 +169,19 @@ class _Logits(torch.nn.Module):
         return output.global_logits, output.local_logits
 
 
+def _torch_rows(prefix: str, model, one, batch, repeats: int, seconds: float) -> dict:
+    """``PREFIX_b1`` (this machine's threads), ``PREFIX_b1_1thread`` and ``PREFIX_b64_images_per_s`` of ``model``."""
+    rows = {f"{prefix}_b1": _timings(model, one, repeats)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows[f"{prefix}_b1_1thread"] = _timings(model, one, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    rows[f"{prefix}_b64_images_per_s"] = _rate(model, batch, seconds)
+    return rows
+
+
 def measure(name: str, repeats: int, seconds: float) -> dict:
     from cxrdistill.export import OnnxClassifier, export_onnx
 
@@ -176,30 +189,21 @@ def measure(name: str, repeats: int, seconds: float) -> dict:
     size = model.config.image_size
     one, batch = torch.rand(1, 1, size, size), torch.rand(64, 1, size, size)
     slow = size >= 224
+    b1_repeats, rate_s = (repeats // 10, seconds * 3) if slow else (repeats, seconds)  # 224 px: fewer, longer
     row = {"source": source, "image_size": size, "tokens": model.config.grid_size**2}
     row["parameters_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
     with torch.inference_mode():
-        row["torch_b1"] = _timings(model, one, repeats // 10 if slow else repeats)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        row["torch_b1_1thread"] = _timings(model, one, repeats // 10 if slow else repeats)
-        torch.set_num_threads(threads)
-        row["torch_b64_images_per_s"] = _rate(model, batch, seconds * (3 if slow else 1))
+        row.update(_torch_rows("torch", model, one, batch, b1_repeats, rate_s))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scripted = torch.jit.freeze(torch.jit.trace(_Logits(model).eval(), one, check_trace=False))
-        row["torchscript_b1"] = _timings(scripted, one, repeats // 10 if slow else repeats)
-        row["torchscript_b64_images_per_s"] = _rate(scripted, batch, seconds * (3 if slow else 1))
+        row["torchscript_b1"] = _timings(scripted, one, b1_repeats)
+        row["torchscript_b64_images_per_s"] = _rate(scripted, batch, rate_s)
     # as the app and the CLI serve it (Predictor.from_sources): BatchNorm folded, channels-last; ONNX below
     # exports the unprepared model (ONNX Runtime folds BatchNorm itself)
     prepared = prepare_for_inference(copy.deepcopy(model))
     with torch.inference_mode():
-        row["prepared_b1"] = _timings(prepared, one, repeats // 10 if slow else repeats)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        row["prepared_b1_1thread"] = _timings(prepared, one, repeats // 10 if slow else repeats)
-        torch.set_num_threads(threads)
-        row["prepared_b64_images_per_s"] = _rate(prepared, batch, seconds * (3 if slow else 1))
+        row.update(_torch_rows("prepared", prepared, one, batch, b1_repeats, rate_s))
     if not slow:
         with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -220,19 +220,16 @@ def summarise(scorer: Scorer, preds: dict[str, dict], students: list[dict], teac
         seeds = sorted(cell["runs"])
         cell["seeds"] = seeds
         cell.update(seed_mean([cell["runs"][s] for s in seeds]))
-        alone = cells.get(f"{cell['size']}{ALONE_OF.get(cell['grid'], cell['grid'])}:none")
-        if cell["ablation"] != "none" and alone:
-            common = [s for s in seeds if s in alone["runs"]]
-            if common:
-                cell["minus_alone"] = paired([cell["runs"][s] for s in common], [alone["runs"][s] for s in common])
-                cell["minus_alone"]["seeds"] = common
-        plain = cells.get(f"{cell['size']}{PLAIN_ALONE.get(cell['grid'], cell['grid'])}:none")
-        if cell["ablation"] != "none" and cell["grid"] in PLAIN_ALONE and plain:
-            common = [s for s in seeds if s in plain["runs"]]
-            if common:
-                names = [cell["runs"][s] for s in common]
-                cell["minus_plain_alone"] = paired(names, [plain["runs"][s] for s in common])
-                cell["minus_plain_alone"]["seeds"] = common
+        if cell["ablation"] != "none":
+            for key, grid in (
+                ("minus_alone", ALONE_OF.get(cell["grid"], cell["grid"])),
+                ("minus_plain_alone", PLAIN_ALONE.get(cell["grid"])),
+            ):
+                alone = cells.get(f"{cell['size']}{grid}:none") if grid is not None else None
+                common = [s for s in seeds if alone and s in alone["runs"]]
+                if common:
+                    cell[key] = paired([cell["runs"][s] for s in common], [alone["runs"][s] for s in common])
+                    cell[key]["seeds"] = common
         if teacher:
             names = [cell["runs"][s] for s in seeds]
             cell["teacher_minus"] = paired(["teacher"] * len(names), names)
