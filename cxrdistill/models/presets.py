@@ -147,6 +147,18 @@ register_preset(
     num_heads=3,
 )
 register_preset(
+    "mlcak-student-hybrid-lite0-fast",
+    "cxrdistill-student-vit",
+    "the fastest hybrid student: the small hybrid's ImageNet EfficientNet-Lite0 stages (to stride 8, 40 channels) with "
+    "the stem's stride kept and blocks[1]'s dropped, so its first stages run at 14 x 14 (7 x 7 tokens at 28 px), "
+    "then 2 transformer layers of width 96, 3 heads",
+    stem="efficientnet_lite0_fast",
+    patch_size=4,
+    embed_dim=96,
+    depth=2,
+    num_heads=3,
+)
+register_preset(
     "mlcak-student-conv6-patch4",
     "cxrdistill-student-vit",
     "the small-grid student: the same 6 layers of width 96 and 3 heads, patch 4 (a 7 x 7 token grid at 28 px, "

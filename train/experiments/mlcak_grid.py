@@ -53,6 +53,7 @@ GRIDS = {
     "-tiny-fm": "tiny, function matching: online teacher, mixup (alpha 1.0) on the shared views, 40 epochs",
     "-hybrid-lite0": "hybrid: ImageNet Lite0 stages to stride 16, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-small": "hybrid small: ImageNet Lite0 stages to stride 8, 7 x 7 tokens, 2 layers x 96",
+    "-hybrid-lite0-fast": "hybrid fast: the small hybrid's stages, the stride kept in the stem (14 x 14 first stages)",
     "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
     "-hybrid-lite0-mix": "hybrid, online teacher, mixup (alpha 0.4) on the shared views, 30 epochs",
     "-hybrid-lite0-xfer": "hybrid, plus the other dataset's training films unlabelled (distillation terms only)",
@@ -64,7 +65,7 @@ ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4", "-hybrid-lite0-xfer": "-hybrid-lite0"
 PLAIN_ALONE = {"-tiny-fm": "-tiny"}
 RUN_NAME = re.compile(
     r"student-(\d+)-(none|logits|attention|all)"
-    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny-fm|-tiny|-hybrid-lite0-small|-hybrid-lite0-k16|-hybrid-lite0-mix"
+    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny-fm|-tiny|-hybrid-lite0-small|-hybrid-lite0-fast|-hybrid-lite0-k16|-hybrid-lite0-mix"
     r"|-hybrid-lite0-xfer|-hybrid-lite0)?"
     r"(?:-s(\d+))?$"
 )

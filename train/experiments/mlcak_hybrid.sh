@@ -25,6 +25,15 @@
 # holds against the released tiny student's grid mean there (augmented copies, MLCAK: 0.890): a hybrid preset
 # replaces models/nih1024-student-28 only if its MLCAK seed mean beats 0.890 and the floor holds; the seed-0 MLCAK
 # run is the one released, on either dataset.
+#
+# Fifth round, written before its runs: the fast hybrid (mlcak-student-hybrid-lite0-fast: the small hybrid's stages
+# with the stem's ImageNet stride kept and blocks[1]'s dropped, so its first stages run at 14 x 14), seeds 0-2, all four
+# ablations, on both datasets. Timed before the grid (served, random weights, an interleaved loop of 6 rounds on the
+# idle CPU): 1.41-1.47 ms at batch 1 and 60-72x the served teacher's batch-64 throughput, against 1.51-1.67 ms and
+# 50-59x for the small hybrid in the same loop. The same rule decides, read from the served torch figures of the first
+# bench_mlcak.py run on the idle machine after the grid: the fast preset's seed-0 MLCAK run replaces
+# models/mlcak-student-28 if its MLCAK three-seed mean beats 0.759 (TBX11K) and models/nih1024-student-28 if it beats
+# 0.890 (NIH-1024), each only if batch-1 < 2 ms and >= 50x the teacher's batch-64 throughput.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
