@@ -357,9 +357,9 @@ def test_the_released_models_name_their_presets():
 
     expected = {
         "mlcak-teacher-224": "mlcak-teacher-hybrid-lite0",
-        "mlcak-student-28": "mlcak-student-tiny-patch4",
+        "mlcak-student-28": "mlcak-student-hybrid-lite0-fast",
         "nih1024-teacher-224": "mlcak-teacher-hybrid-lite0",
-        "nih1024-student-28": "mlcak-student-tiny-patch4",
+        "nih1024-student-28": "mlcak-student-hybrid-lite0-fast",
         "tb-teacher-224": "tb-efficientnet-lite0",
         "tb-student-28": "tb-efficientnet-lite0-lowres",
     }

@@ -50,7 +50,7 @@ RELEASE_FAMILIES = {
         "Pneumonia (NIH ChestX-ray14, 512-px films)",
         ("nih1024-student-28", "nih1024-student-56", "nih1024-student-112"),
         "nih1024-teacher-224",
-        answer="nih1024-teacher-224",
+        answer="nih1024-student-28",
     ),
 }
 APP_MODELS = tuple(dict.fromkeys(name for family in RELEASE_FAMILIES.values() for name in family.folders))
