@@ -54,18 +54,23 @@ GRIDS = {
     "-hybrid-lite0": "hybrid: ImageNet Lite0 stages to stride 16, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-small": "hybrid small: ImageNet Lite0 stages to stride 8, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-fast": "hybrid fast: the small hybrid's stages, the stride kept in the stem (14 x 14 first stages)",
+    "-hybrid-lite0-fast-a5": "hybrid fast, logits terms weighted 5x (alpha = beta = 5)",
     "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
     "-hybrid-lite0-mix": "hybrid, online teacher, mixup (alpha 0.4) on the shared views, 30 epochs",
     "-hybrid-lite0-xfer": "hybrid, plus the other dataset's training films unlabelled (distillation terms only)",
 }
 # a grid whose student alone is another grid's (only loss weights or unlabelled films differ)
-ALONE_OF = {"-tiny-aug4-a5": "-tiny-aug4", "-hybrid-lite0-xfer": "-hybrid-lite0"}
+ALONE_OF = {
+    "-tiny-aug4-a5": "-tiny-aug4",
+    "-hybrid-lite0-xfer": "-hybrid-lite0",
+    "-hybrid-lite0-fast-a5": "-hybrid-lite0-fast",
+}
 # a grid whose own student alone trains on other views (mixup, augmentation) than the plain grid's: its
 # distillation rows are also paired with the plain grid's student alone (the stronger baseline counts)
 PLAIN_ALONE = {"-tiny-fm": "-tiny"}
 RUN_NAME = re.compile(
     r"student-(\d+)-(none|logits|attention|all)"
-    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny-fm|-tiny|-hybrid-lite0-small|-hybrid-lite0-fast|-hybrid-lite0-k16|-hybrid-lite0-mix"
+    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny-fm|-tiny|-hybrid-lite0-small|-hybrid-lite0-fast-a5|-hybrid-lite0-fast|-hybrid-lite0-k16|-hybrid-lite0-mix"
     r"|-hybrid-lite0-xfer|-hybrid-lite0)?"
     r"(?:-s(\d+))?$"
 )

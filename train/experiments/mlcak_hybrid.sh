@@ -34,6 +34,12 @@
 # bench_mlcak.py run on the idle machine after the grid: the fast preset's seed-0 MLCAK run replaces
 # models/mlcak-student-28 if its MLCAK three-seed mean beats 0.759 (TBX11K) and models/nih1024-student-28 if it beats
 # 0.890 (NIH-1024), each only if batch-1 < 2 ms and >= 50x the teacher's batch-64 throughput.
+# Outcome: TBX11K 0.813, NIH-1024 0.945, floor held (1.74 ms, 55.1x): both released (docs/mlcak_hybrid.md).
+#
+# Sixth round, written before its runs: the logits terms weighted 5x (LOGIT_WEIGHT=5: alpha = beta = 5, run names
+# ending in -a5), the fast hybrid on TBX11K, MLCAK, seeds 0-2, read against the fifth round's student alone. It
+# replaces the released models/mlcak-student-28 (seed 0) only if its three-seed mean beats the fifth round's MLCAK
+# mean (0.813) by at least 0.01.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
@@ -44,6 +50,7 @@ COPIES=${COPIES:-0}
 MIXUP=${MIXUP:-0}
 TRANSFER=${TRANSFER:-}
 TRANSFER_ROOT=${TRANSFER_ROOT:-../shared/data/$TRANSFER}
+LOGIT_WEIGHT=${LOGIT_WEIGHT:-1}
 read -r -a SEED_LIST <<< "${SEEDS:-0}"
 read -r -a ABLATION_LIST <<< "${ABLATIONS:-none all}"
 mkdir -p runs/eval
@@ -54,12 +61,15 @@ for preset in "$@"; do
             [ "$COPIES" != 0 ] && name="$name-k$COPIES"
             [ "$MIXUP" != 0 ] && name="$name-mix"
             [ -n "$TRANSFER" ] && [ "$ablation" != none ] && name="$name-xfer"
+            [ "$LOGIT_WEIGHT" != 1 ] && [ "$ablation" != none ] && name="$name-a$LOGIT_WEIGHT"
             [ "$seed" != 0 ] && name="$name-s$seed"
             teacher_args=()
             [ "$ablation" != none ] && teacher_args=(--teacher "$TEACHER")
             [ "$MIXUP" != 0 ] && teacher_args+=(--teacher-mode online --mixup-alpha "$MIXUP")
             [ -n "$TRANSFER" ] && [ "$ablation" != none ] && \
                 teacher_args+=(--transfer-dataset "$TRANSFER" --transfer-root "$TRANSFER_ROOT")
+            [ "$LOGIT_WEIGHT" != 1 ] && [ "$ablation" != none ] && \
+                teacher_args+=(--alpha "$LOGIT_WEIGHT" --beta "$LOGIT_WEIGHT")
             if [ ! -f "runs/$name/best/model.safetensors" ]; then
                 start=$SECONDS
                 python train/distill_student.py --dataset "$DATASET" --root "$ROOT" --image-size 28 --preset "$preset" \
