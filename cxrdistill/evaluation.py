@@ -267,6 +267,7 @@ def classification_metrics(
                 p["local_targets"][known[:, k], k], p["local_probs"][known[:, k], k], local_thresholds[k]
             )
             for k, label in enumerate(local_labels)
+            if local_thresholds[k] is not None  # a finding the release does not call has no threshold
         }
     return metrics
 

@@ -295,6 +295,16 @@ def test_evaluate_cli_reports_and_calibrates(teacher_folder, tiny_tbx11k, tmp_pa
     assert set(report["localisation"]) == maps | combined | {"location prior (no model)"}
     calibrated = TeacherViT.from_pretrained(tmp_path / "calibrated")
     assert calibrated.config.global_thresholds is not None and len(calibrated.config.local_thresholds) == 3
+    # a released model leaves the findings it does not call without a threshold: evaluate reports the others
+    config_path = tmp_path / "calibrated" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["local_thresholds"][1] = None
+    config_path.write_text(json.dumps(config))
+    again = tmp_path / "again.json"
+    common = ["--dataset", "tbx11k", "--root", str(tiny_tbx11k), "--val-fraction", "0.3", "--bootstrap", "20"]
+    assert evaluate.main(["--model", str(tmp_path / "calibrated"), *common, "--json", str(again)]) == 0
+    labels = calibrated.config.local_labels
+    assert set(json.loads(again.read_text())["local_operating_points"]) == {labels[0], labels[2]}
 
 
 def test_tb_localisation_script_teacher_then_student(tiny_tbx11k, tmp_path):
