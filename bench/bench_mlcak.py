@@ -92,7 +92,7 @@ ARCHITECTURES = {
         "28-hybrid-lite0-small:all",
     ),
     "student-28 hybrid fast (the small stages, 14 x 14 first stages, 7 x 7 tokens, 2 x 96)": (
-        None,
+        "nih1024-student-28",
         StudentViT,
         StudentViTConfig,
         "mlcak-student-hybrid-lite0-fast",
