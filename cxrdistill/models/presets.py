@@ -159,6 +159,17 @@ register_preset(
     num_heads=3,
 )
 register_preset(
+    "mlcak-student-hybrid-lite0-deep4",
+    "cxrdistill-student-vit",
+    "a deeper fast hybrid: ImageNet EfficientNet-Lite0 up to its stride-16 stage (112 channels) with only blocks[1]'s "
+    "stride dropped (4 x 4 tokens at 28 px), then 2 transformer layers of width 96, 3 heads",
+    stem="efficientnet_lite0_deepfast",
+    patch_size=7,
+    embed_dim=96,
+    depth=2,
+    num_heads=3,
+)
+register_preset(
     "mlcak-student-conv6-patch4",
     "cxrdistill-student-vit",
     "the small-grid student: the same 6 layers of width 96 and 3 heads, patch 4 (a 7 x 7 token grid at 28 px, "

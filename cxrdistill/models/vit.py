@@ -198,6 +198,17 @@ class EfficientNetFastStemPatchEmbed(EfficientNetSmallStemPatchEmbed):
         reducing.stride = (1, 1)
 
 
+class EfficientNetDeepFastStemPatchEmbed(EfficientNetStemPatchEmbed):
+    """EfficientNet-Lite0 up to its stride-16 stage (``blocks[4]``: 112 channels) with only ``blocks[1]``'s stride
+    dropped (8x instead of 16x): a 28-px film gives a 4 x 4 grid of the deeper features, for a third of the tokens of
+    the other low-resolution stems. ``patch_size`` must be 7 (28 / 4)."""
+
+    stride = 7
+
+    def adapt(self, cnn: nn.Module) -> None:
+        EfficientNetFastStemPatchEmbed.adapt(self, cnn)
+
+
 _STEMS = {
     "patch": PatchEmbed,
     "conv": ConvStemPatchEmbed,
@@ -205,6 +216,7 @@ _STEMS = {
     "efficientnet_lite0_lowres": EfficientNetLowresStemPatchEmbed,
     "efficientnet_lite0_small": EfficientNetSmallStemPatchEmbed,
     "efficientnet_lite0_fast": EfficientNetFastStemPatchEmbed,
+    "efficientnet_lite0_deepfast": EfficientNetDeepFastStemPatchEmbed,
 }
 
 

@@ -54,6 +54,7 @@ GRIDS = {
     "-hybrid-lite0": "hybrid: ImageNet Lite0 stages to stride 16, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-small": "hybrid small: ImageNet Lite0 stages to stride 8, 7 x 7 tokens, 2 layers x 96",
     "-hybrid-lite0-fast": "hybrid fast: the small hybrid's stages, the stride kept in the stem (14 x 14 first stages)",
+    "-hybrid-lite0-deep4": "hybrid deep fast: Lite0 stages to stride 16, only blocks[1]'s stride dropped, 4 x 4 tokens",
     "-hybrid-lite0-fast-a5": "hybrid fast, logits terms weighted 5x (alpha = beta = 5)",
     "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
     "-hybrid-lite0-mix": "hybrid, online teacher, mixup (alpha 0.4) on the shared views, 30 epochs",
@@ -63,6 +64,7 @@ GRIDS = {
 ALONE_OF = {
     "-tiny-aug4-a5": "-tiny-aug4",
     "-hybrid-lite0-xfer": "-hybrid-lite0",
+    "-hybrid-lite0-deep4": "hybrid deep fast: Lite0 stages to stride 16, only blocks[1]'s stride dropped, 4 x 4 tokens",
     "-hybrid-lite0-fast-a5": "-hybrid-lite0-fast",
 }
 # a grid whose own student alone trains on other views (mixup, augmentation) than the plain grid's: its
@@ -70,7 +72,7 @@ ALONE_OF = {
 PLAIN_ALONE = {"-tiny-fm": "-tiny"}
 RUN_NAME = re.compile(
     r"student-(\d+)-(none|logits|attention|all)"
-    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny-fm|-tiny|-hybrid-lite0-small|-hybrid-lite0-fast-a5|-hybrid-lite0-fast|-hybrid-lite0-k16|-hybrid-lite0-mix"
+    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny-fm|-tiny|-hybrid-lite0-small|-hybrid-lite0-deep4|-hybrid-lite0-fast-a5|-hybrid-lite0-fast|-hybrid-lite0-k16|-hybrid-lite0-mix"
     r"|-hybrid-lite0-xfer|-hybrid-lite0)?"
     r"(?:-s(\d+))?$"
 )

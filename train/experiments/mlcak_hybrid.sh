@@ -39,7 +39,12 @@
 # Sixth round, written before its runs: the logits terms weighted 5x (LOGIT_WEIGHT=5: alpha = beta = 5, run names
 # ending in -a5), the fast hybrid on TBX11K, MLCAK, seeds 0-2, read against the fifth round's student alone. It
 # replaces the released models/mlcak-student-28 (seed 0) only if its three-seed mean beats the fifth round's MLCAK
-# mean (0.813) by at least 0.01.
+# mean (0.813) by at least 0.01. Outcome: 0.814, not released.
+#
+# Pilot, written before its runs: the deeper fast hybrid (mlcak-student-hybrid-lite0-deep4: Lite0 to its stride-16
+# stage, only blocks[1]'s stride dropped, 4 x 4 tokens; 2.02 ms at batch 1 and 63x in an ad-hoc loop where the fast
+# hybrid took 1.33 ms, so it sits at the floor), TBX11K, seed 0, alone and MLCAK. It releases nothing; a three-seed
+# grid (and work on its batch-1 time) follows only if either run reaches 0.848, within 0.03 of the teacher.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
