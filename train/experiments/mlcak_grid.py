@@ -64,7 +64,6 @@ GRIDS = {
 ALONE_OF = {
     "-tiny-aug4-a5": "-tiny-aug4",
     "-hybrid-lite0-xfer": "-hybrid-lite0",
-    "-hybrid-lite0-deep4": "hybrid deep fast: Lite0 stages to stride 16, only blocks[1]'s stride dropped, 4 x 4 tokens",
     "-hybrid-lite0-fast-a5": "-hybrid-lite0-fast",
 }
 # a grid whose own student alone trains on other views (mixup, augmentation) than the plain grid's: its
