@@ -46,6 +46,12 @@
 # hybrid took 1.33 ms, so it sits at the floor), TBX11K, seed 0, alone and MLCAK. It releases nothing; a three-seed
 # grid (and work on its batch-1 time) follows only if either run reaches 0.848, within 0.03 of the teacher.
 # Outcome: alone 0.800, MLCAK 0.808; no grid.
+#
+# Seventh round, written before its runs: patient distillation for the fast hybrid on TBX11K: COPIES=16 EPOCHS=4
+# (16 fixed augmented views of each film, the teacher cached on exactly those views, 64 passes), alone and MLCAK,
+# seeds 0-2; MLCAK - alone is read against both the same-views alone and the fifth round's plain alone (the stronger
+# counts). It replaces the released models/mlcak-student-28 (seed 0) only if its MLCAK three-seed mean beats the
+# fifth round's (0.813) by at least 0.01.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
