@@ -718,3 +718,17 @@ def test_lung_crop_trains_and_evaluates_on_the_cropped_films(tiny_tbx11k, tmp_pa
     for script in (train_teacher, distill_student):
         with pytest.raises(SystemExit, match=r"--lung-crop is for train/tb_localize\.py"):
             script.parse(["--lung-crop", str(lungs)])
+
+
+def test_mlcak_grid_reads_every_grid_back_from_its_run_names():
+    """Each grid suffix (some are prefixes of others: -tiny, -tiny-aug4, -tiny-aug4-a5) parses back from a run name,
+    with or without a seed, so no run is filed under the wrong grid's row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlcak_grid", REPO_ROOT / "train" / "experiments" / "mlcak_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    for suffix in grid.GRIDS:
+        for seed, name_seed in ((None, ""), ("2", "-s2")):
+            match = grid.RUN_NAME.search(f"tbx11k-student-28-all{suffix}{name_seed}")
+            assert match is not None and match.groups() == ("28", "all", suffix or None, seed), suffix

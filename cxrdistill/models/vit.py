@@ -157,6 +157,15 @@ class EfficientNetStemPatchEmbed(PatchEmbed):
         return origin
 
 
+def _drop_blocks1_stride(cnn: nn.Module) -> None:
+    """Halve an EfficientNet's reduction by making ``blocks[1]`` (its first stride-2 stage after the stem) keep the
+    resolution: the low-resolution hybrid stems drop this stride, the stem's, or both."""
+    reducing = cnn.blocks[1][0].conv_dw
+    if reducing.stride != (2, 2):
+        raise ValueError("the EfficientNet's blocks[1] does not start with a stride-2 depthwise convolution")
+    reducing.stride = (1, 1)
+
+
 class EfficientNetLowresStemPatchEmbed(EfficientNetStemPatchEmbed):
     """The hybrid stem for low-resolution students: the same ImageNet EfficientNet-Lite0 stages, with the strides
     the CNN TB student also drops (the stem's and ``blocks[1]``'s: 4x instead of 16x), so a 28-px film gives a
@@ -166,10 +175,7 @@ class EfficientNetLowresStemPatchEmbed(EfficientNetStemPatchEmbed):
 
     def adapt(self, cnn: nn.Module) -> None:
         cnn.conv_stem.stride = (1, 1)
-        reducing = cnn.blocks[1][0].conv_dw
-        if reducing.stride != (2, 2):
-            raise ValueError("the EfficientNet's blocks[1] does not start with a stride-2 depthwise convolution")
-        reducing.stride = (1, 1)
+        _drop_blocks1_stride(cnn)
 
 
 class EfficientNetSmallStemPatchEmbed(EfficientNetStemPatchEmbed):
@@ -192,10 +198,7 @@ class EfficientNetFastStemPatchEmbed(EfficientNetSmallStemPatchEmbed):
     fastest of the three. ``patch_size`` must be 4."""
 
     def adapt(self, cnn: nn.Module) -> None:
-        reducing = cnn.blocks[1][0].conv_dw
-        if reducing.stride != (2, 2):
-            raise ValueError("the EfficientNet's blocks[1] does not start with a stride-2 depthwise convolution")
-        reducing.stride = (1, 1)
+        _drop_blocks1_stride(cnn)
 
 
 class EfficientNetDeepFastStemPatchEmbed(EfficientNetStemPatchEmbed):
@@ -206,7 +209,7 @@ class EfficientNetDeepFastStemPatchEmbed(EfficientNetStemPatchEmbed):
     stride = 7
 
     def adapt(self, cnn: nn.Module) -> None:
-        EfficientNetFastStemPatchEmbed.adapt(self, cnn)
+        _drop_blocks1_stride(cnn)
 
 
 _STEMS = {
@@ -236,7 +239,8 @@ class ViTConfig(ModelConfig):
             :class:`EfficientNetLowresStemPatchEmbed`; patch 4: 7 x 7 tokens at 28 px) or
             ``"efficientnet_lite0_small"`` (its first stages only, :class:`EfficientNetSmallStemPatchEmbed`) or
             ``"efficientnet_lite0_fast"`` (the same stages with the reduction placed later,
-            :class:`EfficientNetFastStemPatchEmbed`).
+            :class:`EfficientNetFastStemPatchEmbed`) or ``"efficientnet_lite0_deepfast"`` (the stages to stride 16
+            with only ``blocks[1]``'s stride dropped, :class:`EfficientNetDeepFastStemPatchEmbed`; patch 7).
         patch_size, embed_dim, depth, num_heads, mlp_ratio: the transformer, passed to timm.
         drop_rate, drop_path_rate: dropout on the pooled features and stochastic depth.
     """

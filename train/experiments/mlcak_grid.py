@@ -70,10 +70,10 @@ ALONE_OF = {
 # a grid whose own student alone trains on other views (mixup, augmentation) than the plain grid's: its
 # distillation rows are also paired with the plain grid's student alone (the stronger baseline counts)
 PLAIN_ALONE = {"-tiny-fm": "-tiny", "-hybrid-lite0-fast-k16": "-hybrid-lite0-fast"}
+# a run's name: size, ablation, grid (one of GRIDS' suffixes, built from them so a new grid needs no second edit), seed
 RUN_NAME = re.compile(
     r"student-(\d+)-(none|logits|attention|all)"
-    r"(-p4|-tiny-aug4-a5|-tiny-aug4|-tiny-fm|-tiny|-hybrid-lite0-small|-hybrid-lite0-deep4|-hybrid-lite0-fast-a5|-hybrid-lite0-fast-k16|-hybrid-lite0-fast|-hybrid-lite0-k16|-hybrid-lite0-mix"
-    r"|-hybrid-lite0-xfer|-hybrid-lite0)?"
+    f"({'|'.join(re.escape(suffix) for suffix in sorted(filter(None, GRIDS), key=len, reverse=True))})?"
     r"(?:-s(\d+))?$"
 )
 
