@@ -53,6 +53,14 @@
 # counts). It replaces the released models/mlcak-student-28 (seed 0) only if its MLCAK three-seed mean beats the
 # fifth round's (0.813) by at least 0.01.
 # Outcome: MLCAK 0.843 (alone on the same views 0.854): released (seed 0).
+#
+# Eighth round, written before its runs: patient distillation with unlabelled transfer films: COPIES=16 EPOCHS=4
+# TRANSFER=nih1024, the fast hybrid on TBX11K, MLCAK only (the student alone cannot use unlabelled films), seeds 0-2,
+# names ending in -k16-xfer. NIH-1024's 625 training films join the 665 TB films with their own 16 fixed views and
+# carry only the distillation terms. MLCAK - alone is read against the seventh round's alone on the same 16 views of
+# the TB films (0.854) and against the plain alone (0.803); the stronger baseline counts. It replaces the released
+# models/mlcak-student-28 (seed 0) only if its three-seed mean beats the seventh round's MLCAK mean (0.843) by at least
+# 0.01 and its seed 0 is float16-released under the same floor (the architecture is unchanged, so the floor is not re-run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
