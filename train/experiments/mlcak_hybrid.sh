@@ -61,6 +61,12 @@
 # the TB films (0.854) and against the plain alone (0.803); the stronger baseline counts. It replaces the released
 # models/mlcak-student-28 (seed 0) only if its three-seed mean beats the seventh round's MLCAK mean (0.843) by at least
 # 0.01 and its seed 0 is float16-released under the same floor (the architecture is unchanged, so the floor is not re-run).
+#
+# Ninth round, written before its runs: patient distillation on NIH-1024 (DATASET=nih1024
+# TEACHER=models/nih1024-teacher-224 COPIES=16 EPOCHS=4), the fast hybrid, alone and MLCAK, seeds 0-2. MLCAK - alone is
+# read against the same-views alone and the fifth round's plain alone (the stronger counts), on the pneumonia AUROC. It
+# replaces the released models/nih1024-student-28 (seed 0) only if its MLCAK three-seed mean beats the fifth round's
+# NIH-1024 MLCAK mean (0.945) by at least 0.01.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
