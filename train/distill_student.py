@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from cxrdistill.distill import (
     MLCAKDistiller,
@@ -162,7 +163,14 @@ def main(argv=None) -> dict:
         teacher_views = views_for(base_size, (), copies > 0)
         plain = accelerator.prepare(make_loader(train_set, config.data, teacher_views, 64, Sampling(**copies_of)))
         teacher.to(accelerator.device)
-        batches = ((b["index"], b["views"][base_size]) for b in plain)
+        # the teacher's pass is the slow part of a cached run (minutes on the CPU): show it
+        batches = tqdm(
+            ((b["index"], b["views"][base_size]) for b in plain),
+            total=len(plain),
+            desc="caching the teacher",
+            unit="batch",
+            disable=not accelerator.is_main_process,
+        )
         items = len(train_set) * max(copies, 1)
         distiller.use_cache(cache_teacher_outputs(distiller, batches, items, gather=accelerator.gather))
         cache_seconds = time.perf_counter() - start
