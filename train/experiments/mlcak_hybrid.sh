@@ -61,6 +61,7 @@
 # the TB films (0.854) and against the plain alone (0.803); the stronger baseline counts. It replaces the released
 # models/mlcak-student-28 (seed 0) only if its three-seed mean beats the seventh round's MLCAK mean (0.843) by at least
 # 0.01 and its seed 0 is float16-released under the same floor (the architecture is unchanged, so the floor is not re-run).
+# Outcome: 0.844 (same-views alone re-run: 0.859; MLCAK - alone -0.015): not released.
 #
 # Ninth round, written before its runs: patient distillation on NIH-1024 (DATASET=nih1024
 # TEACHER=models/nih1024-teacher-224 COPIES=16 EPOCHS=4), the fast hybrid, alone and MLCAK, seeds 0-2. MLCAK - alone is
