@@ -68,6 +68,7 @@
 # read against the same-views alone and the fifth round's plain alone (the stronger counts), on the pneumonia AUROC. It
 # replaces the released models/nih1024-student-28 (seed 0) only if its MLCAK three-seed mean beats the fifth round's
 # NIH-1024 MLCAK mean (0.945) by at least 0.01.
+# Outcome: 0.932 (same-views alone 0.926, plain alone re-run 0.952; MLCAK - alone -0.020 against the plain): not released.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
