@@ -56,6 +56,7 @@ GRIDS = {
     "-hybrid-lite0-fast": "hybrid fast: the small hybrid's stages, the stride kept in the stem (14 x 14 first stages)",
     "-hybrid-lite0-deep4": "hybrid deep fast: Lite0 stages to stride 16, only blocks[1]'s stride dropped, 4 x 4 tokens",
     "-hybrid-lite0-fast-a5": "hybrid fast, logits terms weighted 5x (alpha = beta = 5)",
+    "-hybrid-lite0-fast-t16": "hybrid fast, distilled from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16": "hybrid fast, 16 fixed augmented copies (teacher cached on them), 64 passes",
     "-hybrid-lite0-fast-k16-xfer": "hybrid fast, 16 copies, plus the other dataset's films unlabelled (16 copies each)",
     "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
@@ -67,6 +68,7 @@ ALONE_OF = {
     "-tiny-aug4-a5": "-tiny-aug4",
     "-hybrid-lite0-xfer": "-hybrid-lite0",
     "-hybrid-lite0-fast-a5": "-hybrid-lite0-fast",
+    "-hybrid-lite0-fast-t16": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-xfer": "-hybrid-lite0-fast-k16",
 }
 # a grid whose own student alone trains on other views (mixup, augmentation) than the plain grid's: its
