@@ -732,3 +732,45 @@ def test_mlcak_grid_reads_every_grid_back_from_its_run_names():
         for seed, name_seed in ((None, ""), ("2", "-s2")):
             match = grid.RUN_NAME.search(f"tbx11k-student-28-all{suffix}{name_seed}")
             assert match is not None and match.groups() == ("28", "all", suffix or None, seed), suffix
+
+
+def test_mlcak_grid_pairs_a_retrained_teacher_with_the_released_one():
+    """--released-teacher: the released teacher gets its own row, and the retrained teacher minus it is the
+    difference of their AUROCs on the same films (not, say, the released teacher scored against itself)."""
+    import importlib.util
+
+    from sklearn.metrics import roc_auc_score
+
+    spec = importlib.util.spec_from_file_location("mlcak_grid", REPO_ROOT / "train" / "experiments" / "mlcak_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    rng = np.random.default_rng(0)
+    n = 60
+    positive = (np.arange(n) % 3 == 0).astype(float)
+    local = rng.integers(0, 2, (n, 3)).astype(float)
+    reference = {
+        "global_targets": np.stack([1 - positive, positive], 1),
+        "local_targets": local,
+        "local_mask": np.ones((n, 3)),
+        "source": np.array(["nih"] * n),
+        "id": np.arange(n),
+    }
+
+    def predictions(noise: float) -> dict:
+        score = np.clip(positive + noise * rng.normal(size=n), 0, None)
+        return {
+            "id": np.arange(n),
+            "global_probs": np.stack([1 - score / score.max(), score / score.max()], 1),
+            "local_probs": np.clip(local + noise * rng.normal(size=(n, 3)), 0, None),
+        }
+
+    preds = {"teacher": predictions(0.4), "released": predictions(1.5), "student": predictions(0.8)}
+    scorer = grid.Scorer("nih1024", reference, min_positives=5)
+    students = [{"run": "student", "size": 28, "ablation": "all", "grid": "-hybrid-lite0-fast-t16", "seed": 0}]
+    summary = grid.summarise(scorer, preds, students, teacher=True, samples=50, released=True)
+    auroc = {name: roc_auc_score(positive, p["global_probs"][:, 1]) for name, p in preds.items()}
+    assert summary["released_teacher"]["auroc"] == pytest.approx(auroc["released"])
+    assert summary["teacher_minus_released"]["difference"] == pytest.approx(auroc["teacher"] - auroc["released"])
+    assert auroc["teacher"] - auroc["released"] > 0.05
+    assert "released teacher (teacher minus it: +" in grid.markdown(summary, "pneumonia AUROC", True)
+    assert "released_teacher" not in grid.summarise(scorer, preds, students, teacher=True, samples=50)

@@ -182,8 +182,11 @@ def bootstrap(statistic, arrays: list[np.ndarray], samples: int, seed: int = 0) 
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else [math.nan] * 2
 
 
-def summarise(scorer: Scorer, preds: dict[str, dict], students: list[dict], teacher: bool, samples: int) -> dict:
-    """Cells (size, grid, ablation) with per-seed and seed-mean AUROCs, and the paired differences."""
+def summarise(
+    scorer: Scorer, preds: dict[str, dict], students: list[dict], teacher: bool, samples: int, released: bool = False
+) -> dict:
+    """Cells (size, grid, ablation) with per-seed and seed-mean AUROCs, and the paired differences; with
+    ``released`` (predictions under ``"released"``), that other teacher's row and the teacher minus it, paired."""
     headline = {name: scorer.scores(p)[0] for name, p in preds.items()}
     findings = {name: scorer.scores(p)[1] for name, p in preds.items()}
     t, lt, lm = scorer.targets, scorer.local_targets, scorer.local_mask
@@ -252,6 +255,10 @@ def summarise(scorer: Scorer, preds: dict[str, dict], students: list[dict], teac
     out = {"cells": dict(sorted(cells.items(), key=lambda kv: _order(kv[1])))}
     if teacher:
         out["teacher"] = seed_mean(["teacher"])
+    if released:
+        out["released_teacher"] = seed_mean(["released"])
+        if teacher:
+            out["teacher_minus_released"] = paired(["teacher"], ["released"])
     return out
 
 
@@ -282,6 +289,15 @@ def markdown(summary: dict, metric_name: str, has_findings: bool) -> str:
         t = summary["teacher"]
         row = f"| hybrid teacher | 224 | 14 x 14 | 1 | {t['auroc']:.3f}{_ci(t['auroc_ci95'])} | - | - | - |"
         row += " - |" if plain else ""
+        if has_findings:
+            row += f" {t['findings_macro_auroc']:.3f}{_ci(t['findings_macro_auroc_ci95'])} | - |"
+        lines.append(row)
+    if "released_teacher" in summary:
+        t = summary["released_teacher"]
+        versus = _signed(summary.get("teacher_minus_released"))
+        row = f"| released teacher (teacher minus it: {versus}) | 224 | 14 x 14 | 1 | "
+        row += f"{t['auroc']:.3f}{_ci(t['auroc_ci95'])}"
+        row += " | - | - | - |" + (" - |" if plain else "")
         if has_findings:
             row += f" {t['findings_macro_auroc']:.3f}{_ci(t['findings_macro_auroc_ci95'])} | - |"
         lines.append(row)
@@ -354,6 +370,12 @@ def main(argv=None) -> dict:
         "--teacher", type=Path, help="the teacher's model folder (default: runs/PREFIX-hybrid-teacher/best)"
     )
     parser.add_argument(
+        "--released-teacher",
+        type=Path,
+        help="another teacher (the released folder, when --teacher is a retrained one): its row, and the teacher "
+        "minus it paired over the same films",
+    )
+    parser.add_argument(
         "--plot-grid", default="", choices=sorted(GRIDS), help="which students the resolution plot draws (suffix)"
     )
     parser.add_argument("--min-positives", type=int, default=10, help="findings with fewer are left out")
@@ -378,9 +400,11 @@ def main(argv=None) -> dict:
     }
     if teacher is not None:
         preds["teacher"] = predictions_for(teacher, f"{args.prefix}-teacher", validation, cache)
+    if args.released_teacher is not None:
+        preds["released"] = predictions_for(args.released_teacher, f"{args.prefix}-released-teacher", validation, cache)
     reference = next(iter(preds.values()))
     scorer = Scorer(args.dataset, reference, args.min_positives)
-    summary = summarise(scorer, preds, students, teacher is not None, args.bootstrap)
+    summary = summarise(scorer, preds, students, teacher is not None, args.bootstrap, args.released_teacher is not None)
     from cxrdistill.data.registry import dataset_entry
 
     labels = list(json.loads((args.runs / students[0]["run"] / "best" / "config.json").read_text())["local_labels"])
