@@ -57,6 +57,7 @@ GRIDS = {
     "-hybrid-lite0-deep4": "hybrid deep fast: Lite0 stages to stride 16, only blocks[1]'s stride dropped, 4 x 4 tokens",
     "-hybrid-lite0-fast-a5": "hybrid fast, logits terms weighted 5x (alpha = beta = 5)",
     "-hybrid-lite0-fast-t16": "hybrid fast, distilled from the teacher retrained for 16 epochs",
+    "-hybrid-lite0-fast-k16-t16": "hybrid fast, 16 copies, distilled from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16": "hybrid fast, 16 fixed augmented copies (teacher cached on them), 64 passes",
     "-hybrid-lite0-fast-k16-xfer": "hybrid fast, 16 copies, plus the other dataset's films unlabelled (16 copies each)",
     "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
@@ -69,6 +70,7 @@ ALONE_OF = {
     "-hybrid-lite0-xfer": "-hybrid-lite0",
     "-hybrid-lite0-fast-a5": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-t16": "-hybrid-lite0-fast",
+    "-hybrid-lite0-fast-k16-t16": "-hybrid-lite0-fast-k16",
     "-hybrid-lite0-fast-k16-xfer": "-hybrid-lite0-fast-k16",
 }
 # a grid whose own student alone trains on other views (mixup, augmentation) than the plain grid's: its
@@ -77,6 +79,7 @@ PLAIN_ALONE = {
     "-tiny-fm": "-tiny",
     "-hybrid-lite0-fast-k16": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-xfer": "-hybrid-lite0-fast",
+    "-hybrid-lite0-fast-k16-t16": "-hybrid-lite0-fast",
 }
 # a run's name: size, ablation, grid (one of GRIDS' suffixes, built from them so a new grid needs no second edit), seed
 RUN_NAME = re.compile(
