@@ -58,6 +58,8 @@ GRIDS = {
     "-hybrid-lite0-fast-a5": "hybrid fast, logits terms weighted 5x (alpha = beta = 5)",
     "-hybrid-lite0-fast-t16": "hybrid fast, distilled from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16-t16": "hybrid fast, 16 copies, distilled from the teacher retrained for 16 epochs",
+    "-hybrid-lite0-fast-k16-e8": "hybrid fast, 16 copies, 8 epochs over them (128 passes)",
+    "-hybrid-lite0-fast-k16-e8-t16": "hybrid fast, 16 copies, 128 passes, from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16": "hybrid fast, 16 fixed augmented copies (teacher cached on them), 64 passes",
     "-hybrid-lite0-fast-k16-xfer": "hybrid fast, 16 copies, plus the other dataset's films unlabelled (16 copies each)",
     "-hybrid-lite0-k16": "hybrid, 16 fixed augmented copies (teacher cached on them), 64 passes",
@@ -71,6 +73,7 @@ ALONE_OF = {
     "-hybrid-lite0-fast-a5": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-t16": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-t16": "-hybrid-lite0-fast-k16",
+    "-hybrid-lite0-fast-k16-e8-t16": "-hybrid-lite0-fast-k16-e8",
     "-hybrid-lite0-fast-k16-xfer": "-hybrid-lite0-fast-k16",
 }
 # a grid whose own student alone trains on other views (mixup, augmentation) than the plain grid's: its
