@@ -291,19 +291,16 @@ def markdown(summary: dict, metric_name: str, has_findings: bool) -> str:
     if has_findings:
         head += " findings macro AUROC | findings: minus alone |"
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
-    if "teacher" in summary:
-        t = summary["teacher"]
-        row = f"| hybrid teacher | 224 | 14 x 14 | 1 | {t['auroc']:.3f}{_ci(t['auroc_ci95'])} | - | - | - |"
-        row += " - |" if plain else ""
-        if has_findings:
-            row += f" {t['findings_macro_auroc']:.3f}{_ci(t['findings_macro_auroc_ci95'])} | - |"
-        lines.append(row)
+    teachers = [("teacher", "hybrid teacher")]
     if "released_teacher" in summary:
-        t = summary["released_teacher"]
         versus = _signed(summary.get("teacher_minus_released"))
-        row = f"| released teacher (teacher minus it: {versus}) | 224 | 14 x 14 | 1 | "
-        row += f"{t['auroc']:.3f}{_ci(t['auroc_ci95'])}"
-        row += " | - | - | - |" + (" - |" if plain else "")
+        teachers.append(("released_teacher", f"released teacher (teacher minus it: {versus})"))
+    for key, label in teachers:
+        if key not in summary:
+            continue
+        t = summary[key]
+        row = f"| {label} | 224 | 14 x 14 | 1 | {t['auroc']:.3f}{_ci(t['auroc_ci95'])} | - | - | - |"
+        row += " - |" if plain else ""
         if has_findings:
             row += f" {t['findings_macro_auroc']:.3f}{_ci(t['findings_macro_auroc_ci95'])} | - |"
         lines.append(row)
