@@ -108,6 +108,16 @@
 # matching the teacher's outputs, it need not. It releases nothing; a three-seed grid follows only if the seed-0 MLCAK
 # run beats the stronger of the seed-0 alone runs on the same views (4 epochs: 0.865; 8 epochs) by at least 0.02.
 # Outcome: MLCAK 0.859, alone 0.864 (8 epochs): no grid.
+#
+# Twelfth round, written before its runs: the logits terms weighted 5x (LOGIT_WEIGHT=5) on the eleventh round's
+# recipe: COPIES=16 EPOCHS=4 TEACHER=runs/tbx11k-hybrid-teacher-e16/best TAG=t16, the fast hybrid on TBX11K, MLCAK,
+# seeds 0-2 (names ending in -k16-a5-t16). The sixth round tried 5x with the 6-epoch teacher on plain views (no
+# change); the retrained teacher is now 0.046 above the same-views alone, so its logits carry more to weight up.
+# MLCAK - alone is read against the same-views alone (the eleventh round's runs, kept on this machine; seed 0 is
+# re-run into a separate folder first to check it reproduces); the plain alone (0.808) is the weaker baseline and is
+# not re-run. Also reported: the paired difference against the eleventh round's MLCAK (weight 1). The seed-0 student
+# replaces models/mlcak-student-28 (teacher unchanged) only if the three-seed mean beats the eleventh round's MLCAK
+# mean (0.869) by at least 0.01, i.e. reaches 0.879 (float16 release; architecture unchanged, floor not re-run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
