@@ -774,3 +774,56 @@ def test_mlcak_grid_pairs_a_retrained_teacher_with_the_released_one():
     assert auroc["teacher"] - auroc["released"] > 0.05
     assert "released teacher (teacher minus it: +" in grid.markdown(summary, "pneumonia AUROC", True)
     assert "released_teacher" not in grid.summarise(scorer, preds, students, teacher=True, samples=50)
+
+
+def test_mlcak_grid_pairs_a_changed_setting_with_its_reference_recipe():
+    """A grid that changes one setting of another (REFERENCE_OF: the logits weight) is paired with the same
+    ablation of that grid, seed by seed: the difference is AUROC(changed) - AUROC(reference), not minus the
+    student alone, and a grid with no reference gets no such column."""
+    import importlib.util
+
+    from sklearn.metrics import roc_auc_score
+
+    spec = importlib.util.spec_from_file_location("mlcak_grid", REPO_ROOT / "train" / "experiments" / "mlcak_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    changed, base = "-hybrid-lite0-fast-k16-a5-t16", "-hybrid-lite0-fast-k16-t16"
+    assert grid.REFERENCE_OF[changed] == base
+    rng = np.random.default_rng(1)
+    n = 80
+    positive = (np.arange(n) % 2 == 0).astype(float)
+    reference = {
+        "global_targets": np.stack([1 - positive, positive], 1),
+        "local_targets": np.zeros((n, 1)),
+        "local_mask": np.zeros((n, 1)),
+        "source": np.array(["nih"] * n),
+        "id": np.arange(n),
+    }
+
+    def predictions(noise: float) -> dict:
+        score = 1 / (1 + np.exp(-(positive - 0.5 + noise * rng.normal(size=n))))
+        return {"id": np.arange(n), "global_probs": np.stack([1 - score, score], 1), "local_probs": np.zeros((n, 1))}
+
+    noise = {"alone": 1.2, "base": 0.9, "changed": 0.4}
+    students, preds = [], {}
+    for seed in (0, 1):
+        for name, suffix, ablation in (
+            ("alone", "-hybrid-lite0-fast-k16", "none"),
+            ("base", base, "all"),
+            ("changed", changed, "all"),
+        ):
+            run = f"{name}-s{seed}"
+            preds[run] = predictions(noise[name])
+            students.append({"run": run, "size": 28, "ablation": ablation, "grid": suffix, "seed": seed})
+    scorer = grid.Scorer("nih1024", reference, min_positives=5)
+    summary = grid.summarise(scorer, preds, students, teacher=False, samples=50)
+    auroc = {run: roc_auc_score(positive, p["global_probs"][:, 1]) for run, p in preds.items()}
+    cell = summary["cells"][f"28{changed}:all"]
+    expected = np.mean([auroc[f"changed-s{s}"] - auroc[f"base-s{s}"] for s in (0, 1)])
+    assert cell["minus_reference"]["difference"] == pytest.approx(expected)
+    assert cell["minus_reference"]["seeds"] == [0, 1] and cell["minus_reference"]["grid"] == base
+    alone = np.mean([auroc[f"changed-s{s}"] - auroc[f"alone-s{s}"] for s in (0, 1)])
+    assert cell["minus_alone"]["difference"] == pytest.approx(alone) and alone != pytest.approx(expected)
+    assert "minus_reference" not in summary["cells"][f"28{base}:all"]
+    table = grid.markdown(summary, "pneumonia AUROC", False)
+    assert "minus the same terms in the reference recipe" in table and f"({grid.GRIDS[base]})" in table

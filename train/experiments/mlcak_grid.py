@@ -58,6 +58,7 @@ GRIDS = {
     "-hybrid-lite0-fast-a5": "hybrid fast, logits terms weighted 5x (alpha = beta = 5)",
     "-hybrid-lite0-fast-t16": "hybrid fast, distilled from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16-t16": "hybrid fast, 16 copies, distilled from the teacher retrained for 16 epochs",
+    "-hybrid-lite0-fast-k16-a5-t16": "hybrid fast, 16 copies, from the retrained teacher, logits terms weighted 5x",
     "-hybrid-lite0-fast-k16-e8": "hybrid fast, 16 copies, 8 epochs over them (128 passes)",
     "-hybrid-lite0-fast-k16-e8-t16": "hybrid fast, 16 copies, 128 passes, from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16": "hybrid fast, 16 fixed augmented copies (teacher cached on them), 64 passes",
@@ -73,6 +74,7 @@ ALONE_OF = {
     "-hybrid-lite0-fast-a5": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-t16": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-t16": "-hybrid-lite0-fast-k16",
+    "-hybrid-lite0-fast-k16-a5-t16": "-hybrid-lite0-fast-k16",
     "-hybrid-lite0-fast-k16-e8-t16": "-hybrid-lite0-fast-k16-e8",
     "-hybrid-lite0-fast-k16-xfer": "-hybrid-lite0-fast-k16",
 }
@@ -83,6 +85,12 @@ PLAIN_ALONE = {
     "-hybrid-lite0-fast-k16": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-xfer": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-t16": "-hybrid-lite0-fast",
+    "-hybrid-lite0-fast-k16-a5-t16": "-hybrid-lite0-fast",
+}
+# a grid that changes one setting of another grid's recipe: its distillation rows are also paired with the same
+# ablation there, so the setting's own effect has an interval
+REFERENCE_OF = {
+    "-hybrid-lite0-fast-k16-a5-t16": "-hybrid-lite0-fast-k16-t16",
 }
 # a run's name: size, ablation, grid (one of GRIDS' suffixes, built from them so a new grid needs no second edit), seed
 RUN_NAME = re.compile(
@@ -246,15 +254,18 @@ def summarise(
         cell["seeds"] = seeds
         cell.update(seed_mean([cell["runs"][s] for s in seeds]))
         if cell["ablation"] != "none":
-            for key, grid in (
-                ("minus_alone", ALONE_OF.get(cell["grid"], cell["grid"])),
-                ("minus_plain_alone", PLAIN_ALONE.get(cell["grid"])),
+            for key, grid, ablation in (
+                ("minus_alone", ALONE_OF.get(cell["grid"], cell["grid"]), "none"),
+                ("minus_plain_alone", PLAIN_ALONE.get(cell["grid"]), "none"),
+                ("minus_reference", REFERENCE_OF.get(cell["grid"]), cell["ablation"]),
             ):
-                alone = cells.get(f"{cell['size']}{grid}:none") if grid is not None else None
-                common = [s for s in seeds if alone and s in alone["runs"]]
+                other = cells.get(f"{cell['size']}{grid}:{ablation}") if grid is not None else None
+                common = [s for s in seeds if other and s in other["runs"]]
                 if common:
-                    cell[key] = paired([cell["runs"][s] for s in common], [alone["runs"][s] for s in common])
+                    cell[key] = paired([cell["runs"][s] for s in common], [other["runs"][s] for s in common])
                     cell[key]["seeds"] = common
+                    if key == "minus_reference":
+                        cell[key]["grid"] = grid
         if teacher:
             names = [cell["runs"][s] for s in seeds]
             cell["teacher_minus"] = paired(["teacher"] * len(names), names)
@@ -288,6 +299,9 @@ def markdown(summary: dict, metric_name: str, has_findings: bool) -> str:
     plain = any("minus_plain_alone" in cell for cell in summary["cells"].values())
     if plain:
         head += " minus the plain grid's alone (paired) |"
+    reference = any("minus_reference" in cell for cell in summary["cells"].values())
+    if reference:
+        head += " minus the same terms in the reference recipe (paired) |"
     if has_findings:
         head += " findings macro AUROC | findings: minus alone |"
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
@@ -301,6 +315,7 @@ def markdown(summary: dict, metric_name: str, has_findings: bool) -> str:
         t = summary[key]
         row = f"| {label} | 224 | 14 x 14 | 1 | {t['auroc']:.3f}{_ci(t['auroc_ci95'])} | - | - | - |"
         row += " - |" if plain else ""
+        row += " - |" if reference else ""
         if has_findings:
             row += f" {t['findings_macro_auroc']:.3f}{_ci(t['findings_macro_auroc_ci95'])} | - |"
         lines.append(row)
@@ -313,6 +328,9 @@ def markdown(summary: dict, metric_name: str, has_findings: bool) -> str:
             f"{_signed(cell.get('teacher_minus'))} |"
         )
         row += f" {_signed(cell.get('minus_plain_alone'))} |" if plain else ""
+        if reference:
+            versus = cell.get("minus_reference")
+            row += f" {_signed(versus)} ({GRIDS[versus['grid']]}) |" if versus else " - |"
         if has_findings:
             row += (
                 f" {cell['findings_macro_auroc']:.3f}{_ci(cell['findings_macro_auroc_ci95'])} | "
