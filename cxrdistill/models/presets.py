@@ -115,6 +115,17 @@ register_preset(
     num_heads=3,
 )
 register_preset(
+    "mlcak-teacher-hybrid-lite2",
+    "cxrdistill-teacher-vit",
+    "a larger hybrid ViT: ImageNet EfficientNet-Lite2 up to its stride-16 stage as the stem (120 channels, 14 x 14 "
+    "tokens at 224 px), then the same 4 ViT-Tiny layers (width 192, 3 heads)",
+    stem="efficientnet_lite2",
+    patch_size=16,
+    embed_dim=192,
+    depth=4,
+    num_heads=3,
+)
+register_preset(
     "mlcak-student-conv6",
     "cxrdistill-student-vit",
     "the released MLCAK students: a convolutional stem and 6 layers of width 96, 3 heads; patch = image size / 14 "

