@@ -118,6 +118,17 @@
 # not re-run. Also reported: the paired difference against the eleventh round's MLCAK (weight 1). The seed-0 student
 # replaces models/mlcak-student-28 (teacher unchanged) only if the three-seed mean beats the eleventh round's MLCAK
 # mean (0.869) by at least 0.01, i.e. reaches 0.879 (float16 release; architecture unchanged, floor not re-run).
+#
+# Pilot, written before its runs: a larger teacher. The hybrid teacher with ImageNet EfficientNet-Lite2 stages as its
+# stem (mlcak-teacher-hybrid-lite2: 120 channels at stride 16, the same 4 layers of width 192), trained on TBX11K as
+# the retrained Lite0 teacher was (16 epochs, lr 3e-4, 1 warm-up epoch, best epoch by validation AUROC, seed 0):
+#   OMP_NUM_THREADS=2 python train/train_teacher.py --dataset tbx11k --root ../shared/data/tbx11k \
+#       --output-dir runs/tbx11k-hybrid-lite2-teacher-e16 --preset mlcak-teacher-hybrid-lite2 --pretrained \
+#       --epochs 16 --lr 3e-4 --warmup-epochs 1
+# It releases nothing. The fast hybrid distils from it (COPIES=16 EPOCHS=4 TAG=l2, MLCAK, seed 0,
+# TEACHER=runs/tbx11k-hybrid-lite2-teacher-e16/best) only if its same-hospital AUROC beats the Lite0 teacher's 0.905 by
+# at least 0.01 (0.915); a three-seed grid follows only if that run beats the seed-0 student alone on the same views
+# (0.865) by at least 0.02.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
