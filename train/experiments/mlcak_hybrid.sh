@@ -118,6 +118,7 @@
 # not re-run. Also reported: the paired difference against the eleventh round's MLCAK (weight 1). The seed-0 student
 # replaces models/mlcak-student-28 (teacher unchanged) only if the three-seed mean beats the eleventh round's MLCAK
 # mean (0.869) by at least 0.01, i.e. reaches 0.879 (float16 release; architecture unchanged, floor not re-run).
+# Outcome: MLCAK 0.868 (same-views alone 0.859: +0.009, -0.010 to 0.028; weight 1: -0.001): not released.
 #
 # Pilot, written before its runs: a larger teacher. The hybrid teacher with ImageNet EfficientNet-Lite2 stages as its
 # stem (mlcak-teacher-hybrid-lite2: 120 channels at stride 16, the same 4 layers of width 192), trained on TBX11K as
