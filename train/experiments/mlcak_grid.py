@@ -254,18 +254,13 @@ def summarise(
         cell["seeds"] = seeds
         cell.update(seed_mean([cell["runs"][s] for s in seeds]))
         if cell["ablation"] != "none":
-            for key, grid, ablation in (
-                ("minus_alone", ALONE_OF.get(cell["grid"], cell["grid"]), "none"),
-                ("minus_plain_alone", PLAIN_ALONE.get(cell["grid"]), "none"),
-                ("minus_reference", REFERENCE_OF.get(cell["grid"]), cell["ablation"]),
-            ):
-                other = cells.get(f"{cell['size']}{grid}:{ablation}") if grid is not None else None
-                common = [s for s in seeds if other and s in other["runs"]]
+            for key, other in _baselines(cell, cells):
+                common = [s for s in seeds if s in other["runs"]]
                 if common:
                     cell[key] = paired([cell["runs"][s] for s in common], [other["runs"][s] for s in common])
                     cell[key]["seeds"] = common
                     if key == "minus_reference":
-                        cell[key]["grid"] = grid
+                        cell[key]["grid"] = other["grid"]
         if teacher:
             names = [cell["runs"][s] for s in seeds]
             cell["teacher_minus"] = paired(["teacher"] * len(names), names)
@@ -277,6 +272,21 @@ def summarise(
         if teacher:
             out["teacher_minus_released"] = paired(["teacher"], ["released"])
     return out
+
+
+def _baselines(cell: dict, cells: dict[str, dict]) -> list[tuple[str, dict]]:
+    """The cells a distillation cell is paired with: its student alone, the plain grid's alone (PLAIN_ALONE) and
+    the same ablation in its reference recipe (REFERENCE_OF), under the keys its summary stores them by."""
+    found = []
+    for key, grid, ablation in (
+        ("minus_alone", ALONE_OF.get(cell["grid"], cell["grid"]), "none"),
+        ("minus_plain_alone", PLAIN_ALONE.get(cell["grid"]), "none"),
+        ("minus_reference", REFERENCE_OF.get(cell["grid"]), cell["ablation"]),
+    ):
+        other = cells.get(f"{cell['size']}{grid}:{ablation}") if grid is not None else None
+        if other is not None:
+            found.append((key, other))
+    return found
 
 
 def _order(cell: dict) -> tuple:
