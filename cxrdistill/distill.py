@@ -482,6 +482,21 @@ class TeacherOutputCache:
         )
 
 
+def blend_global_logits(cache: TeacherOutputCache, film_logits: torch.Tensor) -> TeacherOutputCache:
+    """An ensemble teacher for the global logits: each cached item's global logits averaged with a second
+    teacher's ``(N, G)`` logits on its film (item ``j`` is film ``j % N``, as
+    :class:`~cxrdistill.data.transforms.AugmentedCopies` numbers augmented copies; plain views are ``j``). The local
+    logits and the attention maps stay the first teacher's."""
+    items, films = cache.global_logits.shape[0], film_logits.shape[0]
+    if films == 0 or items % films or film_logits.shape[1] != cache.global_logits.shape[1]:
+        raise ValueError(
+            f"{tuple(film_logits.shape)} film logits do not fit {tuple(cache.global_logits.shape)} cached items"
+        )
+    film_of_item = torch.arange(items) % films
+    blended = (cache.global_logits + film_logits.float()[film_of_item]) / 2
+    return TeacherOutputCache(blended, cache.local_logits, cache.attentions)
+
+
 def cache_teacher_outputs(
     distiller: MLCAKDistiller,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],

@@ -119,13 +119,7 @@ def predict_dataset(
     """
     size = model.config.image_size
     base = max(base_size, size)
-    source = CachedDataset(dataset, size=max(256, base), cache_dir=cache_dir) if len(dataset) else dataset
-    loader = DataLoader(
-        ViewDataset(source, MultiResolutionViews(base, (size,))),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_views,
-    )
+    loader = _film_loader(dataset, size, base, batch_size, cache_dir, num_workers)
     model.eval()
     collected = PredictionCollector()
     localisation: list[dict] = []
@@ -149,6 +143,32 @@ def predict_dataset(
     if localise:
         predictions["map_grids"] = {key: np.concatenate(grids) for key, grids in map_grids.items()}
     return predictions
+
+
+def _film_loader(dataset, size: int, base: int, batch_size: int, cache_dir: str | None, num_workers: int = 0):
+    """Batches of ``dataset``'s films letterboxed to ``base`` and area-averaged to ``size``, as in training."""
+    source = CachedDataset(dataset, size=max(256, base), cache_dir=cache_dir) if len(dataset) else dataset
+    return DataLoader(
+        ViewDataset(source, MultiResolutionViews(base, (size,))),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_views,
+    )
+
+
+@torch.no_grad()
+def film_global_logits(
+    model: torch.nn.Module, dataset, batch_size: int = 64, base_size: int = 224, cache_dir: str | None = None
+) -> torch.Tensor:
+    """``(N, G)`` raw global logits of ``model`` on every film of ``dataset``, in its order, each film read as
+    :func:`predict_dataset` reads it (a second teacher's targets for distillation: :mod:`cxrdistill.distill`)."""
+    size = model.config.image_size
+    model.eval()
+    parts = [
+        model(batch["views"][size]).global_logits.float()
+        for batch in _film_loader(dataset, size, max(base_size, size), batch_size, cache_dir)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, len(model.config.global_labels))
 
 
 def _maps_of(model, output, images: torch.Tensor, map_methods, normal_maps) -> dict[MapKey, torch.Tensor]:

@@ -129,6 +129,56 @@ def test_augmented_copies_distil_consistently(teacher_folder, tiny_tbx11k, tmp_p
         torch.testing.assert_close(cached.attentions[layer], maps, rtol=0, atol=2e-3)
 
 
+def test_a_coteacher_blends_its_film_logits_into_every_copy(teacher_folder, tiny_tbx11k, tmp_path, monkeypatch):
+    """--coteacher: every cached item's global target is the mean of the teacher's logits on that augmented view
+    and the co-teacher's on the item's own film (not a neighbour's); local logits and attention stay the teacher's."""
+    from cxrdistill.distill import MLCAKDistiller, MLCAKWeights, default_layer_pairs
+    from cxrdistill.evaluation import film_global_logits
+    from cxrdistill_train.data import DataConfig, build_datasets
+
+    runs = record_training_runs(monkeypatch)
+    args = [*common_args(tiny_tbx11k, tmp_path / "out", tmp_path / "cache"), "--epochs", "1", "--depth", "2"]
+    args += ["--embed-dim", "24", "--teacher", str(teacher_folder), "--augment-copies", "2"]
+    coteacher = TeacherViT.from_pretrained(teacher_folder).eval()
+    with torch.no_grad():  # a co-teacher that disagrees with the teacher, so a wrong blend shows
+        coteacher.global_head.bias.add_(torch.tensor([2.0, -2.0]))
+    coteacher.save_pretrained(tmp_path / "coteacher")
+    distill_student.main([*args, "--coteacher", str(tmp_path / "coteacher")])
+    saved = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["training"]
+    (run,) = runs
+    data = DataConfig(root=str(tiny_tbx11k), cache_dir=str(tmp_path / "cache"), cache_size=96, val_fraction=0.3)
+    train_set, _ = build_datasets(data)
+    films = film_global_logits(coteacher, train_set, cache_dir=str(tmp_path / "cache"))
+    teacher = TeacherViT.from_pretrained(teacher_folder).eval()
+    distiller = MLCAKDistiller(StudentViT(_student_config(teacher)), teacher, MLCAKWeights(), default_layer_pairs(2, 2))
+    batch = next(iter(run["train_loader"]))
+    online = distiller.teacher_targets(batch["views"][teacher.config.image_size])
+    cached = run["task"].cache.lookup(batch["index"])
+    copies = run["train_loader"].dataset
+    own_film = torch.tensor([copies[int(j)]["film"] for j in batch["index"]])  # what AugmentedCopies says
+    expected = (online.global_logits + films[own_film]) / 2
+    torch.testing.assert_close(cached.global_logits, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cached.local_logits, online.local_logits, rtol=1e-4, atol=1e-4)
+    assert saved["coteacher"] == str(tmp_path / "coteacher")
+    for refused in (["--ablation", "attention"], ["--teacher-mode", "online"]):
+        with pytest.raises(SystemExit, match="--coteacher"):
+            distill_student.parse([*args, "--coteacher", str(tmp_path / "coteacher"), *refused])
+
+
+def test_blended_global_logits_follow_the_copy_numbering():
+    """Item j of K copies of N films is film j % N: its blended logits use that film's co-teacher logits."""
+    from cxrdistill.distill import TeacherOutputCache, blend_global_logits
+
+    films, copies = 3, 4
+    cache = TeacherOutputCache(torch.zeros(films * copies, 2), torch.ones(films * copies, 1), {})
+    film_logits = torch.tensor([[0.0, 2.0], [0.0, 4.0], [0.0, 6.0]])
+    blended = blend_global_logits(cache, film_logits)
+    assert blended.global_logits[:, 1].tolist() == [1.0, 2.0, 3.0] * copies
+    assert torch.equal(blended.local_logits, cache.local_logits)
+    with pytest.raises(ValueError, match="do not fit"):
+        blend_global_logits(cache, torch.zeros(5, 2))
+
+
 def test_transfer_films_distil_without_labels(teacher_folder, tiny_tbx11k, tmp_path, monkeypatch):
     """--transfer-dataset adds another dataset's training films unlabelled: the training set grows by them, their
     targets are unknown (NaN global, no local label known), the teacher is cached on them too, and validation keeps

@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from cxrdistill.distill import (
     MLCAKDistiller,
     MLCAKWeights,
     ablation_weights,
+    blend_global_logits,
     cache_teacher_outputs,
     default_layer_pairs,
 )
@@ -68,6 +70,10 @@ class DistillConfig:
         transfer_dataset: a registered dataset whose training films are added unlabelled (e.g. nih1024 for a TB
             teacher): they carry only the distillation terms; none: the labelled films alone.
         transfer_root: that dataset's folder.
+        coteacher: a second teacher for the global logits only (a folder, e.g. models/tb-boxes-224): its global
+            logits on each training film's plain view are averaged with the teacher's cached ones on every view of
+            that film (an ensemble logits teacher); the local logits and attention stay the teacher's. Cache mode.
+        coteacher_lung_crop: the lung model that crops the films for a co-teacher that reads lung crops.
     """
 
     teacher: str | None = None
@@ -84,6 +90,8 @@ class DistillConfig:
     mixup_alpha: float = 0.0
     transfer_dataset: str | None = None
     transfer_root: str | None = None
+    coteacher: str | None = None
+    coteacher_lung_crop: str | None = None
 
 
 @dataclass
@@ -114,9 +122,32 @@ def parse(argv=None) -> DistillTrainConfig:
         raise SystemExit(f"--teacher-mode must be one of {TEACHER_MODES}, got {config.distill.teacher_mode!r}")
     if distill.transfer_dataset and (distill.ablation == "none" or not distill.transfer_root):
         raise SystemExit("--transfer-dataset needs --transfer-root and a teacher: unlabelled films teach only by it")
+    if distill.coteacher and (distill.ablation in ("none", "attention") or distill.teacher_mode != "cache"):
+        raise SystemExit(
+            "--coteacher blends the cached teacher's global logits: it needs --teacher-mode cache and logits"
+        )
     if distill.mixup_alpha > 0 and distill.teacher_mode != "online" and distill.ablation != "none":
         raise SystemExit("--mixup-alpha needs --teacher-mode online: cached teacher outputs are for unmixed views")
     return config
+
+
+def coteacher_film_logits(settings: DistillConfig, train_set, labels, cache_dir: str | None = None) -> torch.Tensor:
+    """The co-teacher's ``(N, G)`` global logits on the training films (cropped to their lungs where it reads
+    lung crops), in the training set's order."""
+    from cxrdistill.evaluation import film_global_logits
+    from cxrdistill.models import load_model
+
+    model = load_model(settings.coteacher)
+    if list(model.config.global_labels) != list(labels):
+        raise SystemExit(f"co-teacher labels {model.config.global_labels} differ from the teacher's {labels}")
+    films = train_set
+    if getattr(model.config, "input_crop", "film") == "lungs":
+        if not settings.coteacher_lung_crop:
+            raise SystemExit(f"{settings.coteacher} reads lung crops: give --coteacher-lung-crop (a lung model)")
+        from cxrdistill.data.lung_crop import LungCropped, lung_crop_boxes
+
+        films = LungCropped(train_set, lung_crop_boxes(load_model(settings.coteacher_lung_crop), train_set))
+    return film_global_logits(model, films, cache_dir=cache_dir)
 
 
 def main(argv=None) -> dict:
@@ -172,7 +203,13 @@ def main(argv=None) -> dict:
             disable=not accelerator.is_main_process,
         )
         items = len(train_set) * max(copies, 1)
-        distiller.use_cache(cache_teacher_outputs(distiller, batches, items, gather=accelerator.gather))
+        cache = cache_teacher_outputs(distiller, batches, items, gather=accelerator.gather)
+        if settings.coteacher:
+            labels = teacher.config.global_labels
+            films = coteacher_film_logits(settings, train_set, labels, config.data.cache_dir)
+            cache = blend_global_logits(cache, films)
+            accelerator.print(f"global logits averaged with {settings.coteacher}'s on each film")
+        distiller.use_cache(cache)
         cache_seconds = time.perf_counter() - start
         accelerator.print(f"cached teacher outputs for {items} views in {cache_seconds:.1f} s")
 
@@ -191,6 +228,7 @@ def main(argv=None) -> dict:
             "ablation": settings.ablation,
             "teacher_mode": distiller.teacher_mode,
             "augment_copies": copies,
+            "coteacher": settings.coteacher,
             "transfer_films": len(train_set) - int((~np.isnan(train_set.global_targets()).any(1)).sum()),
         },
     )
