@@ -59,6 +59,7 @@ GRIDS = {
     "-hybrid-lite0-fast-t16": "hybrid fast, distilled from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16-t16": "hybrid fast, 16 copies, distilled from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16-a5-t16": "hybrid fast, 16 copies, from the retrained teacher, logits terms weighted 5x",
+    "-hybrid-lite0-fast-k16-ens": "hybrid fast, 16 copies, retrained teacher with tb-boxes-224 averaged in its logits",
     "-hybrid-lite0-fast-k16-e8": "hybrid fast, 16 copies, 8 epochs over them (128 passes)",
     "-hybrid-lite0-fast-k16-e8-t16": "hybrid fast, 16 copies, 128 passes, from the teacher retrained for 16 epochs",
     "-hybrid-lite0-fast-k16": "hybrid fast, 16 fixed augmented copies (teacher cached on them), 64 passes",
@@ -75,6 +76,7 @@ ALONE_OF = {
     "-hybrid-lite0-fast-t16": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-t16": "-hybrid-lite0-fast-k16",
     "-hybrid-lite0-fast-k16-a5-t16": "-hybrid-lite0-fast-k16",
+    "-hybrid-lite0-fast-k16-ens": "-hybrid-lite0-fast-k16",
     "-hybrid-lite0-fast-k16-e8-t16": "-hybrid-lite0-fast-k16-e8",
     "-hybrid-lite0-fast-k16-xfer": "-hybrid-lite0-fast-k16",
 }
@@ -86,11 +88,13 @@ PLAIN_ALONE = {
     "-hybrid-lite0-fast-k16-xfer": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-t16": "-hybrid-lite0-fast",
     "-hybrid-lite0-fast-k16-a5-t16": "-hybrid-lite0-fast",
+    "-hybrid-lite0-fast-k16-ens": "-hybrid-lite0-fast",
 }
 # a grid that changes one setting of another grid's recipe: its distillation rows are also paired with the same
 # ablation there, so the setting's own effect has an interval
 REFERENCE_OF = {
     "-hybrid-lite0-fast-k16-a5-t16": "-hybrid-lite0-fast-k16-t16",
+    "-hybrid-lite0-fast-k16-ens": "-hybrid-lite0-fast-k16-t16",
 }
 # a run's name: size, ablation, grid (one of GRIDS' suffixes, built from them so a new grid needs no second edit), seed
 RUN_NAME = re.compile(
