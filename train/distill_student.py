@@ -150,6 +150,30 @@ def coteacher_film_logits(settings: DistillConfig, train_set, labels, cache_dir:
     return film_global_logits(model, films, cache_dir=cache_dir)
 
 
+def cached_targets(distiller, teacher, train_set, config: DistillTrainConfig, accelerator, sampling: Sampling):
+    """The teacher once over the training views ``sampling`` gives (plain, or the fixed augmented copies), its
+    global logits blended with the co-teacher's where there is one."""
+    settings, base_size = config.distill, teacher.config.image_size
+    views = views_for(base_size, (), sampling.copies > 0)
+    plain = accelerator.prepare(make_loader(train_set, config.data, views, 64, sampling))
+    teacher.to(accelerator.device)
+    # the teacher's pass is the slow part of a cached run (minutes on the CPU): show it
+    batches = tqdm(
+        ((b["index"], b["views"][base_size]) for b in plain),
+        total=len(plain),
+        desc="caching the teacher",
+        unit="batch",
+        disable=not accelerator.is_main_process,
+    )
+    items = len(train_set) * max(sampling.copies, 1)
+    cache = cache_teacher_outputs(distiller, batches, items, gather=accelerator.gather)
+    if settings.coteacher:
+        films = coteacher_film_logits(settings, train_set, teacher.config.global_labels, config.data.cache_dir)
+        cache = blend_global_logits(cache, films)
+        accelerator.print(f"global logits averaged with {settings.coteacher}'s on each film")
+    return cache
+
+
 def main(argv=None) -> dict:
     config = parse(argv)
     settings = config.distill
@@ -191,25 +215,8 @@ def main(argv=None) -> dict:
     cache_seconds = 0.0
     if uses_teacher and not online:
         start = time.perf_counter()
-        teacher_views = views_for(base_size, (), copies > 0)
-        plain = accelerator.prepare(make_loader(train_set, config.data, teacher_views, 64, Sampling(**copies_of)))
-        teacher.to(accelerator.device)
-        # the teacher's pass is the slow part of a cached run (minutes on the CPU): show it
-        batches = tqdm(
-            ((b["index"], b["views"][base_size]) for b in plain),
-            total=len(plain),
-            desc="caching the teacher",
-            unit="batch",
-            disable=not accelerator.is_main_process,
-        )
         items = len(train_set) * max(copies, 1)
-        cache = cache_teacher_outputs(distiller, batches, items, gather=accelerator.gather)
-        if settings.coteacher:
-            labels = teacher.config.global_labels
-            films = coteacher_film_logits(settings, train_set, labels, config.data.cache_dir)
-            cache = blend_global_logits(cache, films)
-            accelerator.print(f"global logits averaged with {settings.coteacher}'s on each film")
-        distiller.use_cache(cache)
+        distiller.use_cache(cached_targets(distiller, teacher, train_set, config, accelerator, Sampling(**copies_of)))
         cache_seconds = time.perf_counter() - start
         accelerator.print(f"cached teacher outputs for {items} views in {cache_seconds:.1f} s")
 
