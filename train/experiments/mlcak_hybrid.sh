@@ -132,6 +132,8 @@
 # TEACHER=runs/tbx11k-hybrid-lite2-teacher-e16/best) only if its same-hospital AUROC beats the Lite0 teacher's 0.905 by
 # at least 0.01 (0.915); a three-seed grid follows only if that run beats the seed-0 student alone on the same views
 # (0.865) by at least 0.02.
+# Outcome: best 0.861 (epoch 7) after 11 of 16 epochs, falling; stopped there to give the CPU to the thirteenth
+# round, 0.054 short of the bar; no distillation run.
 #
 # Thirteenth round, written before its runs: an ensemble logits teacher. The eleventh round's recipe (COPIES=16
 # EPOCHS=4 TEACHER=runs/tbx11k-hybrid-teacher-e16/best), MLCAK, seeds 0-2, with the global-logits target averaged with
@@ -143,6 +145,8 @@
 # (no co-teacher). Seed 0 replaces models/mlcak-student-28 (the released teacher unchanged) only if the three-seed
 # mean reaches 0.879 (the eleventh round's 0.869 + 0.01; float16, architecture unchanged, floor not re-run); the TB
 # gap target is read against the released teacher (0.905), with the ensemble's 0.918 beside it.
+# Outcome: MLCAK 0.866 (same-views alone 0.859: +0.007, -0.017 to 0.033; without the co-teacher: -0.003): not
+# released.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET=${DATASET:-tbx11k}
