@@ -124,7 +124,8 @@ def parse(argv=None) -> DistillTrainConfig:
         raise SystemExit("--transfer-dataset needs --transfer-root and a teacher: unlabelled films teach only by it")
     if distill.coteacher and (distill.ablation in ("none", "attention") or distill.teacher_mode != "cache"):
         raise SystemExit(
-            "--coteacher blends the cached teacher's global logits: it needs --teacher-mode cache and logits"
+            "--coteacher blends the cached teacher's global logits: it needs --teacher-mode cache and the logits "
+            "terms (--ablation logits or all)"
         )
     if distill.mixup_alpha > 0 and distill.teacher_mode != "online" and distill.ablation != "none":
         raise SystemExit("--mixup-alpha needs --teacher-mode online: cached teacher outputs are for unmixed views")
@@ -146,7 +147,8 @@ def coteacher_film_logits(settings: DistillConfig, train_set, labels, cache_dir:
             raise SystemExit(f"{settings.coteacher} reads lung crops: give --coteacher-lung-crop (a lung model)")
         from cxrdistill.data.lung_crop import LungCropped, lung_crop_boxes
 
-        films = LungCropped(train_set, lung_crop_boxes(load_model(settings.coteacher_lung_crop), train_set))
+        lungs = load_model(settings.coteacher_lung_crop)
+        films = LungCropped(train_set, lung_crop_boxes(lungs, train_set, cache_dir=cache_dir))
     return film_global_logits(model, films, cache_dir=cache_dir)
 
 
