@@ -165,6 +165,39 @@ def test_a_coteacher_blends_its_film_logits_into_every_copy(teacher_folder, tiny
             distill_student.parse([*args, "--coteacher", str(tmp_path / "coteacher"), *refused])
 
 
+def test_a_lung_crop_coteacher_reads_each_training_film_cropped_to_its_lungs(tiny_tbx11k, tmp_path, monkeypatch):
+    """A co-teacher that reads lung crops (as tb-boxes-224 does) gets every training film cropped by the lung model
+    (not the whole film), in the training set's order; without --coteacher-lung-crop it is refused."""
+    from support.lungs import RectangleLungs
+
+    import cxrdistill.models
+    from cxrdistill.data.lung_crop import LungCropped, lung_crop_boxes
+    from cxrdistill.evaluation import film_global_logits
+    from cxrdistill.models import CNNTeacher, CNNTeacherConfig
+    from cxrdistill_train.data import DataConfig, build_datasets
+
+    torch.manual_seed(0)
+    config = CNNTeacherConfig(image_size=64, input_crop="lungs", global_labels=("not_tb", "tb"), local_labels=())
+    CNNTeacher(config).eval().save_pretrained(tmp_path / "coteacher")
+    lungs = RectangleLungs()
+    real_load = cxrdistill.models.load_model
+    monkeypatch.setattr(cxrdistill.models, "load_model", lambda f: lungs if f == "lungs" else real_load(f))
+    data = DataConfig(root=str(tiny_tbx11k), cache_dir=str(tmp_path / "cache"), cache_size=96, val_fraction=0.3)
+    train_set, _ = build_datasets(data)
+    settings = distill_student.DistillConfig(coteacher=str(tmp_path / "coteacher"), coteacher_lung_crop="lungs")
+    got = distill_student.coteacher_film_logits(settings, train_set, ("not_tb", "tb"), data.cache_dir)
+    model = real_load(tmp_path / "coteacher")
+    cropped = LungCropped(train_set, lung_crop_boxes(lungs, train_set, cache_dir=data.cache_dir))
+    torch.testing.assert_close(got, film_global_logits(model, cropped, cache_dir=data.cache_dir))
+    whole = film_global_logits(model, train_set, cache_dir=data.cache_dir)
+    assert got.shape == (len(train_set), 2) and not torch.allclose(got, whole)
+    settings.coteacher_lung_crop = None
+    with pytest.raises(SystemExit, match="--coteacher-lung-crop"):
+        distill_student.coteacher_film_logits(settings, train_set, ("not_tb", "tb"), data.cache_dir)
+    with pytest.raises(SystemExit, match="co-teacher labels"):
+        distill_student.coteacher_film_logits(settings, train_set, ("normal", "pneumonia"), data.cache_dir)
+
+
 def test_blended_global_logits_follow_the_copy_numbering():
     """Item j of K copies of N films is film j % N: its blended logits use that film's co-teacher logits."""
     from cxrdistill.distill import TeacherOutputCache, blend_global_logits
