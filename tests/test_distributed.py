@@ -50,6 +50,11 @@ def random_teacher(tmp_path_factory):
 SCRIPTS = {
     "train_teacher": ("cxrdistill_train.train_teacher", ["--image-size", "64", "--depth", "2", "--embed-dim", "48"]),
     "distill_student": ("cxrdistill_train.distill_student", ["--depth", "2", "--embed-dim", "24", "--ablation", "all"]),
+    # fixed augmented copies with a co-teacher's film logits blended into the cached ones, on every rank
+    "distill_student_coteacher": (
+        "cxrdistill_train.distill_student",
+        ["--depth", "2", "--embed-dim", "24", "--ablation", "all", "--augment-copies", "2"],
+    ),
     "tb_localize": ("cxrdistill_train.tb_localize", ["--teacher-image-size", "64", "--stage", "both"]),
     # weighted sampling with replacement, the source adversary inside the prepared task, harmonised views
     "tb_localize_source_aware": (
@@ -77,8 +82,10 @@ def test_two_processes_split_the_data_agree_on_the_parameters_and_save_once(
     output, trace = tmp_path / "out", tmp_path / "trace"
     args = [*common_args(tiny_tbx11k, output, tmp_path / "cache"), "--batch-size", "4", "--epochs", "2"]
     args += [*options, "--max-steps", "3"]
-    if script == "distill_student":
+    if script.startswith("distill_student"):
         args += ["--teacher", str(random_teacher)]
+    if script == "distill_student_coteacher":
+        args += ["--coteacher", str(random_teacher)]
     result = torchrun(trace, module, args)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -103,9 +110,11 @@ def test_two_processes_split_the_data_agree_on_the_parameters_and_save_once(
         card = json.loads((folder / "best" / "metrics.json").read_text())["training"]
         assert card["processes"] == 2
         assert sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
-    if script == "distill_student":
+    if script.startswith("distill_student"):
         assert card["teacher_mode"] == "cache"
         assert main["fits"][0]["loss_terms"] == ["attention_kd", "global_ce", "global_kd", "local_bce", "local_kd"]
+    if script == "distill_student_coteacher":
+        assert card["coteacher"] == str(random_teacher) and card["augment_copies"] == 2
 
 
 def test_resume_under_two_processes_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(

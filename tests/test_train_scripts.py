@@ -803,14 +803,20 @@ def test_lung_crop_trains_and_evaluates_on_the_cropped_films(tiny_tbx11k, tmp_pa
             script.parse(["--lung-crop", str(lungs)])
 
 
-def test_mlcak_grid_reads_every_grid_back_from_its_run_names():
-    """Each grid suffix (some are prefixes of others: -tiny, -tiny-aug4, -tiny-aug4-a5) parses back from a run name,
-    with or without a seed, so no run is filed under the wrong grid's row."""
+def _mlcak_grid():
+    """train/experiments/mlcak_grid.py as a module (experiments are scripts, not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mlcak_grid", REPO_ROOT / "train" / "experiments" / "mlcak_grid.py")
     grid = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(grid)
+    return grid
+
+
+def test_mlcak_grid_reads_every_grid_back_from_its_run_names():
+    """Each grid suffix (some are prefixes of others: -tiny, -tiny-aug4, -tiny-aug4-a5) parses back from a run name,
+    with or without a seed, so no run is filed under the wrong grid's row."""
+    grid = _mlcak_grid()
     for suffix in grid.GRIDS:
         for seed, name_seed in ((None, ""), ("2", "-s2")):
             match = grid.RUN_NAME.search(f"tbx11k-student-28-all{suffix}{name_seed}")
@@ -820,13 +826,9 @@ def test_mlcak_grid_reads_every_grid_back_from_its_run_names():
 def test_mlcak_grid_pairs_a_retrained_teacher_with_the_released_one():
     """--released-teacher: the released teacher gets its own row, and the retrained teacher minus it is the
     difference of their AUROCs on the same films (not, say, the released teacher scored against itself)."""
-    import importlib.util
-
     from sklearn.metrics import roc_auc_score
 
-    spec = importlib.util.spec_from_file_location("mlcak_grid", REPO_ROOT / "train" / "experiments" / "mlcak_grid.py")
-    grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grid)
+    grid = _mlcak_grid()
     rng = np.random.default_rng(0)
     n = 60
     positive = (np.arange(n) % 3 == 0).astype(float)
@@ -863,13 +865,9 @@ def test_mlcak_grid_pairs_a_changed_setting_with_its_reference_recipe():
     """A grid that changes one setting of another (REFERENCE_OF: the logits weight) is paired with the same
     ablation of that grid, seed by seed: the difference is AUROC(changed) - AUROC(reference), not minus the
     student alone, and a grid with no reference gets no such column."""
-    import importlib.util
-
     from sklearn.metrics import roc_auc_score
 
-    spec = importlib.util.spec_from_file_location("mlcak_grid", REPO_ROOT / "train" / "experiments" / "mlcak_grid.py")
-    grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grid)
+    grid = _mlcak_grid()
     changed, base = "-hybrid-lite0-fast-k16-a5-t16", "-hybrid-lite0-fast-k16-t16"
     assert grid.REFERENCE_OF[changed] == base
     rng = np.random.default_rng(1)

@@ -170,7 +170,9 @@ def cached_targets(distiller, teacher, train_set, config: DistillTrainConfig, ac
     items = len(train_set) * max(sampling.copies, 1)
     cache = cache_teacher_outputs(distiller, batches, items, gather=accelerator.gather)
     if settings.coteacher:
-        films = coteacher_film_logits(settings, train_set, teacher.config.global_labels, config.data.cache_dir)
+        # every process needs all the films' logits; the first writes the lung crops' disk caches, the others read them
+        with accelerator.main_process_first():
+            films = coteacher_film_logits(settings, train_set, teacher.config.global_labels, config.data.cache_dir)
         cache = blend_global_logits(cache, films)
         accelerator.print(f"global logits averaged with {settings.coteacher}'s on each film")
     return cache
@@ -217,10 +219,10 @@ def main(argv=None) -> dict:
     cache_seconds = 0.0
     if uses_teacher and not online:
         start = time.perf_counter()
-        items = len(train_set) * max(copies, 1)
-        distiller.use_cache(cached_targets(distiller, teacher, train_set, config, accelerator, Sampling(**copies_of)))
+        cache = cached_targets(distiller, teacher, train_set, config, accelerator, Sampling(**copies_of))
+        distiller.use_cache(cache)
         cache_seconds = time.perf_counter() - start
-        accelerator.print(f"cached teacher outputs for {items} views in {cache_seconds:.1f} s")
+        accelerator.print(f"cached teacher outputs for {len(cache.global_logits)} views in {cache_seconds:.1f} s")
 
     run = TrainingRun(
         task=distiller,
